@@ -1,0 +1,45 @@
+# Style Studio: `make run` runs the whole platform, `make test` runs every check.
+# Both set up everything they need on a fresh machine (virtualenv, install, code generation).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+GENERATED := stylestudio/.generated
+PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
+
+.PHONY: run test install protos lint format bench clean
+
+run: $(INSTALLED) $(GENERATED)
+	$(PY) -m kit.launcher
+
+test: $(INSTALLED) $(GENERATED) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+protos: $(INSTALLED)
+	$(PY) scripts/gen_protos.py
+
+$(GENERATED): $(INSTALLED) $(PROTOS) scripts/gen_protos.py
+	$(PY) scripts/gen_protos.py
+	touch $@
+
+lint: $(INSTALLED) $(GENERATED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy kit services gateway bench
+	$(PY) scripts/gen_protos.py --lint
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf stylestudio .pytest_cache .ruff_cache .mypy_cache

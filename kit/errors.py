@@ -1,0 +1,249 @@
+"""Domain errors and their one mapping to gRPC status + google.rpc.ErrorInfo.
+
+A service raises a ``DomainError`` subclass; the error interceptor turns it into a
+gRPC status whose details carry ``ErrorInfo(reason=..., domain=ERROR_DOMAIN,
+metadata=details)`` (and ``RetryInfo`` when the caller should come back later).
+A caller turns a failed RPC back into the same exception with ``from_rpc_error``,
+so a domain error crosses service boundaries unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "stylestudio.app"
+
+
+class Reason(enum.StrEnum):
+    """The ``ErrorInfo.reason`` values of API.md (common/v1/error.proto documents them too)."""
+
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    INSUFFICIENT_TOKENS = "INSUFFICIENT_TOKENS"
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    INVALID_FILE_TYPE = "INVALID_FILE_TYPE"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    FEATURE_NOT_IN_PLAN = "FEATURE_NOT_IN_PLAN"
+    PROCESSING_ERROR = "PROCESSING_ERROR"
+    PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"
+    CONFLICT = "CONFLICT"
+    INTERNAL = "INTERNAL"
+
+
+class DomainError(Exception):
+    """A failure that means something to the caller: a reason, a status code, safe details."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+    reason: Reason = Reason.VALIDATION_ERROR
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Mapping[str, object] | None = None,
+        retry_after_seconds: float | None = None,
+        reason: Reason | None = None,
+        code: grpc.StatusCode | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = {key: str(value) for key, value in (details or {}).items()}
+        self.retry_after_seconds = retry_after_seconds
+        if reason is not None:
+            self.reason = reason
+        if code is not None:
+            self.code = code
+
+
+class ValidationError(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.VALIDATION_ERROR
+
+    def __init__(self, message: str, *, field: str | None = None, **kwargs: object) -> None:
+        details = dict(kwargs.pop("details", None) or {})  # type: ignore[call-overload]
+        if field:
+            details["field"] = field
+        super().__init__(message, details=details, **kwargs)  # type: ignore[arg-type]
+
+
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = Reason.UNAUTHORIZED
+
+
+class Forbidden(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = Reason.FORBIDDEN
+
+
+class NotFound(DomainError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = Reason.NOT_FOUND
+
+
+class Conflict(DomainError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = Reason.CONFLICT
+
+
+class FailedPrecondition(DomainError):
+    """The resource is not in a state that allows this (e.g. canceling a finished generation)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.CONFLICT
+
+
+class InsufficientTokens(DomainError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.INSUFFICIENT_TOKENS
+
+    def __init__(self, required: int, available: int) -> None:
+        super().__init__(
+            f"Insufficient tokens. Required: {required}, Available: {available}",
+            details={"required": required, "available": available},
+        )
+
+
+class FileTooLarge(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.FILE_TOO_LARGE
+
+
+class InvalidFileType(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.INVALID_FILE_TYPE
+
+
+class RateLimited(DomainError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.RATE_LIMITED
+
+
+class QuotaExceeded(DomainError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.QUOTA_EXCEEDED
+
+
+class FeatureNotInPlan(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = Reason.FEATURE_NOT_IN_PLAN
+
+
+class ProcessingError(DomainError):
+    code = grpc.StatusCode.INTERNAL
+    reason = Reason.PROCESSING_ERROR
+
+
+class ProviderUnavailable(DomainError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = Reason.PROVIDER_UNAVAILABLE
+
+
+_BY_REASON: dict[Reason, type[DomainError]] = {
+    cls.reason: cls
+    for cls in (
+        ValidationError,
+        Unauthenticated,
+        Forbidden,
+        NotFound,
+        Conflict,
+        InsufficientTokens,
+        FileTooLarge,
+        InvalidFileType,
+        RateLimited,
+        QuotaExceeded,
+        FeatureNotInPlan,
+        ProcessingError,
+        ProviderUnavailable,
+    )
+}
+
+# When an RPC fails without ErrorInfo (a framework error, UNIMPLEMENTED, a deadline),
+# the reason the client sees is derived from the status code.
+REASON_BY_CODE: dict[grpc.StatusCode, Reason] = {
+    grpc.StatusCode.INVALID_ARGUMENT: Reason.VALIDATION_ERROR,
+    grpc.StatusCode.OUT_OF_RANGE: Reason.VALIDATION_ERROR,
+    grpc.StatusCode.UNAUTHENTICATED: Reason.UNAUTHORIZED,
+    grpc.StatusCode.PERMISSION_DENIED: Reason.FORBIDDEN,
+    grpc.StatusCode.NOT_FOUND: Reason.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: Reason.CONFLICT,
+    grpc.StatusCode.ABORTED: Reason.CONFLICT,
+    grpc.StatusCode.FAILED_PRECONDITION: Reason.CONFLICT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.RATE_LIMITED,
+    grpc.StatusCode.UNAVAILABLE: Reason.PROVIDER_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Reason.PROVIDER_UNAVAILABLE,
+}
+
+
+def to_rpc_status(error: DomainError) -> grpc.Status:
+    """The gRPC status (with ErrorInfo and, if set, RetryInfo details) for a domain error."""
+    info = error_details_pb2.ErrorInfo(reason=str(error.reason), domain=ERROR_DOMAIN, metadata=error.details)
+    details = [_pack(info)]
+    if error.retry_after_seconds is not None:
+        seconds = max(0.0, error.retry_after_seconds)
+        delay = duration_pb2.Duration(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def internal_status(message: str = "Internal error") -> grpc.Status:
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message=message)
+    return rpc_status.to_status(status)
+
+
+def from_rpc_error(error: grpc.RpcError) -> DomainError:
+    """Rebuild the domain error a failed call carried (or one derived from its status code)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = (error.details() if hasattr(error, "details") else None) or code.name
+    info, retry = _error_details(error)
+    if info is not None and info.domain == ERROR_DOMAIN and info.reason in Reason.__members__:
+        reason = Reason(info.reason)
+    else:
+        reason = REASON_BY_CODE.get(code, Reason.INTERNAL)
+    cls = _BY_REASON.get(reason, DomainError)
+    result = DomainError.__new__(cls)
+    DomainError.__init__(
+        result,
+        message,
+        details=dict(info.metadata) if info is not None else None,
+        retry_after_seconds=retry,
+        reason=reason,
+        code=code,
+    )
+    return result
+
+
+def _error_details(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, float | None]:
+    status = None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (AttributeError, TypeError, ValueError):
+        status = None
+    if status is None:
+        return None, None
+    info, retry = None, None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            parsed = error_details_pb2.RetryInfo()
+            detail.Unpack(parsed)
+            retry = parsed.retry_delay.seconds + parsed.retry_delay.nanos / 1e9
+    return info, retry
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed

@@ -1,0 +1,271 @@
+"""Server interceptor: request context, authentication by access level, error mapping, access log.
+
+Each RPC's access level comes from its ``(stylestudio.common.v1.access)`` method
+option in protos/, so the rule lives next to the contract:
+PUBLIC needs nothing, USER a signed-in user, ADMIN an admin, INTERNAL a service.
+A ``DomainError`` raised by a handler becomes its gRPC status with ErrorInfo; any
+other exception becomes INTERNAL with no detail leaked to the caller.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor
+from opentelemetry import trace
+
+from kit import telemetry
+from kit.auth import (
+    ANONYMOUS,
+    Caller,
+    ServiceCredentials,
+    UserTokenVerifier,
+    bind_caller,
+    current_caller,
+    reset_caller,
+)
+from kit.errors import (
+    DomainError,
+    Forbidden,
+    Unauthenticated,
+    ValidationError,
+    internal_status,
+    to_rpc_status,
+)
+from kit.logs import request_id_var
+from stylestudio.common.v1 import access_pb2
+
+log = logging.getLogger("stylestudio.rpc")
+
+Access = int  # a stylestudio.common.v1.Access value
+REQUEST_ID_HEADER = "x-request-id"
+IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+_QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
+    """The first value of the call's metadata entry ``name`` ("" if absent)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return ""
+
+
+def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+    """The call's Idempotency-Key ("" if none), refused when longer than the services store."""
+    key = metadata_value(context, IDEMPOTENCY_KEY_HEADER)
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValidationError(
+            f"Idempotency-Key may be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters", field="Idempotency-Key"
+        )
+    return key
+
+
+def access_levels(services: Iterable[descriptor.ServiceDescriptor]) -> dict[str, Access]:
+    """``/package.Service/Method`` -> its declared access level."""
+    levels: dict[str, Access] = {}
+    for service in services:
+        for method in service.methods:
+            level = method.GetOptions().Extensions[access_pb2.access]
+            if level == access_pb2.ACCESS_UNSPECIFIED:
+                raise ValueError(f"{method.full_name} declares no (stylestudio.common.v1.access) option")
+            levels[f"/{service.full_name}/{method.name}"] = level
+    return levels
+
+
+class Authenticator:
+    """Turns the ``authorization`` metadata into a Caller."""
+
+    def __init__(self, credentials: ServiceCredentials, verify_user: UserTokenVerifier | None) -> None:
+        self._credentials = credentials
+        self._verify_user = verify_user
+
+    async def caller_from(self, metadata: Mapping[str, str]) -> Caller:
+        header = metadata.get("authorization", "")
+        if not header:
+            return ANONYMOUS
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("Malformed Authorization header; expected 'Bearer <token>'")
+        token = token.strip()
+        service = self._credentials.verify(token)
+        if service is not None:
+            return service
+        if self._verify_user is None:
+            raise Unauthenticated("Invalid or expired credentials")
+        return await self._verify_user(token)
+
+
+def authorize(level: Access, caller: Caller) -> None:
+    if level == access_pb2.ACCESS_PUBLIC:
+        return
+    if level == access_pb2.ACCESS_INTERNAL:
+        if not caller.is_service:
+            raise Forbidden("This method is only for Style Studio services")
+        return
+    if caller is ANONYMOUS:
+        raise Unauthenticated("Sign in first: missing credentials")
+    if level == access_pb2.ACCESS_ADMIN and not caller.is_admin:
+        raise Forbidden("Admins only")
+    if level == access_pb2.ACCESS_USER and caller.is_service:
+        raise Forbidden("This method acts for a signed-in user")
+
+
+class KitServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator, levels: Mapping[str, Access]) -> None:
+        self._authenticator = authenticator
+        self._levels = levels
+        # Wrapped handlers are built once per method: nothing per call but the call itself.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(details)
+        if handler is None or method.startswith(_QUIET_PREFIXES):
+            return handler
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        level = self._levels.get(method, access_pb2.ACCESS_INTERNAL)  # undeclared: safest level
+        call = _Call(self._authenticator, method, level)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                call.wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                call.wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                call.wrap_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            call.wrap_stream(handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class _Call:
+    """The per-method wrapper: binds context, checks access, maps errors, logs one line."""
+
+    def __init__(self, authenticator: Authenticator, method: str, level: Access) -> None:
+        self._authenticator, self._method, self._level = authenticator, method, level
+
+    def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            tokens, auth_error = await self._enter(context)
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                self._check(auth_error)
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception as error:
+                code = _code_for(error)
+                await self._abort(error, code, context)
+            finally:
+                self._exit(tokens, started, code)
+
+        return run
+
+    def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            tokens, auth_error = await self._enter(context)
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                self._check(auth_error)
+                responses = behavior(request, context)
+                if hasattr(responses, "__aiter__"):
+                    async for response in responses:
+                        yield response
+                else:
+                    for response in responses:
+                        yield response
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception as error:
+                code = _code_for(error)
+                await self._abort(error, code, context)
+            finally:
+                self._exit(tokens, started, code)
+
+        return run
+
+    async def _abort(
+        self, error: Exception, code: grpc.StatusCode, context: grpc.aio.ServicerContext
+    ) -> None:
+        """End the call with the status ``error`` means (context.abort raises)."""
+        if isinstance(error, DomainError):
+            await context.abort_with_status(to_rpc_status(error))
+        elif isinstance(error, NotImplementedError):
+            # The generated servicer base: behaviour not built yet.
+            await context.abort(code, f"{self._method} is not implemented yet")
+        else:
+            log.error("unhandled error", extra={"rpc": self._method}, exc_info=error)
+            await context.abort_with_status(internal_status())
+
+    async def _enter(self, context: grpc.aio.ServicerContext) -> tuple[tuple[Any, Any], DomainError | None]:
+        metadata = {
+            key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
+        }
+        request_id = metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_token = request_id_var.set(request_id)
+        auth_error: DomainError | None = None
+        try:
+            caller = await self._authenticator.caller_from(metadata)
+        except DomainError as error:
+            auth_error, caller = error, ANONYMOUS
+        span = trace.get_current_span()
+        span.set_attribute(telemetry.ATTR_REQUEST_ID, request_id)
+        if caller.kind.value == "user":
+            span.set_attribute(telemetry.ATTR_USER_ID, caller.subject)
+        return (request_token, bind_caller(caller)), auth_error
+
+    def _check(self, auth_error: DomainError | None) -> None:
+        if auth_error is not None and self._level != access_pb2.ACCESS_PUBLIC:
+            raise auth_error
+        authorize(self._level, current_caller())
+
+    def _exit(self, tokens: tuple[Any, Any], started: float, code: grpc.StatusCode) -> None:
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        level = logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO
+        log.log(level, "rpc", extra={"rpc": self._method, "code": code.name, "duration_ms": elapsed_ms})
+        reset_caller(tokens[1])
+        request_id_var.reset(tokens[0])
+
+
+def _code_for(error: Exception) -> grpc.StatusCode:
+    if isinstance(error, DomainError):
+        return error.code
+    if isinstance(error, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,311 @@
+"""One command runs the whole platform: `python -m kit.launcher`.
+
+It finds or starts PostgreSQL and Redis (kit.infra), provisions every service's schema and role
+(kit.bootstrap), then runs the five services and the gateway as child processes, their output interleaved
+on its own stdout, one prefixed line at a time. Ctrl-C or SIGTERM stops the children (SIGTERM, then
+SIGKILL after a grace period), then the embedded servers. A child that exits on its own stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from kit.infra import DATABASE_URL_ENV, REDIS_URL_ENV, Infrastructure, resolve_infrastructure
+from kit.settings import SERVICES, PlatformSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = "gateway"
+LAUNCHER = "launcher"
+SERVICE_DATABASE_URL_ENV = "STYLESTUDIO_SERVICE_DATABASE_URL"
+
+READINESS_PATH = "/readyz"
+READINESS_INTERVAL_SECONDS = 0.5
+READINESS_TIMEOUT_SECONDS = 1.0
+# a child's output is relayed line by line; a longer line than this is dropped rather than held in memory
+LINE_LIMIT_BYTES = 1024 * 1024
+# after the children are gone, how long their output may still take to arrive (a grandchild can hold the pipe)
+OUTPUT_DRAIN_SECONDS = 2.0
+# ANSI colours for the name column: cyan, green, yellow, blue, magenta, and their bright variants
+PALETTE = ("36", "32", "33", "34", "35", "96", "92", "93", "94", "95")
+ALARM = "1;31"
+
+# A service may use its whole grace period for in-flight RPCs; kill only after that and a margin.
+KILL_MARGIN_SECONDS = 5.0
+
+
+class LaunchSettings(PlatformSettings):
+    """The kit's settings (shutdown grace among them), plus `STYLESTUDIO_DATA_DIR` and `_GATEWAY_ADDR`."""
+
+    # embedded PostgreSQL and Redis, when neither is configured nor on localhost, keep their data here
+    data_dir: Path = REPO_ROOT / "data"
+    gateway_addr: str = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Child:
+    """A process the launcher runs: the name on its output lines, its command and its whole environment."""
+
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+
+
+class Console:
+    """The launcher's stdout: every line prefixed with a fixed-width name, coloured only on a terminal."""
+
+    def __init__(self, out: TextIO, names: Sequence[str], *, colour: bool) -> None:
+        self._out = out
+        self._width = max(len(name) for name in names)
+        self._colour = colour
+        self._colours = {name: PALETTE[index % len(PALETTE)] for index, name in enumerate(names)}
+
+    def line(self, name: str, text: str, *, alarm: bool = False) -> None:
+        label = name.ljust(self._width)
+        if self._colour:
+            label = _paint(label, self._colours.get(name, "0"))
+            text = _paint(text, ALARM) if alarm else text
+        self._out.write(f"{label} | {text}\n")
+        self._out.flush()
+
+
+def _paint(text: str, colour: str) -> str:
+    return f"\x1b[{colour}m{text}\x1b[0m"
+
+
+def wants_colour(out: TextIO, env: Mapping[str, str]) -> bool:
+    # NO_COLOR is the common convention (no-color.org) for turning colour off on a terminal
+    return out.isatty() and not env.get("NO_COLOR")
+
+
+class ShutdownRequest:
+    """Ctrl-C or SIGTERM: the first asks every child to stop, a second one stops waiting for them."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.urgent = asyncio.Event()
+
+    def request(self) -> None:
+        if self.requested.is_set():
+            self.urgent.set()
+        self.requested.set()
+
+    def listen_to_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.request)
+
+
+@dataclass
+class RunningChild:
+    child: Child
+    process: asyncio.subprocess.Process
+    relay: asyncio.Task[None]
+
+
+async def supervise(
+    children: Sequence[Child],
+    console: Console,
+    shutdown: ShutdownRequest,
+    *,
+    grace: float,
+    cwd: Path | None = None,
+) -> int:
+    """Run the children until a shutdown is requested (returns 0) or one of them exits on its own (1).
+
+    Either way every child is stopped before this returns: SIGTERM, then SIGKILL for those still running
+    after `grace` seconds (or at once, on a second shutdown request).
+    """
+    running: list[RunningChild] = []
+    try:
+        for child in children:
+            running.append(await start_child(child, console, cwd))
+        return await _watch(running, console, shutdown)
+    finally:
+        await _stop_children(running, console, shutdown, grace)
+
+
+async def start_child(child: Child, console: Console, cwd: Path | None) -> RunningChild:
+    process = await asyncio.create_subprocess_exec(
+        *child.argv,
+        cwd=cwd,
+        env=dict(child.env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # its own process group: Ctrl-C on the terminal reaches only the launcher, which stops the
+        # children in order, and SIGKILL can take a child's own children with it
+        process_group=0,
+        limit=LINE_LIMIT_BYTES,
+    )
+    assert process.stdout is not None
+    relay = asyncio.create_task(relay_output(child.name, process.stdout, console))
+    return RunningChild(child, process, relay)
+
+
+async def relay_output(name: str, stream: asyncio.StreamReader, console: Console) -> None:
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:
+            console.line(name, f"(dropped a line longer than {LINE_LIMIT_BYTES} bytes)")
+            continue
+        if not raw:
+            return
+        console.line(name, raw.decode(errors="replace").rstrip("\r\n"))
+
+
+async def _watch(running: Sequence[RunningChild], console: Console, shutdown: ShutdownRequest) -> int:
+    exits = {asyncio.create_task(member.process.wait()): member for member in running}
+    requested = asyncio.create_task(shutdown.requested.wait())
+    try:
+        done, _ = await asyncio.wait({requested, *exits}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (requested, *exits):
+            task.cancel()
+    if requested in done:
+        console.line(LAUNCHER, "stopping the platform (Ctrl-C again to stop waiting for it)")
+        return 0
+    quitter = next(exits[task] for task in done)
+    console.line(
+        LAUNCHER,
+        f"{quitter.child.name} exited on its own with code {quitter.process.returncode}; "
+        "stopping the platform",
+        alarm=True,
+    )
+    return 1
+
+
+async def _stop_children(
+    running: Sequence[RunningChild], console: Console, shutdown: ShutdownRequest, grace: float
+) -> None:
+    living = [member for member in running if member.process.returncode is None]
+    for member in living:
+        with contextlib.suppress(ProcessLookupError):
+            member.process.send_signal(signal.SIGTERM)
+    all_exited: asyncio.Future[Any] = asyncio.gather(*(member.process.wait() for member in living))
+    urgent: asyncio.Future[Any] = asyncio.create_task(shutdown.urgent.wait())
+    await asyncio.wait({all_exited, urgent}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+    urgent.cancel()
+    for member in living:
+        if member.process.returncode is None:
+            console.line(member.child.name, f"still running after {grace:g} s; killing it", alarm=True)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(member.process.pid, signal.SIGKILL)
+    # on Python 3.11 wait() also waits for the child's output pipe to close, which a grandchild can hold
+    ending: set[asyncio.Future[Any]] = {all_exited, *(member.relay for member in running)}
+    _, stuck = await asyncio.wait(ending, timeout=OUTPUT_DRAIN_SECONDS)
+    for task in stuck:
+        task.cancel()
+
+
+async def gateway_ready(addr: str) -> bool:
+    """True when GET /readyz on the gateway answers 200 within a second."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    # a gateway listening on every interface is reached through loopback
+    probe_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_connection(probe_host, int(port))
+            try:
+                request = f"GET {READINESS_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                writer.write(request.encode())
+                await writer.drain()
+                status_line = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+    fields = status_line.split()
+    return len(fields) >= 2 and fields[1] == b"200"
+
+
+async def announce_when_ready(addr: str, console: Console, shutdown: ShutdownRequest) -> None:
+    while not shutdown.requested.is_set():
+        if await gateway_ready(addr):
+            console.line(LAUNCHER, f"Style Studio is ready at http://{addr}")
+            return
+        await asyncio.sleep(READINESS_INTERVAL_SECONDS)
+
+
+async def run_platform(children: Sequence[Child], console: Console, settings: LaunchSettings) -> int:
+    shutdown = ShutdownRequest()
+    shutdown.listen_to_signals()
+    announcement = asyncio.create_task(announce_when_ready(settings.gateway_addr, console, shutdown))
+    try:
+        grace = settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
+        return await supervise(children, console, shutdown, grace=grace, cwd=REPO_ROOT)
+    finally:
+        announcement.cancel()
+
+
+def provision_databases(admin_url: str) -> dict[str, str]:
+    """Each service's schema, role and migrations, done by kit.bootstrap; returns each service's own URL."""
+    # imported here: bootstrap brings SQLAlchemy, Alembic and every service's migrations, needed only now
+    from kit.bootstrap import provision
+
+    return asyncio.run(provision(admin_url, SERVICES))
+
+
+def platform_children(
+    base_env: Mapping[str, str], infrastructure: Infrastructure, service_urls: Mapping[str, str]
+) -> list[Child]:
+    """The five services, then the gateway, each with its own copy of the environment."""
+    shared = {
+        # Lines for a person at a terminal; set STYLESTUDIO_LOG_FORMAT=json to see what production logs.
+        "STYLESTUDIO_LOG_FORMAT": "text",
+        **base_env,
+        DATABASE_URL_ENV: infrastructure.database_url,
+        REDIS_URL_ENV: infrastructure.redis_url,
+        # children write to a pipe, where Python would otherwise hold their lines back in a buffer
+        "PYTHONUNBUFFERED": "1",
+    }
+    missing = [name for name in SERVICES if name not in service_urls]
+    if missing:
+        raise RuntimeError(f"provisioning returned no database URL for {', '.join(missing)}")
+    children = [
+        Child(
+            name,
+            (sys.executable, "-m", f"services.{name}"),
+            {**shared, SERVICE_DATABASE_URL_ENV: service_urls[name]},
+        )
+        for name in SERVICES
+    ]
+    children.append(Child(GATEWAY, (sys.executable, "-m", GATEWAY), dict(shared)))
+    return children
+
+
+def launch(settings: LaunchSettings, console: Console) -> int:
+    infrastructure = resolve_infrastructure(settings.data_dir)
+    try:
+        for description in infrastructure.describe():
+            console.line(LAUNCHER, description)
+        service_urls = provision_databases(infrastructure.database_url)
+        children = platform_children(os.environ, infrastructure, service_urls)
+        return asyncio.run(run_platform(children, console, settings))
+    finally:
+        infrastructure.close()
+
+
+def main() -> None:
+    settings = LaunchSettings()
+    console = Console(sys.stdout, (LAUNCHER, *SERVICES, GATEWAY), colour=wants_colour(sys.stdout, os.environ))
+    try:
+        code = launch(settings, console)
+    except KeyboardInterrupt:
+        # Ctrl-C before the children were up (while starting PostgreSQL or provisioning) is a normal stop
+        code = 0
+    console.line(LAUNCHER, "stopped" if code == 0 else f"stopped with exit code {code}", alarm=code != 0)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

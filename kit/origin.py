@@ -1,0 +1,54 @@
+"""Where a call really comes from: the client behind the gateway, or a direct gRPC caller.
+
+The gateway forwards the HTTP client's address and user agent as gRPC metadata under
+these names (gRPC replaces ``user-agent`` with its own, so the browser's travels under
+a name of its own). Services read them only through ``client_origin``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from dataclasses import dataclass
+
+import grpc
+
+CLIENT_ADDRESS_HEADER = "x-forwarded-for"
+CLIENT_USER_AGENT_HEADER = "x-forwarded-user-agent"
+
+
+@dataclass(frozen=True)
+class ClientOrigin:
+    ip: str = ""
+    user_agent: str = ""
+
+
+def client_origin(context: grpc.aio.ServicerContext) -> ClientOrigin:
+    metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+    ip = client_address(metadata.get(CLIENT_ADDRESS_HEADER, ""), context.peer() or "")
+    agent = client_user_agent(metadata.get(CLIENT_USER_AGENT_HEADER, ""), metadata.get("user-agent", ""))
+    return ClientOrigin(ip=ip or "", user_agent=agent)
+
+
+def client_user_agent(forwarded: str, grpc_agent: str) -> str:
+    """The forwarded user agent, else a direct gRPC client's own unless it is only the gRPC
+    library's default ("grpc-python/1.x ..."), which says nothing about the client."""
+    if forwarded:
+        return forwarded
+    return "" if grpc_agent.startswith("grpc-") else grpc_agent
+
+
+def client_address(forwarded_for: str, peer: str) -> str | None:
+    """The first hop the gateway forwarded, else the gRPC peer's address; None if unreadable."""
+    candidates = [forwarded_for.split(",")[0].strip()] if forwarded_for else []
+    peer = urllib.parse.unquote(peer)
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host = peer.split(":", 1)[1]
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+        candidates.append(host.strip("[]").split("%")[0])
+    for candidate in candidates:
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None

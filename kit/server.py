@@ -1,0 +1,303 @@
+"""Running a service: one call from a service's ``__main__`` does it all.
+
+    run(ServiceDefinition(name="billing", settings=BillingSettings(), metadata=models.metadata,
+                          servicers=register_servicers))
+
+Start-up waits for PostgreSQL, runs the service's migrations (under an advisory
+lock), starts grpc.aio with the kit's interceptors, health and reflection, the
+outbox relay, event consumers and background loops. Health turns SERVING only
+while migrations are at head and PostgreSQL and Redis answer. On SIGTERM/SIGINT:
+NOT_SERVING, then ``server.stop(grace)`` lets in-flight RPCs finish, then
+background work is cancelled and connections closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf import descriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from redis.asyncio import Redis
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from kit import migrations, telemetry
+from kit.auth import ServiceCredentials, UserTokenVerifier
+from kit.clients import CHANNEL_OPTIONS, ServiceClients
+from kit.db import Database
+from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
+from kit.interceptors import Authenticator, KitServerInterceptor, access_levels
+from kit.logs import setup_logging
+from kit.settings import ServiceSettings
+from kit.tokens import users_service_verifier
+
+log = logging.getLogger("stylestudio.server")
+
+
+@dataclass
+class Runtime:
+    """What a running service has at hand; passed to the code that builds its servicers."""
+
+    name: str
+    settings: ServiceSettings
+    db: Database
+    redis: Redis
+    outbox: Outbox
+    inbox: sa.Table
+    clients: ServiceClients
+    credentials: ServiceCredentials
+
+    def consumer(self, group: str | None = None, **options: Any) -> EventConsumer:
+        s = self.settings
+        defaults: dict[str, Any] = {
+            "block_ms": s.consumer_block_ms,
+            "claim_idle_ms": s.consumer_claim_idle_ms,
+        }
+        return EventConsumer(
+            self.db,
+            self.redis,
+            self.inbox,
+            prefix=s.redis_prefix,
+            group=group or self.name,
+            **(defaults | options),
+        )
+
+
+@dataclass
+class Registration:
+    """A servicer and how to add it to the server."""
+
+    servicer: object
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    service: descriptor.ServiceDescriptor
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    settings: ServiceSettings
+    metadata: sa.MetaData
+    register: Callable[[Runtime], Sequence[Registration]]
+    # Consumers and long-running loops (sweepers, workers) started after the server is up.
+    consumers: Callable[[Runtime], Sequence[EventConsumer]] = lambda runtime: ()
+    background: Callable[[Runtime], Sequence[Coroutine[Any, Any, None]]] = lambda runtime: ()
+    # How user bearer tokens are verified in this process: by default with the users service's
+    # JWKS and API-key lookup (kit.tokens); the users service plugs in its own key store.
+    user_verifier: Callable[[Runtime], UserTokenVerifier | None] = field(
+        default=lambda r: default_user_verifier(r)
+    )
+    on_shutdown: Sequence[Callable[[Runtime], Awaitable[None]]] = field(default_factory=tuple)
+
+
+def default_user_verifier(runtime: Runtime) -> UserTokenVerifier:
+    return users_service_verifier(lambda: runtime.clients.channel("users"))
+
+
+def database_url(settings: ServiceSettings) -> str:
+    return settings.service_database_url or settings.database_url
+
+
+class RunningService:
+    """A started service: its server, runtime and background tasks (tests drive it in-process)."""
+
+    def __init__(self, definition: ServiceDefinition) -> None:
+        self.definition = definition
+        self.server: grpc.aio.Server | None = None
+        self.runtime: Runtime | None = None
+        self.health = health.aio.HealthServicer()
+        self.port: int = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._service_names: list[str] = []
+        self._at_head = False
+
+    async def start(self) -> None:
+        d, settings = self.definition, self.definition.settings
+        telemetry.setup_telemetry(d.name, settings)
+        url = database_url(settings)
+        await _wait_for_database(url, settings)
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrations.upgrade, d.name, url)
+        db = Database(
+            url,
+            d.name,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pre_ping=settings.db_pool_pre_ping,
+        )
+        redis = Redis.from_url(settings.redis_url, decode_responses=False)
+        credentials = ServiceCredentials(
+            settings.service_secret.get_secret_value(), d.name, settings.service_token_ttl_seconds
+        )
+        outbox_table = d.metadata.tables[f"{d.name}.outbox"]
+        inbox_table = d.metadata.tables[f"{d.name}.inbox"]
+        runtime = Runtime(
+            name=d.name,
+            settings=settings,
+            db=db,
+            redis=redis,
+            outbox=Outbox(d.name, outbox_table),
+            inbox=inbox_table,
+            clients=ServiceClients(settings, credentials),
+            credentials=credentials,
+        )
+        self.runtime = runtime
+        registrations = d.register(runtime)
+        authenticator = Authenticator(credentials, d.user_verifier(runtime))
+        levels = access_levels(r.service for r in registrations)
+        server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), KitServerInterceptor(authenticator, levels)],
+            options=CHANNEL_OPTIONS,
+        )
+        for registration in registrations:
+            registration.add_to_server(registration.servicer, server)
+        self._service_names = [r.service.full_name for r in registrations]
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                *self._service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.port = server.add_insecure_port(settings.listen_addr)
+        if self.port == 0:
+            raise RuntimeError(f"{d.name}: cannot listen on {settings.listen_addr}")
+        await server.start()
+        self.server = server
+        relay = OutboxRelay(
+            db,
+            redis,
+            runtime.outbox,
+            prefix=settings.redis_prefix,
+            batch_size=settings.outbox_batch_size,
+            poll_interval=settings.outbox_poll_interval_seconds,
+            max_length=settings.stream_max_length,
+        )
+        self._spawn(self._watch_health(), "health")
+        self._spawn(relay.run(), "outbox-relay")
+        for consumer in d.consumers(runtime):
+            self._spawn(consumer.run(), f"consumer-{consumer.name}")
+        for index, loop in enumerate(d.background(runtime)):
+            self._spawn(loop, f"background-{index}")
+        log.info("listening", extra={"addr": settings.listen_addr, "port": self.port})
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=f"{self.definition.name}:{name}")
+        task.add_done_callback(_report_crash)
+        self._tasks.append(task)
+
+    async def check_ready(self) -> bool:
+        """PostgreSQL and Redis answer, and the schema is at the head migration."""
+        runtime = self.runtime
+        assert runtime is not None
+        try:
+            async with asyncio.timeout(2.0):
+                await runtime.db.ping()
+                await runtime.redis.ping()
+            if not self._at_head:  # once at head, a running process stays there
+                url = database_url(runtime.settings)
+                self._at_head = await asyncio.to_thread(migrations.is_at_head, self.definition.name, url)
+            return self._at_head
+        except Exception as error:  # any failure of a dependency means "not ready", never a crash
+            log.warning("not ready", extra={"error": f"{type(error).__name__}: {error}"})
+            return False
+
+    async def _watch_health(self) -> None:
+        serving: bool | None = None
+        while True:
+            ready = await self.check_ready()
+            if ready != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ready
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ["", *self._service_names]:
+                    await self.health.set(name, status)
+                serving = ready
+                log.info("health", extra={"serving": ready})
+            await asyncio.sleep(self.definition.settings.health_check_interval_seconds)
+
+    async def stop(self) -> None:
+        """Graceful: stop taking calls, let in-flight RPCs finish within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.definition.settings.shutdown_grace_seconds)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            # Bounded: a task that will not end must not keep the process from stopping.
+            grace = self.definition.settings.shutdown_grace_seconds
+            _, stragglers = await asyncio.wait(self._tasks, timeout=grace)
+            for task in stragglers:
+                log.error("background task did not stop", extra={"task": task.get_name()})
+        runtime = self.runtime
+        if runtime is not None:
+            for hook in self.definition.on_shutdown:
+                await hook(runtime)
+            await runtime.clients.close()
+            await runtime.redis.aclose()
+            await runtime.db.dispose()
+
+
+async def serve(definition: ServiceDefinition) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    setup_logging(definition.name, definition.settings.log_level, definition.settings.log_format)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    service = RunningService(definition)
+    await service.start()
+    await stopping.wait()
+    log.info("shutting down", extra={"grace_seconds": definition.settings.shutdown_grace_seconds})
+    await service.stop()
+    telemetry.shutdown_telemetry()
+    log.info("stopped")
+
+
+def run(definition: ServiceDefinition) -> None:
+    asyncio.run(serve(definition))
+
+
+async def _wait_for_database(url: str, settings: ServiceSettings) -> None:
+    """The pre-start step: PostgreSQL may still be starting (compose, Kubernetes)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(sa.exc.OperationalError),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            stop=stop_after_delay(settings.startup_timeout_seconds),
+            reraise=True,
+        ):
+            with attempt:
+                await asyncio.to_thread(_ping_sync, engine)
+    finally:
+        engine.dispose()
+
+
+def _ping_sync(engine: sa.Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        log.error("background task crashed", extra={"task": task.get_name()}, exc_info=error)
+
+
+__all__ = ["Registration", "RunningService", "Runtime", "ServiceDefinition", "event_tables", "run", "serve"]

@@ -1,0 +1,138 @@
+"""OpenTelemetry set-up and the platform's telemetry names.
+
+One generation is one trace: gRPC calls carry W3C ``traceparent`` in metadata (the
+OTel gRPC interceptors) and every event/job carries it inside its envelope
+(``inject_trace_context`` / ``extract_trace_context``), so consumers continue the
+trace of the RPC that wrote the event.
+Attribute names live here, under the project's own prefix, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from kit.settings import PlatformSettings
+
+# Span attribute names (the platform's registry; never put emails, tokens or keys in spans).
+ATTR_SERVICE = "stylestudio.service"
+ATTR_USER_ID = "stylestudio.user.id"
+ATTR_REQUEST_ID = "stylestudio.request.id"
+ATTR_EVENT_ID = "stylestudio.event.id"
+ATTR_EVENT_TYPE = "stylestudio.event.type"
+ATTR_GENERATION_ID = "stylestudio.generation.id"
+ATTR_GENERATION_STATUS = "stylestudio.generation.status"
+ATTR_MODEL = "stylestudio.generation.model"
+ATTR_HOLD_ID = "stylestudio.billing.hold.id"
+ATTR_FILE_ID = "stylestudio.file.id"
+# Messaging semantic conventions for queue hops.
+ATTR_MESSAGING_SYSTEM = "messaging.system"
+ATTR_MESSAGING_DESTINATION = "messaging.destination.name"
+ATTR_MESSAGING_OPERATION = "messaging.operation.type"
+ATTR_MESSAGING_CONSUMER_GROUP = "messaging.consumer.group.name"
+ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id"
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends finished spans to a file, one JSON object per line (tests, local debugging)."""
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        # Kept open: one append per export, whole lines, so readers never see half a span.
+        self._out = Path(path).open("a", encoding="utf-8")
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        text = "".join(json.dumps(span_as_dict(span)) + "\n" for span in spans)
+        with self._lock:
+            self._out.write(text)
+            self._out.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._out.close()
+
+
+def span_as_dict(span: ReadableSpan) -> dict[str, object]:
+    ctx = span.get_span_context()
+    parent = span.parent
+    return {
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name"),
+        "trace_id": format(ctx.trace_id, "032x") if ctx else "",
+        "span_id": format(ctx.span_id, "016x") if ctx else "",
+        "parent_span_id": format(parent.span_id, "016x") if parent else "",
+        "kind": span.kind.name,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": {key: _plain(value) for key, value in (span.attributes or {}).items()},
+    }
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+_provider: TracerProvider | None = None
+
+
+def setup_telemetry(service_name: str, settings: PlatformSettings) -> TracerProvider:
+    """Install the process-wide tracer provider for ``service_name`` (once per process)."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    provider = TracerProvider(resource=Resource.create({"service.name": f"stylestudio-{service_name}"}))
+    if settings.otel_exporter_otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint, insecure=True))
+        )
+    if settings.trace_file:
+        provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_telemetry() -> None:
+    if _provider is not None:
+        _provider.force_flush(timeout_millis=2000)
+        _provider.shutdown()
+
+
+def tracer(name: str = "stylestudio") -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject_trace_context() -> dict[str, str]:
+    """The current trace context as W3C headers (``traceparent``, ``tracestate``)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_trace_context(traceparent: str, tracestate: str = "") -> otel_context.Context:
+    carrier = {"traceparent": traceparent}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return propagate.extract(carrier)
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
