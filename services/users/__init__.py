@@ -1,0 +1,1 @@
+"""The users service: Accounts, sign-in, tokens, sessions, plans, API keys."""

@@ -1,0 +1,115 @@
+"""API keys: long-lived "sk_" credentials for scripts, on plans that include API access.
+
+The secret is 256 random bits, shown once; only its SHA-256 is stored (a fast hash is
+enough for a secret that cannot be guessed, and lets every request be resolved by one
+indexed lookup). Revoked keys stop working at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from kit.auth import Caller, CallerKind
+from kit.db import Database
+from kit.errors import NotFound, Unauthenticated, ValidationError
+from kit.tokens import API_KEY_PREFIX
+from services.users import accounts, store
+
+SECRET_PREFIX = f"{API_KEY_PREFIX}live_"
+# What ListApiKeys shows of a secret: "sk_live_" and four characters of it.
+SHOWN_PREFIX_LENGTH = len(SECRET_PREFIX) + 4
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: store.Row
+    # Empty when an idempotent retry found the key created earlier: the secret is never stored.
+    secret: str
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class ApiKeys:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, user_id: uuid.UUID, plan: str, name: str, idempotency_key: str) -> CreatedKey:
+        accounts.require_feature(plan, accounts.Feature.API_ACCESS)
+        name = name.strip()
+        if not name or len(name) > accounts.NAME_MAX_LENGTH or not name.isprintable():
+            raise ValidationError(f"Name must be 1 to {accounts.NAME_MAX_LENGTH} characters", field="name")
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        async with self._db.transaction() as session:
+            user = await store.get_user(session, user_id)
+            if user is None:
+                raise NotFound("User not found")
+            # The plan in the database wins over the token's, which may be minutes old.
+            accounts.require_feature(user.plan, accounts.Feature.API_ACCESS)
+            key = await store.insert_api_key(
+                session,
+                user_id=user_id,
+                name=name,
+                prefix=secret[:SHOWN_PREFIX_LENGTH],
+                secret_hash=hash_secret(secret),
+                idempotency_key=idempotency_key or None,
+            )
+            if key is None:
+                earlier = await store.api_key_by_idempotency_key(session, user_id, idempotency_key)
+                assert earlier is not None
+                return CreatedKey(earlier, "")
+        return CreatedKey(key, secret)
+
+    async def list(self, user_id: uuid.UUID, page_size: int, page_token: str) -> tuple[list[store.Row], str]:
+        if page_size < 0:
+            raise ValidationError("pageSize cannot be negative", field="pageSize")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_page_token(page_token) if page_token else None
+        async with self._db.transaction() as session:
+            rows = await store.list_api_keys(session, user_id, limit=limit + 1, after=after)
+        next_token = _encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
+        return rows[:limit], next_token
+
+    async def delete(self, user_id: uuid.UUID, key_id: str) -> None:
+        try:
+            parsed = uuid.UUID(key_id)
+        except ValueError:
+            raise NotFound("API key not found") from None
+        async with self._db.transaction() as session:
+            if not await store.revoke_api_key(session, user_id, parsed):
+                raise NotFound("API key not found")
+
+    async def authenticate(self, secret: str) -> tuple[str, str, str, str]:
+        """``(user_id, plan, role, key_id)`` of a live key whose owner's plan includes API access."""
+        if not secret.startswith(API_KEY_PREFIX):
+            raise Unauthenticated("Invalid API key")
+        async with self._db.transaction() as session:
+            owner = await store.api_key_owner(session, hash_secret(secret))
+        if owner is None:
+            raise Unauthenticated("Invalid or revoked API key")
+        accounts.require_feature(owner.plan, accounts.Feature.API_ACCESS)
+        return str(owner.id), owner.plan, owner.role, str(owner.key_id)
+
+    async def caller_for(self, secret: str) -> Caller:
+        user_id, plan, role, key_id = await self.authenticate(secret)
+        return Caller(kind=CallerKind.USER, subject=user_id, plan=plan, role=role, api_key_id=key_id)
+
+
+def _encode_page_token(row: store.Row) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_page_token(token: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        created, _, key_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        return dt.datetime.fromisoformat(created), uuid.UUID(key_id)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("pageToken is not valid", field="pageToken") from None

@@ -1,0 +1,74 @@
+"""Profiles and their administration: reading and editing an account, plan and role changes."""
+
+from __future__ import annotations
+
+import uuid
+
+from kit.db import Database
+from kit.errors import NotFound
+from kit.events import Outbox
+from services.users import accounts, events, store
+
+
+def parse_user_id(raw: str, field: str = "userId") -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound("User not found", details={"field": field}) from None
+
+
+class Profiles:
+    def __init__(self, db: Database, outbox: Outbox) -> None:
+        self._db = db
+        self._outbox = outbox
+
+    async def get(self, user_id: uuid.UUID) -> store.Row:
+        async with self._db.transaction() as session:
+            user = await store.get_user(session, user_id)
+        if user is None:
+            raise NotFound("User not found")
+        return user
+
+    async def update(self, user_id: uuid.UUID, *, name: str | None, image_url: str | None) -> store.Row:
+        changes: dict[str, object] = {}
+        if name is not None:
+            changes["name"] = accounts.validate_name(name)
+        if image_url is not None:
+            changes["image_url"] = accounts.validate_image_url(image_url)
+        async with self._db.transaction() as session:
+            user = await store.get_user(session, user_id, for_update=True)
+            if user is None:
+                raise NotFound("User not found")
+            return await store.update_user(session, user_id, **changes) if changes else user
+
+    async def set_plan_and_role(
+        self, user_id: uuid.UUID, *, plan: str | None, role: str | None, changed_by: str
+    ) -> store.Row:
+        """An admin's change; publishes user.plan_changed when the plan really changes."""
+        changes: dict[str, object] = {}
+        if plan is not None:
+            changes["plan"] = accounts.validate_plan(plan)
+        if role is not None:
+            changes["role"] = accounts.validate_role(role)
+        async with self._db.transaction() as session:
+            before = await store.get_user(session, user_id, for_update=True)
+            if before is None:
+                raise NotFound("User not found")
+            if not changes:
+                return before
+            after = await store.update_user(session, user_id, **changes)
+            if after.plan != before.plan:
+                await events.user_plan_changed(
+                    self._outbox, session, user_id, before.plan, after.plan, changed_by
+                )
+            return after
+
+
+async def promote_by_email(db: Database, email: str) -> store.Row:
+    """Make the account with this email an admin (the command line's first-admin path)."""
+    email = accounts.normalize_email(email)
+    async with db.transaction() as session:
+        user = await store.get_user_by_email(session, email)
+        if user is None:
+            raise NotFound("No account with this email")
+        return await store.update_user(session, user.id, role="admin")

@@ -1,0 +1,62 @@
+"""Typed settings of the users service (environment, prefix ``STYLESTUDIO_``)."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from kit.settings import ServiceSettings
+
+
+class UsersSettings(ServiceSettings):
+    service_name: str = "users"
+
+    # --- signing keys and tokens ---
+    # JSON list of {"kid", "pem"} EC P-256 private keys, imported into the users schema at
+    # start-up and trusted (published in the JWKS) for as long as they stay configured. The
+    # newest key in the schema signs; `python -m services.users.admin rotate-keys` adds a new
+    # one and retires the old, which stays published until its tokens have expired.
+    # Empty and no key in the schema yet: one is generated and stored.
+    jwt_signing_keys: SecretStr = SecretStr("")
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # How often a replica re-reads the current signing key from the schema (rotation pick-up).
+    signing_key_refresh_seconds: float = 30.0
+    # Allowance for clocks and for replicas still signing with a just-retired key.
+    key_retirement_margin_seconds: int = 120
+
+    # --- passwords (argon2id) ---
+    password_min_length: int = 8
+    password_max_length: int = 256
+    argon2_time_cost: int = 3
+    argon2_memory_cost_kib: int = 65536
+    argon2_parallelism: int = 4
+
+    # --- brute-force protection (failed logins counted in Redis) ---
+    login_failure_window_seconds: int = 900
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_ip: int = 50
+
+    # --- API keys ---
+    api_key_idempotency_seconds: int = 600
+
+    # --- OAuth sign-in ---
+    # Where the provider sends the browser back ({provider} is replaced); the front end then
+    # posts the code and state to /v1/auth/oauth/{provider}/callback.
+    oauth_redirect_uri: str = "http://127.0.0.1:3000/auth/callback/{provider}"
+    oauth_state_ttl_seconds: int = 600
+    oauth_http_timeout_seconds: float = 10.0
+    google_client_id: str = ""
+    google_client_secret: SecretStr = SecretStr("")
+    google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_userinfo_url: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    google_jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    google_issuer: str = "https://accounts.google.com"
+    github_client_id: str = ""
+    github_client_secret: SecretStr = SecretStr("")
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"
+    github_api_url: str = "https://api.github.com"
+
+    # --- GetMyStats ---
+    stats_rpc_timeout_seconds: float = 3.0
