@@ -1,0 +1,1 @@
+"""The billing service: The token ledger, pricing, packages, Stripe purchases and webhooks."""

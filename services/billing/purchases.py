@@ -1,0 +1,237 @@
+"""Buying token packages: purchases, Stripe webhooks, refunds.
+
+A purchase is credited by Stripe's word only: the ``payment_intent.succeeded``
+webhook, verified over the raw bytes. Every event id is recorded in the same
+transaction as its effect, so a duplicate delivery does nothing and a failed one is
+retried by Stripe with nothing half done. Order does not matter: a failure after
+a success leaves the credit alone, a success after a refund credits nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import stripe
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kit.db import Database
+from kit.errors import Conflict, FailedPrecondition, NotFound, ValidationError
+from kit.events import Outbox
+from services.billing import events, store
+from services.billing.ledger import credit_wallet, debit_available
+from services.billing.models import PURCHASES_ACCOUNT, REFUNDS_ACCOUNT
+from services.billing.payments import OfflinePayments, Payments, StripePayments
+from services.billing.pricing import PriceList
+from services.billing.settings import BillingSettings
+
+log = logging.getLogger("stylestudio.billing.purchases")
+
+Row = store.Row
+
+
+class Purchases:
+    def __init__(self, db: Database, outbox: Outbox, settings: BillingSettings, prices: PriceList) -> None:
+        self.db, self.outbox, self.settings, self.prices = db, outbox, settings, prices
+        self.payments: Payments = (
+            OfflinePayments(settings, self.handle_webhook)
+            if settings.offline_payments
+            else StripePayments(settings)
+        )
+
+    async def create(self, user_id: str, package_name: str, idempotency_key: str) -> tuple[Row, str]:
+        """A PENDING purchase and its PaymentIntent's client secret; the same key, the same purchase."""
+        package = self.prices.package(package_name)
+        key = idempotency_key or str(uuid.uuid4())
+        async with self.db.transaction() as session:
+            purchase = await store.insert_purchase(
+                session,
+                user_id=user_id,
+                package_name=package.name,
+                tokens=package.tokens,
+                amount_cents=package.price_cents,
+                currency=package.currency,
+                idempotency_key=key,
+            )
+            if purchase is None:
+                purchase = await store.purchase_by_key(session, user_id, key)
+                assert purchase is not None
+                if purchase["package_name"] != package.name:
+                    raise Conflict(
+                        "This Idempotency-Key was used for another purchase", details={"idempotency_key": key}
+                    )
+        # Outside the transaction: no row lock is held while Stripe answers. If Stripe fails the
+        # purchase stays PENDING without an intent and a retry with the same key completes it.
+        intent = await self.payments.create_payment_intent(purchase)
+        if purchase["payment_intent_id"] != intent.id:
+            async with self.db.transaction() as session:
+                await store.attach_payment_intent(session, purchase["id"], intent.id)
+                purchase = await store.purchase(session, purchase["id"])
+                assert purchase is not None
+        return purchase, intent.client_secret
+
+    async def page(self, user_id: str, before: Any, limit: int) -> list[Row]:
+        async with self.db.transaction() as session:
+            return await store.purchases_page(session, user_id, before, limit)
+
+    async def refund(self, purchase_id: str, reason: str) -> Row:
+        """Asks Stripe to refund a COMPLETED purchase; the tokens go back on ``charge.refunded``."""
+        parsed = _purchase_uuid(purchase_id)
+        async with self.db.transaction() as session:
+            purchase = await store.purchase(session, parsed) if parsed else None
+        if purchase is None:
+            raise NotFound(f"Purchase {purchase_id} not found", details={"purchase_id": purchase_id})
+        if purchase["status"] != "COMPLETED":
+            raise FailedPrecondition(
+                f"Only COMPLETED purchases can be refunded; this one is {purchase['status']}",
+                details={"purchase_id": purchase_id, "status": purchase["status"]},
+            )
+        await self.payments.refund(purchase, reason or "requested by an admin")
+        async with self.db.transaction() as session:
+            if reason:
+                await store.update_purchase(session, purchase["id"], refund_reason=reason)
+            refreshed = await store.purchase(session, purchase["id"])
+        assert refreshed is not None
+        return refreshed
+
+    # --- webhooks ---
+
+    async def handle_webhook(self, payload: bytes, signature: str) -> None:
+        event = self._verified(payload, signature)
+        data_object = event["data"]["object"]
+        async with self.db.transaction() as session:
+            if not await store.record_stripe_event(session, event["id"], event["type"], None, "received"):
+                log.info("duplicate stripe event ignored", extra={"stripe_event_id": event["id"]})
+                return
+            purchase = await self._purchase_of(session, event["type"], data_object)
+            handler = {
+                "payment_intent.succeeded": self._succeeded,
+                "payment_intent.payment_failed": self._failed,
+                "charge.refunded": self._refunded,
+            }.get(event["type"])
+            if handler is None:
+                outcome = "ignored: event type not handled"
+            elif purchase is None:
+                outcome = "ignored: unknown purchase"
+                log.warning("stripe event for an unknown purchase", extra={"stripe_event_id": event["id"]})
+            else:
+                outcome = await handler(session, purchase, data_object)
+            purchase_id = None if purchase is None else purchase["id"]
+            await store.set_stripe_event_outcome(session, event["id"], outcome, purchase_id)
+        log.info(
+            "stripe event", extra={"stripe_event_id": event["id"], "type": event["type"], "outcome": outcome}
+        )
+
+    def _verified(self, payload: bytes, signature: str) -> dict[str, Any]:
+        if not signature:
+            raise ValidationError("Missing Stripe-Signature header", field="stripe-signature")
+        s = self.settings
+        try:
+            stripe.Webhook.construct_event(
+                payload,
+                signature,
+                s.stripe_webhook_secret.get_secret_value(),
+                tolerance=s.stripe_webhook_tolerance_seconds,
+            )
+            event = json.loads(payload)
+        except stripe.SignatureVerificationError:
+            raise ValidationError(
+                "Stripe signature verification failed (bad signature or stale timestamp)",
+                field="stripe-signature",
+            ) from None
+        except (ValueError, TypeError, AttributeError, KeyError):  # not UTF-8, not JSON, not an object
+            raise ValidationError("The body is not a Stripe event", field="body") from None
+        if not (
+            isinstance(event, dict)
+            and isinstance(event.get("id"), str)
+            and isinstance(event.get("type"), str)
+            and isinstance(event.get("data"), dict)
+            and isinstance(event["data"].get("object"), dict)
+        ):
+            raise ValidationError("The body is not a Stripe event", field="body")
+        return event
+
+    async def _purchase_of(
+        self, session: AsyncSession, event_type: str, data_object: dict[str, Any]
+    ) -> Row | None:
+        metadata = data_object.get("metadata") or {}
+        parsed = _purchase_uuid(metadata.get("purchase_id") if isinstance(metadata, dict) else None)
+        if parsed is not None:
+            found = await store.purchase(session, parsed, for_update=True)
+            if found is not None:
+                return found
+        intent = data_object.get("id") if event_type.startswith("payment_intent.") else None
+        intent = intent or data_object.get("payment_intent")
+        return await store.purchase_by_payment_intent(session, intent) if isinstance(intent, str) else None
+
+    async def _succeeded(self, session: AsyncSession, purchase: Row, intent: dict[str, Any]) -> str:
+        if purchase["status"] not in ("PENDING", "FAILED"):
+            return f"ignored: purchase already {purchase['status']}"
+        received = intent.get("amount_received") or intent.get("amount") or 0
+        if (
+            str(intent.get("currency", "")).lower() != purchase["currency"]
+            or received < purchase["amount_cents"]
+        ):
+            log.error("payment does not cover the purchase", extra={"purchase_id": str(purchase["id"])})
+            return "ignored: amount or currency does not match the purchase"
+        await credit_wallet(
+            session,
+            purchase["user_id"],
+            purchase["tokens"],
+            kind="PURCHASE",
+            source=PURCHASES_ACCOUNT,
+            key=f"purchase:{purchase['id']}:credit",
+            reason=f"Purchase of the {purchase['package_name']} package",
+            purchase_id=purchase["id"],
+        )
+        values: dict[str, Any] = {"status": "COMPLETED", "failure_code": None}
+        if not purchase["payment_intent_id"] and isinstance(intent.get("id"), str):
+            values["payment_intent_id"] = intent["id"]
+        completed = await store.update_purchase(session, purchase["id"], **values)
+        await events.purchase_completed(self.outbox, session, completed)
+        return "credited"
+
+    async def _failed(self, session: AsyncSession, purchase: Row, intent: dict[str, Any]) -> str:
+        if purchase["status"] != "PENDING":
+            return f"ignored: purchase already {purchase['status']}"
+        error = intent.get("last_payment_error") or {}
+        code = (error.get("decline_code") or error.get("code")) if isinstance(error, dict) else None
+        failed = await store.update_purchase(
+            session, purchase["id"], status="FAILED", failure_code=str(code or "payment_failed")
+        )
+        await events.purchase_failed(self.outbox, session, failed)
+        return "failed"
+
+    async def _refunded(self, session: AsyncSession, purchase: Row, charge: dict[str, Any]) -> str:
+        if not charge.get("refunded"):
+            return "ignored: partial refund"
+        if purchase["status"] == "REFUNDED":
+            return "ignored: purchase already REFUNDED"
+        taken = 0
+        if purchase["status"] == "COMPLETED":
+            taken = await debit_available(
+                session,
+                purchase["user_id"],
+                purchase["tokens"],
+                kind="REFUND",
+                destination=REFUNDS_ACCOUNT,
+                key=f"purchase:{purchase['id']}:refund",
+                reason=f"Refund of the {purchase['package_name']} package",
+                purchase_id=purchase["id"],
+            )
+        # Refunded before the success arrived: nothing was credited, and nothing ever will be.
+        shortfall = purchase["tokens"] - taken if purchase["status"] == "COMPLETED" else 0
+        refunded = await store.update_purchase(
+            session, purchase["id"], status="REFUNDED", refunded_tokens=taken, refund_shortfall=shortfall
+        )
+        await events.tokens_refunded(self.outbox, session, refunded)
+        return f"refunded {taken}, shortfall {shortfall}"
+
+
+def _purchase_uuid(value: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None

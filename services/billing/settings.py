@@ -1,0 +1,78 @@
+"""Typed settings of the billing service (environment, prefix ``STYLESTUDIO_``).
+
+Prices, multipliers and packages are configuration: their defaults are API.md's
+numbers, and each can be replaced with a JSON value in the environment, e.g.
+``STYLESTUDIO_MODEL_MULTIPLIERS='{"stable-diffusion-xl": 1.0, "flux": 1.8}'``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+
+from kit.settings import ServiceSettings
+
+
+class TokenPackage(BaseModel):
+    name: str
+    display_name: str
+    tokens: int = Field(gt=0)
+    price_cents: int = Field(gt=0)
+    currency: str = "usd"
+
+
+DEFAULT_PACKAGES = [
+    TokenPackage(name="starter", display_name="Starter", tokens=10, price_cents=299),
+    TokenPackage(name="standard", display_name="Standard", tokens=50, price_cents=999),
+    TokenPackage(name="pro", display_name="Pro", tokens=200, price_cents=2999),
+    TokenPackage(name="enterprise", display_name="Enterprise", tokens=1000, price_cents=9999),
+]
+
+
+class BillingSettings(ServiceSettings):
+    service_name: str = "billing"
+
+    # --- pricing: ceil(quality x aspect ratio x model) tokens per image ---
+    quality_multipliers: dict[str, float] = {"draft": 0.5, "standard": 1.0, "high": 1.5}
+    aspect_ratio_multipliers: dict[str, float] = {
+        "1:1": 1.0,
+        "16:9": 1.2,
+        "9:16": 1.2,
+        "3:2": 1.1,
+        "2:3": 1.1,
+    }
+    model_multipliers: dict[str, float] = {"stable-diffusion-xl": 1.0, "dall-e-3": 2.0, "midjourney": 1.5}
+    default_model: str = "stable-diffusion-xl"
+    default_quality: str = "standard"
+    default_aspect_ratio: str = "1:1"
+    max_images_per_generation: int = 4
+
+    # --- packages on sale ---
+    token_packages: list[TokenPackage] = DEFAULT_PACKAGES
+
+    # --- ledger ---
+    welcome_grant_tokens: int = 10
+    welcome_grant_reason: str = "Welcome grant"
+    # A hold nobody captured or released is voided after this long (ReserveTokens may ask otherwise).
+    hold_default_ttl_seconds: int = 3600
+    hold_max_ttl_seconds: int = 24 * 3600
+    hold_sweep_interval_seconds: float = 30.0
+    hold_sweep_batch_size: int = 200
+    recent_purchases_in_summary: int = 5
+    default_page_size: int = 20
+    max_page_size: int = 100
+
+    # --- Stripe ---
+    # Empty: offline payments mode (local payment intents, confirmations posted as signed webhooks).
+    stripe_api_key: SecretStr = SecretStr("")
+    # Stripe's API base; tests point it at a local server that speaks Stripe's REST format.
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_webhook_secret: SecretStr = SecretStr("whsec_dev_only_offline_payments_secret")
+    stripe_webhook_tolerance_seconds: int = 300
+    stripe_max_network_retries: int = 2
+    stripe_timeout_seconds: float = 20.0
+    # Where `python -m services.billing.payments confirm` posts its signed events.
+    gateway_addr: str = "127.0.0.1:8080"
+
+    @property
+    def offline_payments(self) -> bool:
+        return not self.stripe_api_key.get_secret_value()
