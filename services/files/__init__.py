@@ -1,0 +1,1 @@
+"""The files service: Uploads, validation, image metadata, storage back ends, quotas, downloads."""

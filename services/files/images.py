@@ -1,0 +1,70 @@
+"""What an upload really is, judged from its bytes with Pillow: format, dimensions, integrity.
+
+The declared content type and the file name are never trusted: only JPEG, PNG and WebP
+are accepted, images whose pixel count could exhaust memory when decoded are refused
+before decoding, and the image is fully decoded so truncated or corrupt files fail here
+rather than in a user's browser or the generation worker.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from kit.errors import FileTooLarge, InvalidFileType, ValidationError
+
+# Pillow format name -> (our format name, content type).
+ACCEPTED_FORMATS = {
+    "JPEG": ("jpeg", "image/jpeg"),
+    "PNG": ("png", "image/png"),
+    "WEBP": ("webp", "image/webp"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFacts:
+    format: str
+    content_type: str
+    width: int
+    height: int
+
+
+def inspect_image(content: bytes, max_pixels: int) -> ImageFacts:
+    """The image's facts, or the domain error saying why these bytes are not an acceptable image."""
+    with warnings.catch_warnings():
+        # Pillow's own bomb check only warns below twice its limit; ours decides instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(content), formats=list(ACCEPTED_FORMATS))
+        except Image.DecompressionBombError as error:
+            raise _bomb(0, 0, max_pixels) from error
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise InvalidFileType(
+                "Only JPEG, PNG and WebP images are accepted",
+                details={"accepted": "image/jpeg, image/png, image/webp"},
+            ) from error
+        with image:
+            width, height = image.size
+            if width <= 0 or height <= 0 or width * height > max_pixels:
+                raise _bomb(width, height, max_pixels)
+            try:
+                image.load()
+            except Image.DecompressionBombError as error:
+                raise _bomb(width, height, max_pixels) from error
+            except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as error:
+                # Pillow reports truncation and corruption with these; the bytes are unusable.
+                raise ValidationError(
+                    "The image is truncated or corrupt and cannot be decoded", field="file"
+                ) from error
+            fmt, content_type = ACCEPTED_FORMATS[str(image.format)]
+    return ImageFacts(format=fmt, content_type=content_type, width=width, height=height)
+
+
+def _bomb(width: int, height: int, max_pixels: int) -> FileTooLarge:
+    return FileTooLarge(
+        "The image has too many pixels to be processed safely",
+        details={"width": width, "height": height, "max_pixels": max_pixels},
+    )

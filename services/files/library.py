@@ -1,0 +1,160 @@
+"""A user's file library: reading, listing, deleting, usage, and the pins of running generations.
+
+Every lookup is by owner and id together, so another user's file is simply not found.
+Deleting marks the file deleted at once (its quota is free again); its bytes are removed
+later by the janitor, and a file pinned by a running generation cannot be deleted at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from kit.db import Database
+from kit.errors import FailedPrecondition, NotFound, ValidationError
+from kit.events import Outbox
+from services.files import events, store
+from services.files.settings import FilesSettings
+from services.files.storage import FileStorage, StoredObject
+from services.files.uploads import GENERATED_CATEGORY, USER_CATEGORIES
+
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+
+
+def parse_file_id(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def encode_page_token(created_at: datetime, file_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{file_id}".encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, uuid.UUID] | None:
+    if not token:
+        return None
+    try:
+        created_at, _, file_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        return datetime.fromisoformat(created_at), uuid.UUID(file_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as error:
+        raise ValidationError(
+            "page_token is not a token this service gave out", field="page_token"
+        ) from error
+
+
+def page_size_of(requested: int) -> int:
+    if requested < 0:
+        raise ValidationError("page_size must not be negative", field="page_size")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+class FileLibrary:
+    def __init__(self, settings: FilesSettings, db: Database, outbox: Outbox, storage: FileStorage) -> None:
+        self.settings = settings
+        self.db = db
+        self.outbox = outbox
+        self.storage = storage
+
+    async def get(self, user_id: str, file_id: str) -> dict[str, Any]:
+        found = parse_file_id(file_id)
+        row = None
+        if found is not None:
+            async with self.db.transaction() as session:
+                row = await store.active_file(session, user_id, found)
+        if row is None:
+            raise NotFound("File not found", details={"id": file_id})
+        return dict(row._mapping)
+
+    async def list_files(
+        self, user_id: str, category: str, page_size: int, page_token: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        if category and category not in (*USER_CATEGORIES, GENERATED_CATEGORY):
+            raise ValidationError("category is not a file category", field="category")
+        size = page_size_of(page_size)
+        after = decode_page_token(page_token)
+        async with self.db.transaction() as session:
+            rows = await store.list_active_files(
+                session, user_id, category=category, after=after, limit=size + 1
+            )
+        page = [dict(row._mapping) for row in rows[:size]]
+        next_token = encode_page_token(page[-1]["created_at"], page[-1]["id"]) if len(rows) > size else ""
+        return page, next_token
+
+    async def delete(self, user_id: str, file_id: str) -> None:
+        found = parse_file_id(file_id)
+        async with self.db.transaction() as session:
+            row = await store.active_file(session, user_id, found, lock=True) if found else None
+            if row is None:
+                raise NotFound("File not found", details={"id": file_id})
+            if await store.is_referenced(session, row.id):
+                raise FailedPrecondition(
+                    "The file is used by a generation in progress; delete it when that has finished",
+                    details={"id": file_id},
+                )
+            await store.mark_deleted(session, row.id)
+            await store.add_usage(session, user_id, -int(row.size))
+            await events.file_deleted(session, self.outbox, dict(row._mapping))
+
+    async def usage(self, user_id: str, plan: str | None) -> dict[str, Any]:
+        """The user's usage; ``plan`` from their token, or None to use the plan last seen."""
+        async with self.db.transaction() as session:
+            categories = await store.usage_by_category(session, user_id)
+            if plan is None:
+                account = await store.account(session, user_id)
+                plan = account.plan if account is not None else "free"
+        by_category = {
+            row.category: {"total_bytes": int(row.total_bytes), "file_count": int(row.file_count)}
+            for row in categories
+        }
+        return {
+            "total_bytes": sum(c["total_bytes"] for c in by_category.values()),
+            "file_count": sum(c["file_count"] for c in by_category.values()),
+            "quota_bytes": self.settings.quota_for_plan(plan),
+            "by_category": by_category,
+        }
+
+    async def check_ownership(self, user_id: str, file_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        parsed = {text: parse_file_id(text) for text in file_ids}
+        wanted = [found for found in parsed.values() if found is not None]
+        owned: set[uuid.UUID] = set()
+        if wanted:
+            async with self.db.transaction() as session:
+                owned = {row.id for row in await store.active_files(session, user_id, wanted)}
+        return (
+            [text for text in file_ids if parsed[text] in owned],
+            [text for text in file_ids if parsed[text] not in owned],
+        )
+
+    async def acquire(self, user_id: str, generation_id: str, file_ids: Sequence[str]) -> None:
+        if not generation_id:
+            raise ValidationError("generation_id is required", field="generation_id")
+        parsed = {text: parse_file_id(text) for text in file_ids}
+        wanted = sorted({found for found in parsed.values() if found is not None})
+        async with self.db.transaction() as session:
+            # Locking the rows orders this against a concurrent delete of the same files.
+            rows = await store.active_files(session, user_id, wanted, lock=True)
+            found = {row.id for row in rows}
+            missing = [text for text, value in parsed.items() if value not in found]
+            if missing:
+                raise NotFound("Some files were not found", details={"missing_ids": ",".join(missing)})
+            await store.add_references(session, generation_id, wanted)
+
+    async def release(self, generation_id: str, file_ids: Sequence[str]) -> None:
+        if not generation_id:
+            raise ValidationError("generation_id is required", field="generation_id")
+        parsed = [found for text in file_ids if (found := parse_file_id(text)) is not None]
+        if file_ids and not parsed:
+            return
+        async with self.db.transaction() as session:
+            await store.remove_references(session, generation_id, parsed)
+
+    async def content(self, user_id: str, file_id: str) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        file = await self.get(user_id, file_id)
+        stored = StoredObject(key=file["storage_key"], version=file["storage_version"])
+        return file, self.storage.read(stored, self.settings.download_chunk_bytes)
