@@ -1,0 +1,205 @@
+"""The generation service's gRPC servicer: proto in, domain call, proto out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from google.protobuf import empty_pb2
+
+from kit.auth import current_caller, user_id_for
+from kit.errors import DomainError, FeatureNotInPlan, NotFound, ValidationError
+from kit.interceptors import idempotency_key
+from kit.server import Registration, Runtime
+from services.generation import progress, store
+from services.generation.lifecycle import Status
+from services.generation.saga import Generation, Saga
+from services.generation.starting import start_generation
+from services.generation.webhooks import handle_replicate_webhook
+from stylestudio.common.v1 import error_pb2
+from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
+
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
+WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, saga: Saga) -> None:
+        self.saga = saga
+
+    async def CreateGeneration(
+        self, request: generation_pb2.CreateGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.Generation:
+        generation = await start_generation(
+            self.saga, current_caller(), request, idempotency_key(context) or None
+        )
+        return to_proto(generation)
+
+    async def GetGeneration(
+        self, request: generation_pb2.GetGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.Generation:
+        generation_id = _generation_id(request.id)
+        async with self.saga.db.transaction() as session:
+            generation = await store.get_visible(session, generation_id, current_caller().user_id)
+        if generation is None:
+            raise NotFound("Generation not found", details={"id": request.id})
+        return to_proto(generation)
+
+    async def ListGenerations(
+        self, request: generation_pb2.ListGenerationsRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.ListGenerationsResponse:
+        if request.page_size < 0:
+            raise ValidationError("page_size must not be negative", field="page_size")
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        status = None
+        if request.status != resources_pb2.GENERATION_STATUS_UNSPECIFIED:
+            status = Status(resources_pb2.GenerationStatus.Name(request.status))
+        async with self.saga.db.transaction() as session:
+            rows, next_token = await store.list_for_user(
+                session, current_caller().user_id, status, page_size, request.page_token
+            )
+        return generation_pb2.ListGenerationsResponse(
+            generations=[to_proto(row) for row in rows], next_page_token=next_token
+        )
+
+    async def CancelGeneration(
+        self, request: generation_pb2.CancelGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.Generation:
+        generation = await self.saga.cancel(_generation_id(request.id), current_caller().user_id)
+        return to_proto(generation)
+
+    async def WatchGeneration(
+        self, request: generation_pb2.WatchGenerationRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[resources_pb2.Generation]:
+        async for generation in progress.watch(
+            self.saga, _generation_id(request.id), current_caller().user_id
+        ):
+            yield to_proto(generation)
+
+    async def BatchCreateGenerations(
+        self, request: generation_pb2.BatchCreateGenerationsRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.BatchCreateGenerationsResponse:
+        caller, settings = current_caller(), self.saga.settings
+        if caller.plan not in settings.batch_plans:
+            raise FeatureNotInPlan(
+                "Batch generation is available on the Pro and Enterprise plans", details={"plan": caller.plan}
+            )
+        if not 1 <= len(request.requests) <= settings.batch_max_requests:
+            raise ValidationError(
+                f"A batch holds 1 to {settings.batch_max_requests} requests",
+                field="requests",
+                details={"max": settings.batch_max_requests},
+            )
+        key = idempotency_key(context) or None
+        results = []
+        # One after the other, so a wallet that can pay for some gets the first ones.
+        for index, item in enumerate(request.requests):
+            try:
+                generation = await start_generation(
+                    self.saga, caller, item, f"{key}:{index}" if key else None, batch=True
+                )
+            except DomainError as error:
+                results.append(
+                    generation_pb2.BatchResult(
+                        error=error_pb2.Error(reason=str(error.reason), message=error.message)
+                    )
+                )
+            else:
+                results.append(generation_pb2.BatchResult(generation=to_proto(generation)))
+        return generation_pb2.BatchCreateGenerationsResponse(results=results)
+
+    async def ListStyles(
+        self, request: generation_pb2.ListStylesRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.ListStylesResponse:
+        return generation_pb2.ListStylesResponse(
+            styles=[
+                resources_pb2.Style(name=s.name, display_name=s.display_name, prompt_suffix=s.prompt_suffix)
+                for s in self.saga.catalog.styles.values()
+            ]
+        )
+
+    async def ListModels(
+        self, request: generation_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.ListModelsResponse:
+        return generation_pb2.ListModelsResponse(
+            models=[
+                resources_pb2.Model(
+                    name=m.name, display_name=m.display_name, multiplier=m.multiplier, provider=m.provider
+                )
+                for m in self.saga.catalog.models.values()
+            ]
+        )
+
+    async def HandleReplicateWebhook(
+        self, request: generation_pb2.HandleReplicateWebhookRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        metadata = {
+            key: value for key, value in (context.invocation_metadata() or ()) if key in WEBHOOK_HEADERS
+        }
+        for header in WEBHOOK_HEADERS:
+            if not isinstance(metadata.get(header), str) or not metadata[header]:
+                raise ValidationError(f"Missing {header} header", field=header)
+        await handle_replicate_webhook(self.saga, metadata, request.http_body.data)  # type: ignore[arg-type]
+        return empty_pb2.Empty()
+
+    async def GetUserGenerationStats(
+        self, request: generation_pb2.GetUserGenerationStatsRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.GetUserGenerationStatsResponse:
+        user_id = user_id_for(request.user_id)
+        async with self.saga.db.transaction() as session:
+            total, completed, failed = await store.user_stats(session, user_id)
+        return generation_pb2.GetUserGenerationStatsResponse(total=total, completed=completed, failed=failed)
+
+
+def to_proto(row: Generation) -> resources_pb2.Generation:
+    generation = resources_pb2.Generation(
+        id=str(row.id),
+        status=resources_pb2.GenerationStatus.Value(row.status),
+        prompt=row.prompt,
+        enhanced_prompt=row.enhanced_prompt,
+        parameters=resources_pb2.GenerationParameters(
+            model=row.model,
+            style=row.style,
+            quality=row.quality,
+            aspect_ratio=row.aspect_ratio,
+            num_images=row.num_images,
+            seed=row.seed,
+        ),
+        product_image_files=list(row.product_image_files),
+        model_image_files=list(row.model_image_files),
+        result_image_files=list(row.result_image_files),
+        token_cost=row.token_cost,
+        processing_time_ms=row.processing_time_ms or 0,
+        trace_id=row.trace_id,
+    )
+    if row.status in (Status.FAILED, Status.CANCELED) and (row.error_reason or row.error_message):
+        generation.error.CopyFrom(
+            error_pb2.Error(reason=row.error_reason or "", message=row.error_message or "")
+        )
+    generation.created_at.FromDatetime(row.created_at)
+    if row.started_at is not None:
+        generation.started_at.FromDatetime(row.started_at)
+    if row.completed_at is not None:
+        generation.completed_at.FromDatetime(row.completed_at)
+    return generation
+
+
+def _generation_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound("Generation not found", details={"id": value[:64]}) from None
+
+
+def registrations(saga: Saga) -> Sequence[Registration]:
+    return [
+        Registration(
+            GenerationApi(saga),
+            generation_pb2_grpc.add_GenerationServiceServicer_to_server,
+            generation_pb2.DESCRIPTOR.services_by_name["GenerationService"],
+        ),
+    ]
+
+
+__all__ = ["GenerationApi", "Runtime", "registrations", "to_proto"]

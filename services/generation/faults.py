@@ -1,0 +1,72 @@
+"""Fault injection for tests and demos, off unless ``fault_injection`` is set.
+
+A prompt may carry directives:
+  ``[fail:permanent]``      the local provider fails for good (PROCESSING_ERROR);
+  ``[fail:transient:N]``    its first N tries fail like a timeout (then it works);
+  ``[latency:S]``           each try takes S seconds;
+  ``[queued:S]``            the worker waits S seconds before taking the job (QUEUED meanwhile);
+  ``[pause:STEP]``          the saga stops at checkpoint STEP the first time it gets there
+                            (a Redis key tells the test, which then kills the process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+_DIRECTIVE = re.compile(r"\[(fail|latency|queued|pause):([a-z0-9_.:]+)\]")
+# Checkpoints of the saga, in order.
+CHECKPOINTS = (
+    "after_hold",
+    "after_processing",
+    "after_store",
+    "after_decide",
+    "after_billing",
+)
+
+
+@dataclass(frozen=True)
+class Directives:
+    fail_permanently: bool = False
+    transient_failures: int = 0
+    latency_seconds: float | None = None
+    queued_seconds: float = 0.0
+    pauses: frozenset[str] = frozenset()
+
+
+NONE = Directives()
+
+
+def parse_directives(prompt: str, enabled: bool) -> Directives:
+    if not enabled:
+        return NONE
+    fail_permanently, transient, latency, queued, pauses = False, 0, None, 0.0, set()
+    for kind, value in _DIRECTIVE.findall(prompt):
+        if kind == "fail" and value == "permanent":
+            fail_permanently = True
+        elif kind == "fail" and value.startswith("transient:"):
+            transient = int(value.split(":", 1)[1])
+        elif kind == "latency":
+            latency = float(value)
+        elif kind == "queued":
+            queued = float(value)
+        elif kind == "pause" and value in CHECKPOINTS:
+            pauses.add(value)
+    return Directives(fail_permanently, transient, latency, queued, frozenset(pauses))
+
+
+def checkpoint_key(prefix: str, generation_id: object, step: str) -> str:
+    return f"{prefix}:generation:checkpoint:{generation_id}:{step}"
+
+
+async def checkpoint(
+    redis: Redis, prefix: str, generation_id: object, step: str, directives: Directives
+) -> None:
+    """Stop here forever the first time, if the prompt asks to (the test kills the process)."""
+    if step not in directives.pauses:
+        return
+    if await redis.set(checkpoint_key(prefix, generation_id, step), b"paused", nx=True):
+        await asyncio.Event().wait()

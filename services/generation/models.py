@@ -1,0 +1,83 @@
+"""The generation service's tables, all in the ``generation`` schema."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from kit.db import service_metadata
+from kit.events import event_tables
+
+metadata = service_metadata("generation")
+outbox, inbox = event_tables(metadata)
+
+# One row per generation; ``status`` is a lifecycle.Status name.
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    # The decided outcome (COMPLETED, FAILED, CANCELED) before its billing step ran.
+    sa.Column("resolution", sa.Text),
+    sa.Column("error_reason", sa.Text),
+    sa.Column("error_message", sa.Text),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("enhanced_prompt", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("style", sa.Text, nullable=False),
+    sa.Column("quality", sa.Text, nullable=False),
+    sa.Column("aspect_ratio", sa.Text, nullable=False),
+    sa.Column("num_images", sa.Integer, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("seed_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("product_image_files", ARRAY(sa.Text), nullable=False),
+    sa.Column("model_image_files", ARRAY(sa.Text), nullable=False),
+    sa.Column("result_image_files", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("token_cost", sa.BigInteger, nullable=False),
+    sa.Column("hold_id", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    # Hash of the request, so a reused idempotency key with another request is a CONFLICT.
+    sa.Column("request_hash", sa.Text),
+    sa.Column("batch", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("trace_id", sa.Text, nullable=False, server_default=""),
+    # W3C context of the saga's root, so sweeper and webhook work joins the generation's trace.
+    sa.Column("traceparent", sa.Text, nullable=False, server_default=""),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("prediction_id", sa.Text),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    # The worker that set PROCESSING owns the generation until then.
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("deadline", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("processing_time_ms", sa.BigInteger),
+    sa.Index("ix_generations_user_created", "user_id", sa.text("created_at DESC"), sa.text("id DESC")),
+    sa.Index(
+        "uq_generations_user_idempotency_key",
+        "user_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_generations_unfinished",
+        "updated_at",
+        postgresql_where=sa.text("status NOT IN ('COMPLETED', 'FAILED', 'CANCELED')"),
+    ),
+    sa.Index(
+        "ix_generations_prediction", "prediction_id", postgresql_where=sa.text("prediction_id IS NOT NULL")
+    ),
+)
+
+# Replicate webhook deliveries already handled (Replicate retries; each webhook-id acts once).
+replicate_webhooks = sa.Table(
+    "replicate_webhooks",
+    metadata,
+    sa.Column("webhook_id", sa.Text, primary_key=True),
+    sa.Column("prediction_id", sa.Text, nullable=False),
+    sa.Column("prediction_status", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)

@@ -1,0 +1,217 @@
+"""Starting a generation: validate, limit, price, check files, hold tokens, queue.
+
+Nothing is held when any step before the hold fails; a failure after the hold
+releases it. The row is written as STARTING (invisible to the user) before the
+hold, so a crash between the hold and QUEUED leaves a trace the sweeper undoes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf import duration_pb2
+
+from kit import telemetry
+from kit.auth import Caller
+from kit.errors import Conflict, NotFound
+from services.generation import events, store
+from services.generation.prompts import enhance_prompt
+from services.generation.saga import Generation, Saga, call, hold_key
+from services.generation.validation import MAX_SEED, GenerationRequest, validate_request
+from stylestudio.billing.v1 import billing_pb2
+from stylestudio.files.v1 import files_pb2
+from stylestudio.generation.v1 import generation_pb2
+
+
+def parse_request(saga: Saga, request: generation_pb2.CreateGenerationRequest) -> GenerationRequest:
+    parameters = request.parameters
+    return validate_request(
+        product_image_files=list(request.product_image_files),
+        model_image_files=list(request.model_image_files),
+        prompt=request.prompt,
+        model=parameters.model,
+        style=parameters.style,
+        quality=parameters.quality,
+        aspect_ratio=parameters.aspect_ratio,
+        num_images=parameters.num_images,
+        seed=parameters.seed if parameters.HasField("seed") else None,
+        catalog=saga.catalog,
+        settings=saga.settings,
+    )
+
+
+def request_hash(request: generation_pb2.CreateGenerationRequest) -> str:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+async def start_generation(
+    saga: Saga,
+    caller: Caller,
+    request: generation_pb2.CreateGenerationRequest,
+    idempotency_key: str | None,
+    *,
+    batch: bool = False,
+) -> Generation:
+    user_id = caller.user_id
+    fingerprint = request_hash(request)
+    if idempotency_key:
+        async with saga.db.transaction() as session:
+            earlier = await store.find_by_idempotency_key(session, user_id, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, fingerprint)
+    parsed = parse_request(saga, request)
+    generation_id = uuid.uuid4()
+    tracer = telemetry.tracer("stylestudio.generation")
+    attributes = {
+        telemetry.ATTR_GENERATION_ID: str(generation_id),
+        telemetry.ATTR_USER_ID: user_id,
+        telemetry.ATTR_MODEL: parsed.parameters.model,
+    }
+    with tracer.start_as_current_span("generation.start", attributes=attributes) as span:
+        await saga.limiter.admit(user_id, caller.plan, str(generation_id))
+        try:
+            token_cost = await _price_and_check_files(saga, user_id, parsed)
+            values = _row(
+                saga, generation_id, user_id, parsed, token_cost, idempotency_key, fingerprint, batch
+            )
+            async with saga.db.transaction() as session:
+                starting = await store.insert_starting(session, values)
+            if starting is None:  # the same key raced us: answer with its generation
+                await saga.limiter.give_back(user_id, str(generation_id))
+                async with saga.db.transaction() as session:
+                    earlier = await store.find_by_idempotency_key(session, user_id, idempotency_key or "")
+                if earlier is None:
+                    raise Conflict("A request with this Idempotency-Key is being processed; retry shortly")
+                return _replay(earlier, fingerprint)
+            queued = await _hold_and_queue(saga, starting)
+        except BaseException:
+            await saga.limiter.give_back(user_id, str(generation_id))
+            raise
+        span.set_attribute(telemetry.ATTR_GENERATION_STATUS, queued.status)
+    await saga.notify(queued)
+    return queued
+
+
+async def _price_and_check_files(saga: Saga, user_id: str, parsed: GenerationRequest) -> int:
+    parameters = parsed.parameters
+    estimate, ownership = await asyncio.gather(
+        call(
+            saga.billing.EstimateCost(
+                billing_pb2.EstimateCostRequest(
+                    model=parameters.model,
+                    quality=parameters.quality,
+                    aspect_ratio=parameters.aspect_ratio,
+                    num_images=parameters.num_images,
+                )
+            )
+        ),
+        call(
+            saga.files.CheckFileOwnership(
+                files_pb2.CheckFileOwnershipRequest(user_id=user_id, file_ids=list(parsed.input_files))
+            )
+        ),
+    )
+    if ownership.missing_ids:
+        raise NotFound(
+            "Input file not found",
+            details={
+                "field": _field_of(parsed, ownership.missing_ids[0]),
+                "file_id": ownership.missing_ids[0],
+            },
+        )
+    return int(estimate.tokens)
+
+
+def _field_of(parsed: GenerationRequest, file_id: str) -> str:
+    return "product_image_files" if file_id in parsed.product_image_files else "model_image_files"
+
+
+async def _hold_and_queue(saga: Saga, starting: Generation) -> Generation:
+    generation_id, user_id, token_cost = starting.id, starting.user_id, starting.token_cost
+    try:
+        expires_in = duration_pb2.Duration()
+        expires_in.FromTimedelta(
+            timedelta(
+                seconds=saga.settings.generation_deadline_seconds + saga.settings.hold_expiry_margin_seconds
+            )
+        )
+        hold = await call(
+            saga.billing.ReserveTokens(
+                billing_pb2.ReserveTokensRequest(
+                    user_id=user_id,
+                    amount=token_cost,
+                    generation_id=str(generation_id),
+                    idempotency_key=hold_key(generation_id),
+                    expires_in=expires_in,
+                    reason="AI image generation",
+                )
+            )
+        )
+    except BaseException:
+        async with saga.db.transaction() as session:
+            await store.delete_starting(session, generation_id)
+        raise
+    await saga.checkpoint(starting, "after_hold")
+    try:
+        async with saga.db.transaction() as session:
+            queued = await store.mark_queued(session, generation_id, hold.id)
+            assert queued is not None, "a STARTING generation vanished while its start was running"
+            await events.publish_started(saga.outbox, session, queued)
+            await events.enqueue_job(saga.outbox, session, queued)
+    except BaseException:
+        await saga.release_start(starting)
+        raise
+    return queued
+
+
+def _row(
+    saga: Saga,
+    generation_id: uuid.UUID,
+    user_id: str,
+    parsed: GenerationRequest,
+    token_cost: int,
+    idempotency_key: str | None,
+    fingerprint: str,
+    batch: bool,
+) -> dict[str, object]:
+    parameters = parsed.parameters
+    carrier = telemetry.inject_trace_context()
+    return {
+        "id": generation_id,
+        "user_id": user_id,
+        "prompt": parsed.prompt,
+        "enhanced_prompt": enhance_prompt(
+            parsed.prompt,
+            saga.catalog.styles[parameters.style],
+            with_model_images=bool(parsed.model_image_files),
+        ),
+        "model": parameters.model,
+        "style": parameters.style,
+        "quality": parameters.quality,
+        "aspect_ratio": parameters.aspect_ratio,
+        "num_images": parameters.num_images,
+        "seed": parameters.seed if parameters.seed is not None else random.randint(0, MAX_SEED),
+        "seed_requested": parameters.seed is not None,
+        "product_image_files": list(parsed.product_image_files),
+        "model_image_files": list(parsed.model_image_files),
+        "token_cost": token_cost,
+        "idempotency_key": idempotency_key or None,
+        "request_hash": fingerprint,
+        "batch": batch,
+        "trace_id": telemetry.current_trace_id(),
+        "traceparent": carrier.get("traceparent", ""),
+        "provider": saga.catalog.models[parameters.model].provider,
+        "deadline": datetime.now(UTC) + timedelta(seconds=saga.settings.generation_deadline_seconds),
+    }
+
+
+def _replay(earlier: Generation, fingerprint: str) -> Generation:
+    if earlier.request_hash != fingerprint:
+        raise Conflict("This Idempotency-Key was used with a different request")
+    if earlier.status == "STARTING":
+        raise Conflict("A request with this Idempotency-Key is being processed; retry shortly")
+    return earlier
