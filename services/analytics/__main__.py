@@ -1,0 +1,57 @@
+"""Start the analytics service: ``python -m services.analytics``."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from kit.events import EventConsumer
+from kit.server import Registration, Runtime, ServiceDefinition, run
+from services.analytics import api, events, models, partitions
+from services.analytics.settings import AnalyticsSettings
+from services.analytics.store import UsageStore
+
+
+class _Parts:
+    """The servicer, the consumer and the partition loop share one store (and its partition cache)."""
+
+    def __init__(self) -> None:
+        self._store: UsageStore | None = None
+
+    def store(self, runtime: Runtime) -> UsageStore:
+        if self._store is None:
+            self._store = UsageStore(runtime.db)
+        return self._store
+
+    def register(self, runtime: Runtime) -> Sequence[Registration]:
+        return api.registrations(runtime, self.store(runtime))
+
+    def consumers(self, runtime: Runtime) -> Sequence[EventConsumer]:
+        return [events.usage_consumer(runtime, self.store(runtime))]
+
+    def background(self, runtime: Runtime) -> Sequence[Coroutine[Any, Any, None]]:
+        s = runtime.settings
+        assert isinstance(s, AnalyticsSettings)
+        maintain = partitions.maintain(
+            self.store(runtime),
+            s.usage_partitions_ahead_months,
+            s.usage_retention_months,
+            s.usage_partition_check_interval_seconds,
+        )
+        return [maintain]
+
+
+def definition(settings: AnalyticsSettings | None = None) -> ServiceDefinition:
+    parts = _Parts()
+    return ServiceDefinition(
+        name="analytics",
+        settings=settings or AnalyticsSettings(),
+        metadata=models.metadata,
+        register=parts.register,
+        consumers=parts.consumers,
+        background=parts.background,
+    )
+
+
+if __name__ == "__main__":
+    run(definition())

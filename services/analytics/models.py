@@ -1,0 +1,79 @@
+"""The analytics service's tables, all in the ``analytics`` schema.
+
+``usage_records`` is the usage log: one row per action, partitioned by month on
+``created_at`` (partitions ``usage_records_pYYYYMM`` are created ahead and dropped
+after the retention by the service, see partitions.py). Its primary key includes
+the partition key, as PostgreSQL requires; for records that come from events the id
+is the event id and ``created_at`` its ``occurred_at``, so a redelivered event hits
+the same key and is recorded once.
+
+The facts the analytics aggregate (model, style, error reason, tokens, processing
+time) are typed columns, so SQL sums and percentiles read them without parsing
+JSON; ``metadata`` keeps the record's facts for display.
+
+``usage_daily`` rolls the log up per UTC day, action, model, style and error reason
+(empty string for none, so the key has no NULLs): kept by the same statement that
+inserts the records it counts, read by the system analytics for whole days.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from kit.db import service_metadata
+from kit.events import event_tables
+
+metadata = service_metadata("analytics")
+outbox, inbox = event_tables(metadata)
+
+usage_records = sa.Table(
+    "usage_records",
+    metadata,
+    sa.Column("id", sa.Uuid, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    # "client" for LogUserAction, else the publishing service.
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("metadata", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("session_id", sa.Text),
+    sa.Column("ip_address", postgresql.INET),
+    sa.Column("user_agent", sa.Text),
+    sa.Column("model", sa.Text),
+    sa.Column("style", sa.Text),
+    sa.Column("reason", sa.Text),
+    # Tokens the action moved (purchased, granted, spent by a generation, refunded).
+    sa.Column("tokens", sa.BigInteger),
+    sa.Column("processing_ms", sa.BigInteger),
+    sa.PrimaryKeyConstraint("id", "created_at", name="pk_usage_records"),
+    sa.Index("ix_usage_records_user_created", "user_id", sa.text("created_at DESC"), sa.text("id DESC")),
+    sa.Index(
+        "ix_usage_records_user_action_created",
+        "user_id",
+        "action",
+        sa.text("created_at DESC"),
+        sa.text("id DESC"),
+    ),
+    sa.Index(
+        "ix_usage_records_action_created",
+        "action",
+        "created_at",
+        postgresql_include=["model", "style", "reason", "tokens"],
+    ),
+    postgresql_partition_by="RANGE (created_at)",
+)
+
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False, server_default=""),
+    sa.Column("style", sa.Text, nullable=False, server_default=""),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("records", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    # Action first: the analytics ask for a few actions over a range of days.
+    sa.PrimaryKeyConstraint("action", "day", "model", "style", "reason", name="pk_usage_daily"),
+)
