@@ -1,0 +1,1 @@
+"""The REST gateway: public REST+JSON translated to the services' gRPC APIs."""

@@ -1,0 +1,36 @@
+"""Start the gateway: ``python -m gateway``."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from kit.logs import setup_logging
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    setup_logging("gateway", settings.log_level, settings.log_format)
+    # Each worker process builds its own app (and channels) through the factory.
+    app = "gateway.app:create_app" if settings.gateway_workers > 1 else create_app(settings)
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        factory=settings.gateway_workers > 1,
+        workers=settings.gateway_workers if settings.gateway_workers > 1 else None,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        # uvloop and httptools: the event loop and HTTP parser in C keep the per-request cost low.
+        loop=settings.gateway_loop,
+        http="httptools",
+        # The gateway decides itself whom to believe about the client's address (settings);
+        # uvicorn would otherwise take X-Forwarded-For from any local peer.
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+
+
+if __name__ == "__main__":
+    main()

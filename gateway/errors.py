@@ -1,0 +1,164 @@
+"""gRPC status (+ google.rpc.ErrorInfo, RetryInfo) -> API.md's HTTP status and JSON error body.
+
+One table: the status code gives the HTTP status, and a reason the contract names
+overrides it (INSUFFICIENT_TOKENS is FAILED_PRECONDITION on the wire but 402 over HTTP).
+The body is ``{"error": {"code", "status", "reason", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import grpc
+import orjson
+from google.rpc import error_details_pb2, status_pb2
+
+from kit.errors import ERROR_DOMAIN, REASON_BY_CODE, Reason
+
+HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+# Reasons whose HTTP status is not their code's (common/v1/error.proto gives each one).
+HTTP_STATUS_BY_REASON: dict[str, int] = {
+    Reason.INSUFFICIENT_TOKENS: 402,
+    Reason.FILE_TOO_LARGE: 413,
+    Reason.INVALID_FILE_TYPE: 415,
+    Reason.RATE_LIMITED: 429,
+    Reason.QUOTA_EXCEEDED: 429,
+    Reason.FEATURE_NOT_IN_PLAN: 403,
+    Reason.CONFLICT: 409,
+}
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_SERVER_ERROR_MESSAGE = "Internal error"
+
+
+@dataclass(slots=True)
+class ApiError(Exception):
+    """An error answered to the client: what API.md's error body says, plus Retry-After."""
+
+    http_status: int
+    status: str
+    reason: str
+    message: str
+    details: dict[str, str] = field(default_factory=dict)
+    retry_after_seconds: int | None = None
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {
+                "code": self.http_status,
+                "status": self.status,
+                "reason": self.reason,
+                "message": self.message,
+                "details": self.details,
+            }
+        }
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after_seconds is None:
+            return []
+        return [(b"retry-after", str(self.retry_after_seconds).encode())]
+
+
+def bad_request(message: str, field_name: str | None = None) -> ApiError:
+    details = {"field": field_name} if field_name else {}
+    return ApiError(400, "INVALID_ARGUMENT", Reason.VALIDATION_ERROR, message, details)
+
+
+def unauthenticated(message: str) -> ApiError:
+    return ApiError(401, "UNAUTHENTICATED", Reason.UNAUTHORIZED, message)
+
+
+def not_found(message: str = "No such route") -> ApiError:
+    return ApiError(404, "NOT_FOUND", Reason.NOT_FOUND, message)
+
+
+def method_not_allowed(allowed: list[str]) -> ApiError:
+    return ApiError(
+        405, "UNIMPLEMENTED", Reason.VALIDATION_ERROR, "Method not allowed", {"allow": ", ".join(allowed)}
+    )
+
+
+def payload_too_large(limit: int, reason: str = Reason.VALIDATION_ERROR) -> ApiError:
+    return ApiError(
+        413, "INVALID_ARGUMENT", reason, f"The request body is over {limit} bytes", {"limit": str(limit)}
+    )
+
+
+def unsupported_media_type(message: str) -> ApiError:
+    return ApiError(415, "INVALID_ARGUMENT", Reason.VALIDATION_ERROR, message)
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "INTERNAL", Reason.INTERNAL, _SERVER_ERROR_MESSAGE)
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int) -> ApiError:
+    """The client's view of a failed call, from its status code, ErrorInfo and RetryInfo."""
+    code = error.code()
+    info, retry_delay = _status_details(error.trailing_metadata())
+    http_status = HTTP_STATUS_BY_CODE.get(code, 500)
+    if info is not None and info.domain == ERROR_DOMAIN and info.reason:
+        reason = info.reason
+        http_status = HTTP_STATUS_BY_REASON.get(reason, http_status)
+    else:
+        # No reason was given: the code alone decides the status (FAILED_PRECONDITION stays 400).
+        reason = str(REASON_BY_CODE.get(code, Reason.INTERNAL))
+    message = error.details() or code.name
+    if http_status >= 500 and code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS):
+        message = _SERVER_ERROR_MESSAGE  # may carry a server-side exception text: never pass it on
+    retry_after = None
+    if retry_delay is not None:
+        retry_after = max(0, math.ceil(retry_delay))
+    elif reason == Reason.RATE_LIMITED:
+        retry_after = default_retry_after
+    details = dict(info.metadata) if info is not None else {}
+    return ApiError(http_status, code.name, reason, message, details, retry_after)
+
+
+def _status_details(
+    metadata: object,
+) -> tuple[error_details_pb2.ErrorInfo | None, float | None]:
+    raw = None
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == STATUS_DETAILS_KEY:
+            raw = value
+            break
+    if not isinstance(raw, bytes):
+        return None, None
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except Exception:  # a malformed details blob must not turn an error into a crash
+        return None, None
+    info, retry = None, None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            parsed = error_details_pb2.RetryInfo()
+            detail.Unpack(parsed)
+            retry = parsed.retry_delay.seconds + parsed.retry_delay.nanos / 1e9
+    return info, retry

@@ -1,0 +1,62 @@
+"""Typed settings of the gateway (environment, prefix ``STYLESTUDIO_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kit.settings import SERVICES, PlatformSettings
+
+DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "stylestudio" / "descriptor_set.binpb"
+
+
+class GatewaySettings(PlatformSettings):
+    gateway_addr: str = "127.0.0.1:8080"
+    readiness_timeout_seconds: float = 1.0
+    # Behind a load balancer that sets X-Forwarded-For: believe the client address it reports.
+    gateway_trust_forwarded_for: bool = False
+    # uvicorn worker processes; 1 keeps one process (and one set of channels).
+    gateway_workers: int = 1
+    # uvicorn's event loop: "uvloop" or "asyncio" (grpc.aio's poller works with both).
+    gateway_loop: str = "uvloop"
+
+    # The contract the routes are derived from (protoc's descriptor set with imports).
+    descriptor_set: str = str(DEFAULT_DESCRIPTOR_SET)
+
+    # JSON and webhook bodies larger than this are refused with 413 before the body is read.
+    max_body_bytes: int = 1024 * 1024
+    # multipart uploads: the whole form; the files service refuses files over its own limit itself.
+    max_upload_bytes: int = 16 * 1024 * 1024
+    # bytes per gRPC message of a client-streaming upload.
+    upload_chunk_bytes: int = 256 * 1024
+    # Unary calls use rpc_deadline_seconds; streams (watch, upload, download) live longer.
+    stream_deadline_seconds: float = 900.0
+    # A comment line on a quiet event stream this often, so proxies keep it open.
+    sse_heartbeat_seconds: float = 15.0
+
+    # Origins allowed to call the API from a browser; ["*"] allows any. Empty: no CORS headers.
+    cors_allow_origins: list[str] = []
+    cors_max_age_seconds: int = 600
+
+    # Retry-After for a RATE_LIMITED error whose status carries no RetryInfo.
+    default_retry_after_seconds: int = 60
+    # How many recent generations, usage records and purchases /v1/dashboard shows.
+    dashboard_recent_items: int = 5
+
+    @property
+    def host(self) -> str:
+        return self.gateway_addr.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.gateway_addr.rsplit(":", 1)[1])
+
+    @property
+    def service_addresses(self) -> dict[str, str]:
+        return {service: self.address_of(service) for service in SERVICES}
+
+    def target_of(self, grpc_service: str) -> str | None:
+        """The address serving a fully qualified gRPC service (``stylestudio.<service>.v1.X``)."""
+        parts = grpc_service.split(".")
+        if len(parts) >= 3 and parts[0] == "stylestudio" and parts[1] in SERVICES:
+            return self.address_of(parts[1])
+        return None
