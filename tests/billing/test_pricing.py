@@ -1,0 +1,72 @@
+"""Pricing: ceil(quality x aspect ratio x model) per image, from configuration."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from kit.errors import ValidationError
+from services.billing.pricing import PriceList
+from services.billing.settings import BillingSettings
+from stylestudio.billing.v1 import billing_pb2
+
+PRICES = PriceList(BillingSettings())
+
+
+@pytest.mark.parametrize(
+    ("model", "quality", "aspect", "images", "tokens"),
+    [
+        ("", "", "", 0, 1),
+        ("stable-diffusion-xl", "draft", "1:1", 1, 1),
+        ("stable-diffusion-xl", "standard", "3:2", 1, 2),
+        ("dall-e-3", "high", "2:3", 1, 4),  # 1.5 x 1.1 x 2.0 = 3.3 -> 4
+        ("dall-e-3", "draft", "1:1", 1, 1),  # exactly 1.0
+        ("midjourney", "high", "16:9", 2, 6),  # 2.7 -> 3, per image
+        ("dall-e-3", "standard", "9:16", 4, 12),
+    ],
+)
+def test_the_seed_prices(model: str, quality: str, aspect: str, images: int, tokens: int) -> None:
+    assert PRICES.estimate(model, quality, aspect, images).tokens == tokens
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("flux", "", "", 1), "model"),
+        (("", "ultra", "", 1), "quality"),
+        (("", "", "4:3", 1), "aspect_ratio"),
+        (("", "", "", 99), "num_images"),
+    ],
+)
+def test_unknown_values_name_their_field(args: tuple[str, str, str, int], field: str) -> None:
+    with pytest.raises(ValidationError) as failure:
+        PRICES.estimate(*args)
+    assert failure.value.details["field"] == field
+
+
+def test_multipliers_and_packages_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STYLESTUDIO_MODEL_MULTIPLIERS", '{"flux": 3.0}')
+    monkeypatch.setenv(
+        "STYLESTUDIO_TOKEN_PACKAGES",
+        '[{"name": "mini", "display_name": "Mini", "tokens": 3, "price_cents": 99}]',
+    )
+    prices = PriceList(BillingSettings())
+    assert prices.estimate("flux", "", "", 1).tokens == 3
+    assert [p.name for p in prices.packages()] == ["mini"]
+
+
+async def test_packages_and_estimates_over_grpc_are_public(public) -> None:
+    packages = await public.ListPackages(billing_pb2.ListPackagesRequest())
+    assert [(p.name, p.tokens, p.price_cents, p.currency) for p in packages.packages] == [
+        ("starter", 10, 299, "usd"),
+        ("standard", 50, 999, "usd"),
+        ("pro", 200, 2999, "usd"),
+        ("enterprise", 1000, 9999, "usd"),
+    ]
+    estimate = await public.EstimateCost(
+        billing_pb2.EstimateCostRequest(model="dall-e-3", quality="high", aspect_ratio="16:9", num_images=2)
+    )
+    assert estimate.tokens == 8  # ceil(3.6) x 2
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await public.EstimateCost(billing_pb2.EstimateCostRequest(num_images=-1))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT

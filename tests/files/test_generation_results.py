@@ -1,0 +1,66 @@
+"""Storing a generation's results: validated, ordered, first one primary, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from kit.errors import Reason
+from stylestudio.files.v1 import files_pb2
+from tests.files.conftest import FilesDatabase, domain_error_of
+from tests.files.samples import image_bytes
+
+
+def _results(user_id: str, generation_id: str, count: int = 3) -> files_pb2.StoreGenerationResultsRequest:
+    images = [
+        files_pb2.GeneratedImage(content=image_bytes("PNG", (32 + i, 32)), content_type="image/png")
+        for i in range(count)
+    ]
+    return files_pb2.StoreGenerationResultsRequest(
+        user_id=user_id, generation_id=generation_id, images=images
+    )
+
+
+async def test_results_are_stored_in_order_with_the_first_primary(new_user, internal):
+    user = new_user()
+    generation_id = str(uuid.uuid4())
+    stored = await internal.StoreGenerationResults(_results(user.user_id, generation_id))
+    assert [f.image_order for f in stored.files] == [0, 1, 2]
+    assert [f.is_primary for f in stored.files] == [True, False, False]
+    assert [f.width for f in stored.files] == [32, 33, 34]
+    assert {f.category for f in stored.files} == {"generated_image"}
+    assert stored.files[1].filename == f"{generation_id}-1.png"
+    shown = await user.stub.GetFile(files_pb2.GetFileRequest(id=stored.files[0].id), metadata=user.metadata)
+    assert (shown.generation_id, shown.is_primary) == (generation_id, True)
+    listed = await user.stub.ListFiles(
+        files_pb2.ListFilesRequest(category="generated_image"), metadata=user.metadata
+    )
+    assert len(listed.files) == 3
+
+
+async def test_storing_the_same_generation_twice_yields_one_set_of_files(
+    new_user, internal, files_database: FilesDatabase
+):
+    user = new_user()
+    generation_id = str(uuid.uuid4())
+    first = await internal.StoreGenerationResults(_results(user.user_id, generation_id))
+    again = await internal.StoreGenerationResults(_results(user.user_id, generation_id))
+    assert [f.id for f in again.files] == [f.id for f in first.files]
+    # Four retries of another generation racing each other: still one set.
+    racing_id = str(uuid.uuid4())
+    racing = await asyncio.gather(
+        *(internal.StoreGenerationResults(_results(user.user_id, racing_id)) for _ in range(4))
+    )
+    assert len({tuple(f.id for f in r.files) for r in racing}) == 1
+    assert files_database.file_rows(user.user_id) == 6
+    usage = await internal.GetStorageSummary(files_pb2.GetStorageSummaryRequest(user_id=user.user_id))
+    assert usage.file_count == 6 and usage.total_bytes == files_database.used_bytes(user.user_id)
+
+
+async def test_invalid_result_images_are_refused_and_nothing_is_stored(new_user, internal, files_database):
+    user = new_user()
+    request = _results(user.user_id, str(uuid.uuid4()), count=2)
+    request.images.append(files_pb2.GeneratedImage(content=b"<html>not an image</html>"))
+    error = await domain_error_of(internal.StoreGenerationResults(request))
+    assert error.reason == Reason.INVALID_FILE_TYPE
+    assert files_database.file_rows(user.user_id) == 0

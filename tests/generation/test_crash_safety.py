@@ -1,0 +1,87 @@
+"""Crash safety: the generation service SIGKILLed at each step of the saga, then restarted.
+
+Every generation ends terminal, the ledger reconciles, nothing is charged twice and
+no refund is lost. The prompt's ``[pause:STEP]`` directive stops the saga at a step
+(once); the test sees the checkpoint's Redis key and kills the process there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+
+from stylestudio.generation.v1 import generation_pb2, resources_pb2
+from tests.generation.conftest import Shopper
+from tests.harness import Platform
+
+# step -> the status the generation must end in
+STEPS = {
+    "after_hold": None,  # the start never reached QUEUED: no generation, hold released
+    "after_processing": resources_pb2.COMPLETED,
+    "after_store": resources_pb2.COMPLETED,
+    "after_decide": resources_pb2.COMPLETED,
+    "after_billing": resources_pb2.COMPLETED,
+}
+# Steps before the outcome is decided, where the deadline may still win.
+UNDECIDED_STEPS = {"after_processing", "after_store"}
+
+
+async def _wait_for_checkpoint(platform: Platform, step: str, timeout: float = 20.0) -> None:
+    redis = Redis.from_url(platform.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async for _ in redis.scan_iter(match=f"{platform.redis_prefix}:generation:checkpoint:*:{step}"):
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+    raise AssertionError(f"the saga never reached {step}")
+
+
+async def _kill_and_restart(platform: Platform) -> None:
+    platform.processes["generation"].kill()
+    platform.processes["generation"].wait()
+    platform.start("generation")
+    await platform.wait_serving("generation")
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+async def test_killed_at_each_step_the_saga_still_ends_right(gen_platform: Platform, step: str) -> None:
+    shopper = Shopper(gen_platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    start = asyncio.create_task(shopper.create([product], prompt=f"a bag [pause:{step}]"))
+    if step != "after_hold":
+        generation_id = (await start).id
+    await _wait_for_checkpoint(gen_platform, step)
+    await _kill_and_restart(gen_platform)
+
+    expected = STEPS[step]
+    if expected is None:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await start
+        deadline = time.monotonic() + 20
+        while (await shopper.balance()).reserved and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        listed = await shopper.generation.ListGenerations(
+            generation_pb2.ListGenerationsRequest(), metadata=shopper.metadata
+        )
+        assert list(listed.generations) == []
+        balance = await shopper.balance()
+        assert (balance.balance, balance.reserved) == (5, 0)
+        return
+    done = await shopper.wait_terminal(generation_id, timeout=40)
+    balance = await shopper.balance()
+    if done.status == resources_pb2.FAILED and step in UNDECIDED_STEPS:
+        # A slow restart may outlive the generation's deadline: then it fails and refunds.
+        assert done.error.reason == "PROVIDER_UNAVAILABLE"
+        assert (balance.balance, balance.reserved) == (5, 0)
+        return
+    assert done.status == expected, done.error
+    assert len(done.result_image_files) == 1
+    assert (balance.balance, balance.reserved) == (4, 0)  # charged exactly once

@@ -1,0 +1,157 @@
+"""The Replicate provider against a local server speaking Replicate's API and signing its webhooks.
+
+Webhooks reach the service the way Replicate's do: POSTed to the gateway's
+``/webhooks/replicate`` with the Standard Webhooks headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from stylestudio.generation.v1 import resources_pb2
+from tests.generation.conftest import REPLICATE_MODEL, REPLICATE_VERSION, Shopper
+from tests.generation.replicate_server import FakeReplicate
+from tests.harness import Platform
+
+
+async def _started_prediction(
+    platform: Platform, replicate: FakeReplicate, prompt: str = "a silk blouse"
+) -> tuple[Shopper, str, str]:
+    """A generation on the Replicate model, once its prediction exists: (shopper, generation, prediction)."""
+    shopper = Shopper(platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    started = await shopper.create([product], prompt=prompt, model=REPLICATE_MODEL)
+    assert started.token_cost == 1
+    deadline = time.monotonic() + 15
+    while True:
+        found = [p for p in replicate.predictions.values() if prompt in p["input"].get("prompt", "")]
+        if found:
+            return shopper, started.id, found[0]["id"]
+        assert time.monotonic() < deadline, "no prediction was created"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_signed_webhook_completes_the_generation(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    shopper, generation_id, prediction_id = await _started_prediction(gen_platform, replicate, "webhook coat")
+    prediction = replicate.predictions[prediction_id]
+    assert prediction["version"] == REPLICATE_VERSION
+    assert prediction["_webhook"] == f"{gen_platform.gateway_url}/webhooks/replicate"
+    assert prediction["_webhook_events_filter"] == ["completed"]
+    assert prediction["input"]["num_outputs"] == 1 and prediction["input"]["image"].startswith("data:image/")
+    assert replicate.unauthorized == 0
+    assert (await shopper.get(generation_id)).status == resources_pb2.PROCESSING
+
+    replicate.succeed(prediction_id)
+    answered = await replicate.send_webhook(prediction_id)
+    assert answered.status_code == 200, answered.text
+    done = await shopper.wait_terminal(generation_id, timeout=2.5)  # sooner than a poll (3 s)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert len(done.result_image_files) == 1
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (4, 0)
+
+
+@pytest.mark.parametrize("tampering", ["bad signature", "stale timestamp", "other secret"])
+async def test_forged_or_stale_webhooks_are_refused(
+    gen_platform: Platform, replicate: FakeReplicate, tampering: str
+) -> None:
+    shopper, generation_id, prediction_id = await _started_prediction(
+        gen_platform, replicate, f"forged {tampering}"
+    )
+    payload = replicate.succeed(prediction_id) | {"status": "failed", "error": "forged"}
+    now = int(time.time())
+    if tampering == "bad signature":
+        answered = await replicate.send_webhook(prediction_id, payload, signature="v1,bm90IGEgc2lnbmF0dXJl")
+    elif tampering == "stale timestamp":
+        answered = await replicate.send_webhook(prediction_id, payload, timestamp=now - 3600)
+    else:
+        forger = FakeReplicate(secret="whsec_" + "Zm9yZ2VyLXNlY3JldC1mb3ItdGVzdHMtMzJieXRlcw==")
+        webhook_id = "msg_forged"
+        body = json.dumps(payload).encode()
+        answered = await replicate.send_webhook(
+            prediction_id,
+            payload,
+            webhook_id=webhook_id,
+            signature=forger.sign(webhook_id, now, body),
+            timestamp=now,
+        )
+    assert answered.status_code == 400, answered.text
+    assert answered.json()["error"]["reason"] == "VALIDATION_ERROR"
+    # The forged "failed" changed nothing: the real outcome (succeeded, found by polling) wins.
+    done = await shopper.wait_terminal(generation_id, timeout=10)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert (await shopper.balance()).balance == 4
+
+
+async def test_duplicate_and_out_of_order_webhooks_act_once(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    shopper, generation_id, prediction_id = await _started_prediction(
+        gen_platform, replicate, "duplicate hat"
+    )
+    processing = dict(replicate.predictions[prediction_id]) | {"status": "processing"}
+    processing = {k: v for k, v in processing.items() if not k.startswith("_")}
+    replicate.succeed(prediction_id)
+    first = await replicate.send_webhook(prediction_id, webhook_id="msg_dup_1")
+    again = await replicate.send_webhook(prediction_id, webhook_id="msg_dup_1")
+    assert (first.status_code, again.status_code) == (200, 200)
+    done = await shopper.wait_terminal(generation_id, timeout=2.5)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    # An older "processing" delivered late, and the success once more under a new id.
+    late = await replicate.send_webhook(prediction_id, processing, webhook_id="msg_late_processing")
+    resent = await replicate.send_webhook(prediction_id, webhook_id="msg_dup_2")
+    assert (late.status_code, resent.status_code) == (200, 200)
+    await asyncio.sleep(1.0)
+    again_done = await shopper.get(generation_id)
+    assert again_done.status == resources_pb2.COMPLETED
+    assert list(again_done.result_image_files) == list(done.result_image_files)
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (4, 0)  # charged once
+
+
+async def test_without_a_webhook_polling_completes_it(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    shopper, generation_id, prediction_id = await _started_prediction(gen_platform, replicate, "polled scarf")
+    replicate.succeed(prediction_id)  # and never a webhook
+    done = await shopper.wait_terminal(generation_id, timeout=15)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert (await shopper.balance()).balance == 4
+
+
+async def test_a_failed_prediction_fails_and_refunds(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    shopper, generation_id, prediction_id = await _started_prediction(gen_platform, replicate, "failing boot")
+    replicate.fail(prediction_id)
+    assert (await replicate.send_webhook(prediction_id)).status_code == 200
+    done = await shopper.wait_terminal(generation_id, timeout=5)
+    assert done.status == resources_pb2.FAILED
+    assert done.error.reason == "PROCESSING_ERROR"
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (5, 0)
+
+
+async def test_cancel_cancels_the_prediction_and_releases(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    from tests.generation.test_saga import cancel
+
+    shopper, generation_id, prediction_id = await _started_prediction(gen_platform, replicate, "canceled tie")
+    canceled = await cancel(shopper, generation_id)
+    assert canceled.status == resources_pb2.CANCELED
+    assert prediction_id in replicate.canceled
+    assert replicate.predictions[prediction_id]["status"] == "canceled"
+    # Replicate's own "canceled" webhook changes nothing more.
+    assert (await replicate.send_webhook(prediction_id)).status_code == 200
+    await asyncio.sleep(0.5)
+    assert (await shopper.get(generation_id)).status == resources_pb2.CANCELED
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (5, 0)

@@ -1,0 +1,8 @@
+"""The test harness: the real platform (services as processes, real PostgreSQL and Redis).
+
+Fixtures in tests/conftest.py build on it; any issue's tests reuse them.
+"""
+
+from tests.harness.platform import SERVICES, Platform, TestDatabase, free_port
+
+__all__ = ["SERVICES", "Platform", "TestDatabase", "free_port"]

@@ -1,0 +1,233 @@
+"""Start the real services as subprocesses against a fresh database and a Redis key prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import httpx
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+
+from kit.auth import ServiceCredentials
+from kit.bootstrap import provision_sync
+from kit.clients import open_channel
+from kit.settings import SERVICES
+from kit.tokens import generate_signing_key, sign_access_token, signing_keys_to_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_SERVICE_SECRET = "test-service-secret-" + uuid.uuid4().hex
+StubT = TypeVar("StubT")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TestDatabase:
+    """A fresh database for one test run, with the services' roles and schemas, dropped afterwards."""
+
+    __test__ = False
+
+    def __init__(self, server_url: str) -> None:
+        self.name = f"stylestudio_test_{uuid.uuid4().hex[:10]}"
+        base = make_url(server_url)
+        self._maintenance_dsn = _libpq_dsn(base.set(database="postgres"))
+        self.admin_url = base.set(database=self.name).render_as_string(hide_password=False)
+        self.service_urls: dict[str, str] = {}
+
+    def create(self, services: Sequence[str] = SERVICES, migrate: bool = True) -> None:
+        with psycopg.connect(self._maintenance_dsn, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{self.name}"')
+        self.service_urls = provision_sync(self.admin_url, services, migrate=migrate)
+
+    def drop(self) -> None:
+        with psycopg.connect(self._maintenance_dsn, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def _libpq_dsn(url: object) -> str:
+    sa_url = make_url(str(url)) if not hasattr(url, "set") else url
+    return sa_url.set(drivername="postgresql").render_as_string(hide_password=False)  # type: ignore[attr-defined]
+
+
+class Platform:
+    """The five services and the gateway, each a real process, on free ports."""
+
+    def __init__(
+        self,
+        database: TestDatabase,
+        redis_url: str,
+        work_dir: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.database = database
+        self.redis_url = redis_url
+        self.redis_prefix = f"sstest:{uuid.uuid4().hex[:8]}"
+        self.work_dir = work_dir
+        self.addresses = {service: f"127.0.0.1:{free_port()}" for service in SERVICES}
+        self.gateway_addr = f"127.0.0.1:{free_port()}"
+        self.trace_file = work_dir / "spans.jsonl"
+        self.credentials = ServiceCredentials(TEST_SERVICE_SECRET, "test-harness")
+        # The users service signs with this key, so tests can also mint tokens for made-up users.
+        self.signing_key = generate_signing_key("test-key-1")
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._extra_env = dict(extra_env or {})
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_addr}"
+
+    def env(self, process: str) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("STYLESTUDIO_")}
+        env.update(
+            {
+                "STYLESTUDIO_DATABASE_URL": self.database.admin_url,
+                "STYLESTUDIO_REDIS_URL": self.redis_url,
+                "STYLESTUDIO_REDIS_PREFIX": self.redis_prefix,
+                "STYLESTUDIO_SERVICE_SECRET": TEST_SERVICE_SECRET,
+                "STYLESTUDIO_GATEWAY_ADDR": self.gateway_addr,
+                "STYLESTUDIO_TRACE_FILE": str(self.trace_file),
+                "STYLESTUDIO_DATA_DIR": str(self.work_dir / "data"),
+                "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "0.3",
+                "STYLESTUDIO_CONSUMER_BLOCK_MS": "200",
+                "STYLESTUDIO_LOG_FORMAT": "text",
+                "STYLESTUDIO_MIGRATE_ON_START": "false",
+                "STYLESTUDIO_JWT_SIGNING_KEYS": signing_keys_to_json([self.signing_key]),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for service, addr in self.addresses.items():
+            env[f"STYLESTUDIO_{service.upper()}_ADDR"] = addr
+        if process in self.database.service_urls:
+            env["STYLESTUDIO_SERVICE_DATABASE_URL"] = self.database.service_urls[process]
+        env.update(self._extra_env)
+        return env
+
+    def log_path(self, process: str) -> Path:
+        return self.work_dir / f"{process}.log"
+
+    def start(self, process: str) -> None:
+        module = "gateway" if process == "gateway" else f"services.{process}"
+        log = self.log_path(process).open("ab")
+        self.processes[process] = subprocess.Popen(
+            [sys.executable, "-m", module], cwd=REPO_ROOT, env=self.env(process), stdout=log, stderr=log
+        )
+
+    def stop(self, process: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        proc = self.processes.pop(process)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def stop_all(self) -> None:
+        for process in list(self.processes):
+            self.stop(process)
+
+    def logs(self, process: str) -> str:
+        path = self.log_path(process)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def user_token(
+        self, user_id: str | None = None, *, plan: str = "free", role: str = "user"
+    ) -> tuple[str, str]:
+        """``(user_id, access token)`` for a user, signed with the users service's key.
+
+        For tests of a service's own behaviour; tests of sign-up go through the users service.
+        """
+        user_id = user_id or str(uuid.uuid4())
+        return user_id, sign_access_token(self.signing_key, user_id=user_id, plan=plan, role=role)
+
+    @staticmethod
+    def bearer(token: str) -> tuple[tuple[str, str]]:
+        """gRPC metadata presenting ``token`` (use with ``user_channel``)."""
+        return (("authorization", f"Bearer {token}"),)
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """A channel to ``service`` that presents a service credential (internal RPCs allowed)."""
+        if service not in self._channels:
+            self._channels[service] = open_channel(self.addresses[service], self.credentials, 10.0)
+        return self._channels[service]
+
+    def user_channel(self, service: str) -> grpc.aio.Channel:
+        """A channel that presents no credential of its own (pass a user's in metadata)."""
+        return open_channel(self.addresses[service], None, 10.0)
+
+    def stub(self, service: str, stub_type: type[StubT]) -> StubT:
+        return stub_type(self.channel(service))  # type: ignore[call-arg]
+
+    async def health(self, service: str) -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel(service))
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def wait_serving(self, service: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.health(service) == "SERVING":
+                return
+            self._fail_if_exited(service)
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{service} not SERVING after {timeout}s:\n{self.logs(service)[-4000:]}")
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(base_url=self.gateway_url) as client:
+            while time.monotonic() < deadline:
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                for process in self.processes:
+                    self._fail_if_exited(process)
+                await asyncio.sleep(0.2)
+        raise TimeoutError(
+            "gateway /readyz not ready:\n"
+            + "\n".join(f"--- {p}\n{self.logs(p)[-2000:]}" for p in self.processes)
+        )
+
+    def _fail_if_exited(self, process: str) -> None:
+        proc = self.processes.get(process)
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{process} exited with {proc.returncode}:\n{self.logs(process)[-4000:]}")
+
+    async def start_all(self) -> None:
+        for service in SERVICES:
+            self.start(service)
+        self.start("gateway")
+        await self.wait_ready()
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self.stop_all()
+        redis = Redis.from_url(self.redis_url)
+        try:
+            async for key in redis.scan_iter(match=f"{self.redis_prefix}:*", count=1000):
+                await redis.delete(key)
+        finally:
+            await redis.aclose()

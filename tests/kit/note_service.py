@@ -1,0 +1,82 @@
+"""A tiny service built from the kit for the kit's own tests.
+
+It serves the analytics contract's internal ``GetUserActivitySummary`` RPC and,
+in its handler, changes state (a row in ``kit_notes``) and writes an event in the
+same transaction, or sleeps (``NOTE_SERVICE_DELAY``) to be an in-flight RPC, or
+fails after writing (``user_id == "rollback"``). Run as a process with
+``python -m tests.kit.note_service`` (SIGTERM test) or in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from google.protobuf import wrappers_pb2
+
+from kit.server import Registration, Runtime, ServiceDefinition, run
+from services.analytics import models
+from services.analytics.settings import AnalyticsSettings
+from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+
+NOTE_EVENT = "kit.note_written"
+notes = sa.Table(
+    "kit_notes",
+    models.metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+
+class NoteApi(analytics_pb2_grpc.AnalyticsServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.delay = float(os.environ.get("NOTE_SERVICE_DELAY", "0"))
+
+    async def GetUserActivitySummary(
+        self, request: analytics_pb2.GetUserActivitySummaryRequest, context: object
+    ) -> analytics_pb2.GetUserActivitySummaryResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        async with self.runtime.db.transaction() as session:
+            await session.execute(sa.insert(notes).values(text=request.user_id))
+            await self.runtime.outbox.add(
+                session, NOTE_EVENT, wrappers_pb2.StringValue(value=request.user_id), user_id=request.user_id
+            )
+            if request.user_id == "rollback":
+                raise RuntimeError("the handler failed after writing: nothing may be published")
+        return analytics_pb2.GetUserActivitySummaryResponse(action_counts={"notes": 1})
+
+
+def registrations(runtime: Runtime) -> Sequence[Registration]:
+    return [
+        Registration(
+            NoteApi(runtime),
+            analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server,
+            analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
+        )
+    ]
+
+
+def definition(settings: AnalyticsSettings | None = None) -> ServiceDefinition:
+    return ServiceDefinition(
+        name="analytics",
+        settings=settings or AnalyticsSettings(),
+        metadata=models.metadata,
+        register=registrations,
+    )
+
+
+async def create_notes_table(url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: notes.create(sync, checkfirst=True))
+    await engine.dispose()
+
+
+if __name__ == "__main__":
+    run(definition())

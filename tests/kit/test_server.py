@@ -1,0 +1,67 @@
+"""Start-up and shutdown of a service built from the kit, as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from kit.auth import ServiceCredentials
+from kit.clients import open_channel
+from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from tests.harness import TestDatabase, free_port
+from tests.harness.platform import REPO_ROOT, TEST_SERVICE_SECRET
+from tests.kit.note_service import create_notes_table
+
+
+async def test_sigterm_lets_an_in_flight_rpc_finish(
+    kit_database: TestDatabase, redis_url: str, tmp_path
+) -> None:
+    url = kit_database.service_urls["analytics"]
+    await create_notes_table(url)
+    addr = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "STYLESTUDIO_ANALYTICS_ADDR": addr,
+        "STYLESTUDIO_SERVICE_DATABASE_URL": url,
+        "STYLESTUDIO_REDIS_URL": redis_url,
+        "STYLESTUDIO_REDIS_PREFIX": f"sstest-sigterm-{free_port()}",
+        "STYLESTUDIO_SERVICE_SECRET": TEST_SERVICE_SECRET,
+        "STYLESTUDIO_MIGRATE_ON_START": "false",
+        "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "0.2",
+        "NOTE_SERVICE_DELAY": "1.5",
+    }
+    log = (tmp_path / "note.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.kit.note_service"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
+    )
+    channel = open_channel(addr, ServiceCredentials(TEST_SERVICE_SECRET, "test"))
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(200):
+            try:
+                if (await health.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == 1:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError((tmp_path / "note.log").read_text())
+        stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+        call = asyncio.ensure_future(
+            stub.GetUserActivitySummary(analytics_pb2.GetUserActivitySummaryRequest(user_id="in-flight"))
+        )
+        await asyncio.sleep(0.5)  # the handler is now sleeping inside the RPC
+        proc.send_signal(signal.SIGTERM)
+        response = await call
+        assert response.action_counts["notes"] == 1
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        await channel.close()
+        if proc.poll() is None:
+            proc.kill()

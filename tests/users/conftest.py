@@ -1,0 +1,96 @@
+"""The users tests' own platform: its own database (key rotation must not touch other tests'
+users service), pointed at a local OAuth provider, with cheap argon2 parameters."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+
+from kit.errors import from_rpc_error
+from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
+from tests.harness import Platform, TestDatabase
+from tests.users.oauth_provider import LocalOAuthProvider
+
+# What the tests assume about the brute-force limits.
+MAX_FAILURES_PER_ACCOUNT = 3
+MAX_FAILURES_PER_IP = 6
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="package")
+async def oauth_provider() -> AsyncIterator[LocalOAuthProvider]:
+    provider = LocalOAuthProvider()
+    await provider.start()
+    yield provider
+    await provider.stop()
+
+
+@pytest.fixture(scope="package")
+def users_database(infrastructure: object) -> Iterator[TestDatabase]:
+    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
+    database.create()
+    yield database
+    database.drop()
+
+
+@pytest.fixture(scope="package")
+async def users_platform(
+    users_database: TestDatabase,
+    redis_url: str,
+    oauth_provider: LocalOAuthProvider,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Platform]:
+    env = {
+        **oauth_provider.env(),
+        # Hashing stays argon2id; only its cost is lowered so the suite stays fast.
+        "STYLESTUDIO_ARGON2_TIME_COST": "1",
+        "STYLESTUDIO_ARGON2_MEMORY_COST_KIB": "8192",
+        "STYLESTUDIO_ARGON2_PARALLELISM": "1",
+        "STYLESTUDIO_LOGIN_MAX_FAILURES_PER_ACCOUNT": str(MAX_FAILURES_PER_ACCOUNT),
+        "STYLESTUDIO_LOGIN_MAX_FAILURES_PER_IP": str(MAX_FAILURES_PER_IP),
+        "STYLESTUDIO_SIGNING_KEY_REFRESH_SECONDS": "0.2",
+        "STYLESTUDIO_STATS_RPC_TIMEOUT_SECONDS": "2",
+    }
+    running = Platform(users_database, redis_url, tmp_path_factory.mktemp("users-platform"), extra_env=env)
+    try:
+        # Only the users service: the tests that need another service start it themselves,
+        # so a neighbour's half-built service cannot stop these tests from running.
+        running.start("users")
+        await running.wait_serving("users")
+        yield running
+    finally:
+        await running.close()
+
+
+def reason_of(error: BaseException) -> str:
+    return str(from_rpc_error(error).reason)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="package")
+async def channel(users_platform: Platform) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel without credentials of its own: calls present a user's, or none."""
+    channel = users_platform.user_channel("users")
+    yield channel
+    await channel.close()
+
+
+@pytest.fixture(scope="package")
+def auth(channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
+    return auth_pb2_grpc.AuthServiceStub(channel)
+
+
+@pytest.fixture(scope="package")
+def users(channel: grpc.aio.Channel) -> users_pb2_grpc.UsersServiceStub:
+    return users_pb2_grpc.UsersServiceStub(channel)
+
+
+def new_email() -> str:
+    return f"Shopper.{uuid.uuid4().hex[:10]}@Example.COM"
+
+
+async def signup(auth: auth_pb2_grpc.AuthServiceStub, email: str | None = None) -> auth_pb2.SignupResponse:
+    request = auth_pb2.SignupRequest(email=email or new_email(), password=PASSWORD, name="Ada Shopper")
+    return await auth.Signup(request)

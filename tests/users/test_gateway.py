@@ -1,0 +1,56 @@
+"""The public REST routes of API.md ("Auth and users") through the real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.harness import Platform
+from tests.users.conftest import PASSWORD, new_email
+
+
+@pytest.fixture(scope="module")
+async def rest(users_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    users_platform.start("gateway")
+    try:
+        async with httpx.AsyncClient(base_url=users_platform.gateway_url, timeout=30.0) as client:
+            for _ in range(150):
+                try:
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                users_platform._fail_if_exited("gateway")
+                await asyncio.sleep(0.1)
+            yield client
+    finally:
+        users_platform.stop("gateway")
+
+
+async def test_sign_up_read_me_refresh_and_log_out_over_rest(rest: httpx.AsyncClient) -> None:
+    email = new_email()
+    signed_up = await rest.post(
+        "/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "Rest"}
+    )
+    assert signed_up.status_code == 200, signed_up.text
+    body = signed_up.json()
+    assert {"user", "accessToken", "refreshToken", "expiresIn"} <= set(body)
+    me = await rest.get("/v1/users/me", headers={"Authorization": f"Bearer {body['accessToken']}"})
+    assert me.status_code == 200 and me.json()["email"] == email.lower() and me.json()["plan"] == "free"
+    again = await rest.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "Rest"})
+    assert again.status_code == 409 and again.json()["error"]["reason"] == "CONFLICT"
+    wrong = await rest.post("/v1/auth/login", json={"email": email, "password": "nope nope nope"})
+    assert wrong.status_code == 401
+    refreshed = await rest.post("/v1/auth/refresh", json={"refreshToken": body["refreshToken"]})
+    assert refreshed.status_code == 200 and refreshed.json()["refreshToken"] != body["refreshToken"]
+    assert (
+        await rest.post("/v1/auth/logout", json={"refreshToken": refreshed.json()["refreshToken"]})
+    ).json() == {}
+    jwks = await rest.get("/.well-known/jwks.json")
+    assert jwks.status_code == 200 and jwks.json()["keys"][0]["kty"] == "EC"
+    bad = await rest.post("/v1/auth/signup", json={"email": "x", "password": PASSWORD, "name": "Rest"})
+    assert bad.status_code == 400 and bad.json()["error"]["reason"] == "VALIDATION_ERROR"
+    assert (await rest.get("/v1/users/me")).status_code == 401
