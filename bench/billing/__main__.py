@@ -1,0 +1,237 @@
+"""Benchmark: reserve+capture pairs through the gRPC API vs pgbench running the same SQL.
+
+    .venv/bin/python -m bench.billing [--seconds 10] [--clients 64]
+
+Starts a billing service process on a fresh database, then from ``--clients``
+concurrent gRPC clients runs ReserveTokens(1) + CaptureHold pairs, once spread over
+as many wallets as clients and once on one hot wallet; then has pgbench run the very
+statements the service issues for a pair (store.py's reserve and capture CTEs and the
+outbox insert, in the same two transactions) with the same number of clients.
+Prints pairs/s, p50/p99 latency and the ratio to pgbench. Needs PostgreSQL, Redis
+and pgbench (postgresql-client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from kit.clients import open_channel
+from kit.infra import resolve_infrastructure
+from services.billing import store
+from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
+from tests.harness import Platform, TestDatabase
+
+FUNDS = 10**12
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+async def fund(stub: billing_pb2_grpc.BillingServiceStub, user_id: str) -> None:
+    await stub.GrantTokens(
+        billing_pb2.GrantTokensRequest(
+            user_id=user_id, amount=FUNDS, reason="bench", idempotency_key=f"bench:{user_id}"
+        )
+    )
+
+
+async def grpc_pairs(
+    stub: billing_pb2_grpc.BillingServiceStub, wallets: list[str], clients: int, seconds: float
+) -> tuple[int, list[float]]:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        user_id = wallets[index % len(wallets)]
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            generation_id = uuid.uuid4().hex
+            hold = await stub.ReserveTokens(
+                billing_pb2.ReserveTokensRequest(
+                    user_id=user_id,
+                    amount=1,
+                    generation_id=generation_id,
+                    idempotency_key=f"g:{generation_id}",
+                )
+            )
+            await stub.CaptureHold(
+                billing_pb2.CaptureHoldRequest(hold_id=hold.id, idempotency_key=f"c:{hold.id}")
+            )
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return len(latencies), latencies
+
+
+def _fill(sql: str, values: dict[str, str]) -> str:
+    """The service's statement with its bind parameters replaced by pgbench expressions."""
+    sql = re.sub(r"(?<![:\\\w]):(\w+)", lambda m: values[m.group(1)], sql)
+    return sql.replace("\\:", ":")
+
+
+def pgbench_script(hot: bool, wallets: int) -> str:
+    user = "'bench-hot'" if hot else "'bench-' || :n"
+    reserve = _fill(
+        store._RESERVE.text,
+        {
+            "amount": "1",
+            "user_id": user,
+            "key": "'g:' || :r",
+            "hold_id": "gen_random_uuid()",
+            "transfer_id": "gen_random_uuid()",
+            "spend": "'00000000-0000-0000-0000-000000000003'::uuid",
+            "generation_id": "'gen-' || :r",
+            "reason": "'Generation bench'",
+            "ttl_seconds": "3600",
+        },
+    ).strip()
+    capture = _fill(
+        store._CAPTURE.text,
+        {
+            "hold_id": "CAST(':h_id' AS uuid)",
+            "amount": "NULL",
+            "key": "'c:bench'",
+            "capture_id": "gen_random_uuid()",
+            "release_id": "gen_random_uuid()",
+            "spend": "'00000000-0000-0000-0000-000000000003'::uuid",
+        },
+    ).strip()
+    payload = "'\\x" + "ab" * 200 + "'::bytea"  # an Event envelope is about 200 bytes
+    outbox = (
+        "INSERT INTO outbox (event_id, stream, event_type, payload) "
+        f"VALUES (gen_random_uuid(), 'events.billing', 'billing.hold_captured', {payload});"
+    )
+    flat = lambda sql: " ".join(line.strip() for line in sql.splitlines())  # noqa: E731
+    return "\n".join(
+        [
+            f"\\set n random(0, {wallets - 1})",
+            "\\set r random(1, 9000000000000000000)",
+            flat(reserve) + " \\gset h_",  # autocommit, as the service runs it
+            "BEGIN;",
+            flat(capture) + ";",
+            outbox,
+            "COMMIT;",
+            "",
+        ]
+    )
+
+
+def run_pgbench(url: str, hot: bool, wallets: int, clients: int, seconds: float) -> float:
+    dsn = make_url(url).set(drivername="postgresql")
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(pgbench_script(hot, wallets))
+    env = os.environ | {"PGPASSWORD": dsn.password or ""}
+    command = [
+        "pgbench", "-n", "-M", "simple", "-c", str(clients), "-j", "2", "-T", str(int(seconds)),
+        "-h", dsn.host or "127.0.0.1", "-p", str(dsn.port or 5432), "-U", dsn.username or "",
+        "-f", script.name, dsn.database or "",
+    ]  # fmt: skip
+    for _ in range(40):  # other test runs share the server's connection slots: wait for room
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if "remaining connection slots" not in result.stderr:
+            break
+        time.sleep(2)
+    Path(script.name).unlink()
+    match = re.search(r"tps = ([\d.]+)", result.stdout)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed:\n{result.stdout}\n{result.stderr}")
+    return float(match.group(1))
+
+
+def profiler(platform: Platform, path: str, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy (pip install py-spy) sampling the billing process; collapsed stacks for flame graphs."""
+    pid = str(platform.processes["billing"].pid)
+    command = ["py-spy", "record", "--pid", pid, "--duration", str(int(seconds)), "--nonblocking"]
+    return subprocess.Popen([*command, "--format", "raw", "--output", path], stdout=subprocess.DEVNULL)
+
+
+def report(
+    name: str,
+    pairs: int,
+    latencies: list[float],
+    seconds: float,
+    pgbench_tps: float,
+    loads: tuple[float, float],
+) -> None:
+    rate = pairs / seconds
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000 if ordered else 0.0
+    print(
+        f"{name:<22} {rate:8.0f} pairs/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
+        f"pgbench same SQL {pgbench_tps:8.0f} pairs/s   ratio {rate / pgbench_tps:4.2f}   "
+        f"load 1 min {loads[0]:.1f} / {loads[1]:.1f}"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.billing")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--pgbench-clients", type=int, help="pgbench connections (default: --clients)")
+    parser.add_argument(
+        "--pool-size", type=int, help="the service's STYLESTUDIO_DB_POOL_SIZE (default: the kit's)"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy the billing process during the spread run (collapsed stacks)",
+    )
+    args = parser.parse_args()
+    infrastructure = resolve_infrastructure(REPO_ROOT / "data")
+    database = TestDatabase(infrastructure.database_url)
+    database.create(services=["billing"])
+    work = Path(tempfile.mkdtemp(prefix="bench-billing-"))
+    # The kit's production health interval: the harness's 0.3 s checks the migration head
+    # three times a second, which would be billed to the pairs.
+    env = {"STYLESTUDIO_LOG_LEVEL": "WARNING", "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "2"}
+    if args.pool_size:
+        env |= {"STYLESTUDIO_DB_POOL_SIZE": str(args.pool_size), "STYLESTUDIO_DB_MAX_OVERFLOW": "0"}
+    platform = Platform(database, infrastructure.redis_url, work, extra_env=env)
+    try:
+        platform.start("billing")
+        await platform.wait_serving("billing")
+        channel = open_channel(platform.addresses["billing"], platform.credentials, 30.0)
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        spread = [f"bench-{i}" for i in range(args.clients)]
+        for user_id in [*spread, "bench-hot"]:
+            await fund(stub, user_id)
+        results = {}
+        for name, wallets in (("spread over wallets", spread), ("one hot wallet", ["bench-hot"])):
+            await grpc_pairs(stub, wallets, args.clients, 1.0)  # warm-up: connections, prepared statements
+            spy = (
+                profiler(platform, args.profile, args.seconds) if args.profile and wallets is spread else None
+            )
+            pairs, latencies = await grpc_pairs(stub, wallets, args.clients, args.seconds)
+            if spy is not None:
+                spy.wait()
+            results[name] = (pairs, latencies, os.getloadavg()[0])
+        await channel.close()
+        platform.stop("billing")
+        url = database.service_urls["billing"]
+        for name, hot in (("spread over wallets", False), ("one hot wallet", True)):
+            tps = run_pgbench(url, hot, args.clients, args.pgbench_clients or args.clients, args.seconds)
+            pairs, latencies, load = results[name]
+            report(name, pairs, latencies, args.seconds, tps, (load, os.getloadavg()[0]))
+        load_text = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(
+            f"({args.clients} clients, {args.seconds:.0f} s each, {os.cpu_count()} CPUs, "
+            f"load average {load_text}; logs in {work})"
+        )
+    finally:
+        platform.stop_all()
+        database.drop()
+        infrastructure.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
