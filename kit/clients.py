@@ -3,19 +3,22 @@ a deadline on every call, the request id and the trace context."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from grpc._common import CYGRPC_STATUS_CODE_TO_STATUS_CODE
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
+from kit import telemetry
 from kit.auth import ServiceCredentials
 from kit.interceptors import REQUEST_ID_HEADER
 from kit.logs import request_id_var
 from kit.settings import PlatformSettings
 
 StubT = TypeVar("StubT")
-Continuation = Callable[..., Any]
+_tracer = trace.get_tracer("stylestudio.rpc")
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
@@ -29,73 +32,127 @@ CHANNEL_OPTIONS = [
 
 
 class _CallDefaults:
-    """Adds the service credential, the request id and a default deadline to every call."""
+    """What every outgoing call carries: the service credential, the request id, a deadline."""
+
+    __slots__ = ("credentials", "deadline")
 
     def __init__(self, credentials: ServiceCredentials | None, deadline_seconds: float) -> None:
-        self._credentials = credentials
-        self._deadline = deadline_seconds
+        self.credentials = credentials
+        self.deadline = deadline_seconds
 
-    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        if self._credentials is not None and "authorization" not in metadata:
-            metadata["authorization"] = f"Bearer {self._credentials.token()}"
+    def metadata(self, given: Any, span: trace.Span) -> list[tuple[str, str | bytes]]:
+        metadata: list[tuple[str, str | bytes]] = list(given) if given else []
+        names = {key for key, _ in metadata}
+        if self.credentials is not None and "authorization" not in names:
+            metadata.append(("authorization", f"Bearer {self.credentials.token()}"))
         request_id = request_id_var.get()
-        if request_id and REQUEST_ID_HEADER not in metadata:
-            metadata[REQUEST_ID_HEADER] = request_id
-        timeout = details.timeout if details.timeout is not None else self._deadline
-        return grpc.aio.ClientCallDetails(
-            details.method, timeout, metadata, details.credentials, details.wait_for_ready
-        )
+        if request_id and REQUEST_ID_HEADER not in names:
+            metadata.append((REQUEST_ID_HEADER, request_id))
+        if "traceparent" not in names:
+            metadata.extend(telemetry.traceparent_of(span))
+        return metadata
 
 
-# grpc.aio files an interceptor under the first call type it implements only, so each
-# call type needs its own interceptor object.
-class _UnaryUnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, defaults: _CallDefaults) -> None:
+class _TracedMultiCallable:
+    """One method of a TracedChannel: opens the CLIENT span, fills the call's defaults, and ends
+    the span from the call's done callback. The call object is grpc.aio's own, untouched."""
+
+    __slots__ = ("_attributes", "_defaults", "_inner", "_name")
+
+    def __init__(self, inner: Any, method: str, defaults: _CallDefaults) -> None:
+        self._inner, self._name, self._defaults = inner, method, defaults
+        self._attributes = telemetry.rpc_attributes(method)
+
+    def __call__(
+        self,
+        request: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        **options: Any,
+    ) -> Any:
+        span = _tracer.start_span(self._name, kind=SpanKind.CLIENT, attributes=self._attributes)
+        try:
+            call = self._inner(
+                request,
+                timeout=self._defaults.deadline if timeout is None else timeout,
+                metadata=self._defaults.metadata(metadata, span),
+                **options,
+            )
+        except BaseException:
+            telemetry.end_rpc_span(span, grpc.StatusCode.UNKNOWN, server=False)
+            raise
+        call.add_done_callback(partial(_end_client_span, span))
+        return call
+
+
+def _end_client_span(span: trace.Span, call: Any) -> None:
+    # The call is done, so its status is set; grpc.aio only exposes it through coroutines.
+    status = getattr(call._cython_call, "_status", None)
+    code = CYGRPC_STATUS_CODE_TO_STATUS_CODE.get(status.code()) if status is not None else None
+    telemetry.end_rpc_span(span, code or grpc.StatusCode.CANCELLED, server=False)
+
+
+class TracedChannel:
+    """A grpc.aio channel whose calls carry the caller's credential, request id, deadline and
+    trace context, each in a CLIENT span (OTel's RPC conventions). Generated stubs take it
+    like a channel.
+
+    Not grpc.aio client interceptors: an intercepted call runs through extra tasks and
+    wrapper calls (opentelemetry-instrumentation-grpc's plus ours took a unary call from
+    about 190 to 360 us of CPU); this adds one span and a done callback."""
+
+    def __init__(self, channel: grpc.aio.Channel, defaults: _CallDefaults) -> None:
+        self._channel = channel
         self._defaults = defaults
 
-    async def intercept_unary_unary(self, continuation: Continuation, details: Any, request: Any) -> Any:
-        return await continuation(self._defaults.details(details), request)
+    def _traced(self, kind: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        inner = getattr(self._channel, kind)(method, *args, **kwargs)
+        return _TracedMultiCallable(inner, method, self._defaults)
 
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._traced("unary_unary", method, args, kwargs)
 
-class _UnaryStreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, defaults: _CallDefaults) -> None:
-        self._defaults = defaults
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._traced("unary_stream", method, args, kwargs)
 
-    async def intercept_unary_stream(self, continuation: Continuation, details: Any, request: Any) -> Any:
-        return await continuation(self._defaults.details(details), request)
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._traced("stream_unary", method, args, kwargs)
 
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._traced("stream_stream", method, args, kwargs)
 
-class _StreamUnaryDefaults(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, defaults: _CallDefaults) -> None:
-        self._defaults = defaults
+    @property
+    def raw(self) -> grpc.aio.Channel:
+        """The underlying channel (state, readiness)."""
+        return self._channel
 
-    async def intercept_stream_unary(self, continuation: Continuation, details: Any, requests: Any) -> Any:
-        return await continuation(self._defaults.details(details), requests)
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
 
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
 
-class _StreamStreamDefaults(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, defaults: _CallDefaults) -> None:
-        self._defaults = defaults
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
 
-    async def intercept_stream_stream(self, continuation: Continuation, details: Any, requests: Any) -> Any:
-        return await continuation(self._defaults.details(details), requests)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)  # the rest of grpc.aio.Channel (wait_for_state_change, ...)
+
+    async def __aenter__(self) -> TracedChannel:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
 
 
 def open_channel(
     target: str,
     credentials: ServiceCredentials | None = None,
     deadline_seconds: float = 10.0,
-) -> grpc.aio.Channel:
-    defaults = _CallDefaults(credentials, deadline_seconds)
-    interceptors: list[Any] = [
-        *aio_client_interceptors(),
-        _UnaryUnaryDefaults(defaults),
-        _UnaryStreamDefaults(defaults),
-        _StreamUnaryDefaults(defaults),
-        _StreamStreamDefaults(defaults),
-    ]
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+) -> TracedChannel:
+    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return TracedChannel(channel, _CallDefaults(credentials, deadline_seconds))
 
 
 class ServiceClients:
@@ -104,10 +161,10 @@ class ServiceClients:
     def __init__(self, settings: PlatformSettings, credentials: ServiceCredentials) -> None:
         self._settings = settings
         self._credentials = credentials
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[str, TracedChannel] = {}
         self._stubs: dict[tuple[str, type], Any] = {}
 
-    def channel(self, service: str) -> grpc.aio.Channel:
+    def channel(self, service: str) -> TracedChannel:
         if service not in self._channels:
             self._channels[service] = open_channel(
                 self._settings.address_of(service), self._credentials, self._settings.rpc_deadline_seconds

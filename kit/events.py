@@ -43,17 +43,18 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit import telemetry
-from kit.db import Database
+from kit.db import Database, after_commit
 from stylestudio.common.v1 import event_pb2
 
 log = logging.getLogger("stylestudio.events")
+_events_tracer = trace.get_tracer("stylestudio.events")
 
 Event = event_pb2.Event
-Handler = Callable[[AsyncSession, Event], Awaitable[None]]
-BatchHandler = Callable[[AsyncSession, Sequence[Event]], Awaitable[None]]
+Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
+BatchHandler = Callable[[AsyncConnection, Sequence[Event]], Awaitable[None]]
 # A batch span links to at most this many producers (OpenTelemetry keeps 128 links by default).
 _MAX_SPAN_LINKS = 128
 
@@ -98,10 +99,11 @@ class Outbox:
         self.table = table
         self.default_stream = f"events.{service}"
         self._committed = asyncio.Event()
+        self._insert = sa.insert(self.table)
 
     async def add(
         self,
-        session: AsyncSession,
+        session: AsyncConnection,
         event_type: str,
         data: message.Message,
         *,
@@ -121,27 +123,23 @@ class Outbox:
             telemetry.ATTR_MESSAGING_MESSAGE_ID: envelope.id,
             telemetry.ATTR_EVENT_TYPE: event_type,
         }
-        with telemetry.tracer("stylestudio.events").start_as_current_span(
+        # The PRODUCER span only marks the hop: consumers continue the trace from it.
+        span = _events_tracer.start_span(
             f"publish {event_type}", kind=trace.SpanKind.PRODUCER, attributes=attributes
-        ):
-            carrier = telemetry.inject_trace_context()
-        envelope.traceparent = carrier.get("traceparent", "")
-        envelope.tracestate = carrier.get("tracestate", "")
-        await session.execute(
-            sa.insert(self.table).values(
-                event_id=event_id,
-                stream=destination,
-                event_type=event_type,
-                payload=envelope.SerializeToString(),
-            )
         )
+        for name, value in telemetry.traceparent_of(span):
+            setattr(envelope, name, value)
+        span.end()
+        values = {
+            "event_id": event_id,
+            "stream": destination,
+            "event_type": event_type,
+            "payload": envelope.SerializeToString(),
+        }
+        await session.execute(self._insert, values)
         # Wake the relay as soon as this transaction commits, instead of at its next poll.
-        if not sa.event.contains(session.sync_session, "after_commit", self._on_commit):
-            sa.event.listen(session.sync_session, "after_commit", self._on_commit, once=True)
+        after_commit(session, self._committed.set)
         return envelope
-
-    def _on_commit(self, _session: object) -> None:
-        self._committed.set()
 
     async def wait_for_commit(self, timeout: float) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
@@ -484,7 +482,7 @@ class EventConsumer:
         return len(deliveries)
 
     async def _fresh_events(
-        self, session: AsyncSession, deliveries: Sequence[_Delivery]
+        self, session: AsyncConnection, deliveries: Sequence[_Delivery]
     ) -> dict[_BatchRoute, list[Event]]:
         """The batch's events not handled before (inbox) nor twice in this batch, by route."""
         unique: dict[str, _Delivery] = {}
@@ -543,7 +541,7 @@ class EventConsumer:
         await self._redis.xack(key, self._group, message_id)
         return True
 
-    async def _record_in_inbox(self, session: AsyncSession, event_id: str) -> bool:
+    async def _record_in_inbox(self, session: AsyncConnection, event_id: str) -> bool:
         inserted = await session.execute(
             pg_insert(self._inbox)
             .values(consumer=self._group, event_id=event_id)

@@ -1,4 +1,9 @@
-"""Server interceptor: request context, authentication by access level, error mapping, access log.
+"""Server interceptor: trace span, request context, authentication by access level, error mapping, log.
+
+Each call gets one SERVER span named ``/package.Service/Method`` (OTel's RPC conventions),
+continuing the caller's W3C trace context from the metadata. The kit opens it itself
+rather than through opentelemetry-instrumentation-grpc's interceptor, which rebuilt the
+method handler on every call and cost more than the whole rest of this wrapper.
 
 Each RPC's access level comes from its ``(stylestudio.common.v1.access)`` method
 option in protos/, so the rule lives next to the contract:
@@ -18,7 +23,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from kit import telemetry
 from kit.auth import (
@@ -42,6 +49,7 @@ from kit.logs import request_id_var
 from stylestudio.common.v1 import access_pb2
 
 log = logging.getLogger("stylestudio.rpc")
+_tracer = trace.get_tracer("stylestudio.rpc")
 
 Access = int  # a stylestudio.common.v1.Access value
 REQUEST_ID_HEADER = "x-request-id"
@@ -176,10 +184,11 @@ class _Call:
 
     def __init__(self, authenticator: Authenticator, method: str, level: Access) -> None:
         self._authenticator, self._method, self._level = authenticator, method, level
+        self._attributes = telemetry.rpc_attributes(method)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            tokens, auth_error = await self._enter(context)
+            state, auth_error = await self._enter(context)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 self._check(auth_error)
@@ -190,15 +199,17 @@ class _Call:
                 raise
             except Exception as error:
                 code = _code_for(error)
+                if code is grpc.StatusCode.INTERNAL:
+                    state.span.record_exception(error)
                 await self._abort(error, code, context)
             finally:
-                self._exit(tokens, started, code)
+                self._exit(state, started, code)
 
         return run
 
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            tokens, auth_error = await self._enter(context)
+            state, auth_error = await self._enter(context)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 self._check(auth_error)
@@ -214,9 +225,11 @@ class _Call:
                 raise
             except Exception as error:
                 code = _code_for(error)
+                if code is grpc.StatusCode.INTERNAL:
+                    state.span.record_exception(error)
                 await self._abort(error, code, context)
             finally:
-                self._exit(tokens, started, code)
+                self._exit(state, started, code)
 
         return run
 
@@ -233,34 +246,59 @@ class _Call:
             log.error("unhandled error", extra={"rpc": self._method}, exc_info=error)
             await context.abort_with_status(internal_status())
 
-    async def _enter(self, context: grpc.aio.ServicerContext) -> tuple[tuple[Any, Any], DomainError | None]:
+    async def _enter(self, context: grpc.aio.ServicerContext) -> tuple[_CallState, DomainError | None]:
         metadata = {
             key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
         }
         request_id = metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        request_token = request_id_var.set(request_id)
+        traceparent = metadata.get("traceparent")
+        parent = (
+            telemetry.extract_trace_context(traceparent, metadata.get("tracestate", ""))
+            if traceparent
+            else None
+        )
+        span = _tracer.start_span(
+            self._method, parent, SpanKind.SERVER, self._attributes | {telemetry.ATTR_REQUEST_ID: request_id}
+        )
+        state = _CallState(
+            span,
+            otel_context.attach(trace.set_span_in_context(span, parent)),
+            request_id_var.set(request_id),
+        )
         auth_error: DomainError | None = None
         try:
             caller = await self._authenticator.caller_from(metadata)
         except DomainError as error:
             auth_error, caller = error, ANONYMOUS
-        span = trace.get_current_span()
-        span.set_attribute(telemetry.ATTR_REQUEST_ID, request_id)
         if caller.kind.value == "user":
             span.set_attribute(telemetry.ATTR_USER_ID, caller.subject)
-        return (request_token, bind_caller(caller)), auth_error
+        state.caller_token = bind_caller(caller)
+        return state, auth_error
 
     def _check(self, auth_error: DomainError | None) -> None:
         if auth_error is not None and self._level != access_pb2.ACCESS_PUBLIC:
             raise auth_error
         authorize(self._level, current_caller())
 
-    def _exit(self, tokens: tuple[Any, Any], started: float, code: grpc.StatusCode) -> None:
+    def _exit(self, state: _CallState, started: float, code: grpc.StatusCode) -> None:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         level = logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO
         log.log(level, "rpc", extra={"rpc": self._method, "code": code.name, "duration_ms": elapsed_ms})
-        reset_caller(tokens[1])
-        request_id_var.reset(tokens[0])
+        if state.caller_token is not None:
+            reset_caller(state.caller_token)
+        request_id_var.reset(state.request_id_token)
+        telemetry.end_rpc_span(state.span, code, server=True)
+        otel_context.detach(state.context_token)
+
+
+class _CallState:
+    """What one call set up on entry and undoes on exit."""
+
+    __slots__ = ("caller_token", "context_token", "request_id_token", "span")
+
+    def __init__(self, span: trace.Span, context_token: Any, request_id_token: Any) -> None:
+        self.span, self.context_token, self.request_id_token = span, context_token, request_id_token
+        self.caller_token: Any = None
 
 
 def _code_for(error: Exception) -> grpc.StatusCode:

@@ -25,7 +25,6 @@ import sqlalchemy as sa
 from google.protobuf import descriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -153,7 +152,7 @@ class RunningService:
         authenticator = Authenticator(credentials, d.user_verifier(runtime))
         levels = access_levels(r.service for r in registrations)
         server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), KitServerInterceptor(authenticator, levels)],
+            interceptors=[KitServerInterceptor(authenticator, levels)],
             options=CHANNEL_OPTIONS,
         )
         for registration in registrations:
@@ -268,7 +267,13 @@ async def serve(definition: ServiceDefinition) -> None:
 
 
 def run(definition: ServiceDefinition) -> None:
-    asyncio.run(serve(definition))
+    loop_factory = None
+    if definition.settings.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(definition))
 
 
 async def _wait_for_database(url: str, settings: ServiceSettings) -> None:

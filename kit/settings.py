@@ -45,6 +45,10 @@ class PlatformSettings(BaseSettings):
     # Append finished spans as JSON lines to this file (tests and local debugging).
     trace_file: str = ""
 
+    # The services' event loop: "uvloop" (C, several times cheaper per socket event, which
+    # psycopg's async waits are full of) or "asyncio"; grpc.aio's poller works with both.
+    event_loop: str = Field(default="uvloop", pattern="^(uvloop|asyncio)$")
+
     shutdown_grace_seconds: float = 10.0
     startup_timeout_seconds: float = 60.0
     migrate_on_start: bool = True

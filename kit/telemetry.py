@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.trace import Status, StatusCode
 
 from kit.settings import PlatformSettings
 
@@ -38,6 +40,11 @@ ATTR_GENERATION_STATUS = "stylestudio.generation.status"
 ATTR_MODEL = "stylestudio.generation.model"
 ATTR_HOLD_ID = "stylestudio.billing.hold.id"
 ATTR_FILE_ID = "stylestudio.file.id"
+# RPC semantic conventions, on the kit's own client and server spans (kit.clients, kit.interceptors).
+ATTR_RPC_SYSTEM = "rpc.system"
+ATTR_RPC_SERVICE = "rpc.service"
+ATTR_RPC_METHOD = "rpc.method"
+ATTR_RPC_STATUS_CODE = "rpc.grpc.status_code"
 # Messaging semantic conventions for queue hops.
 ATTR_MESSAGING_SYSTEM = "messaging.system"
 ATTR_MESSAGING_DESTINATION = "messaging.destination.name"
@@ -131,6 +138,46 @@ def extract_trace_context(traceparent: str, tracestate: str = "") -> otel_contex
     if tracestate:
         carrier["tracestate"] = tracestate
     return propagate.extract(carrier)
+
+
+def rpc_attributes(full_method: str) -> dict[str, str]:
+    """``/package.Service/Method`` -> the rpc.* attributes of its spans."""
+    service, _, method = full_method.lstrip("/").partition("/")
+    return {ATTR_RPC_SYSTEM: "grpc", ATTR_RPC_SERVICE: service, ATTR_RPC_METHOD: method}
+
+
+# Server-side codes that mean the server failed (OTel's RPC conventions); the others are the
+# caller's doing (NOT_FOUND, INVALID_ARGUMENT, ...) and leave a server span unset.
+_SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def end_rpc_span(span: trace.Span, code: grpc.StatusCode, *, server: bool) -> None:
+    """Record the call's status code on its span and end it (a client sees any non-OK as an error)."""
+    span.set_attribute(ATTR_RPC_STATUS_CODE, code.value[0])
+    if code is not grpc.StatusCode.OK and (not server or code in _SERVER_ERROR_CODES):
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
+
+
+def traceparent_of(span: trace.Span) -> list[tuple[str, str]]:
+    """W3C trace context headers naming ``span`` as the parent, as propagate.inject writes them."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return []
+    parent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    headers = [("traceparent", parent)]
+    if context.trace_state:
+        headers.append(("tracestate", context.trace_state.to_header()))
+    return headers
 
 
 def current_trace_id() -> str:
