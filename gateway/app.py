@@ -187,14 +187,7 @@ class Gateway:
                 (b"vary", b"Origin"),
             ]
         exchange = Exchange(scope, receive, send, headers, request_id, common)
-        metadata = [(REQUEST_ID_HEADER, request_id)]
-        if context.is_valid:
-            # W3C trace context, as propagate.inject would write it, without its per-call cost.
-            metadata.append(
-                ("traceparent", f"00-{trace_id}-{context.span_id:016x}-{context.trace_flags:02x}")
-            )
-            if context.trace_state:
-                metadata.append(("tracestate", context.trace_state.to_header()))
+        metadata = [(REQUEST_ID_HEADER, request_id), *telemetry.traceparent_of(span)]
         try:
             if verb == "OPTIONS" and "access-control-request-method" in headers and origin is not None:
                 await self._preflight(exchange, path)

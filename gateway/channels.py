@@ -41,13 +41,16 @@ class Backends:
         """The multicallable of ``method``; requests go in already serialized (bytes)."""
         channel = self.channel_for(method.service)
         deserialize = method.response_class.FromString
+        # Registered with the channel once (as generated stubs do): grpc then skips interning
+        # the method path on every call.
+        path, registered = method.grpc_path, {"_registered_method": True}
         if method.client_streaming and method.server_streaming:
-            return channel.stream_stream(method.grpc_path, None, deserialize)
+            return channel.stream_stream(path, None, deserialize, **registered)
         if method.client_streaming:
-            return channel.stream_unary(method.grpc_path, None, deserialize)
+            return channel.stream_unary(path, None, deserialize, **registered)
         if method.server_streaming:
-            return channel.unary_stream(method.grpc_path, None, deserialize)
-        return channel.unary_unary(method.grpc_path, None, deserialize)
+            return channel.unary_stream(path, None, deserialize, **registered)
+        return channel.unary_unary(path, None, deserialize, **registered)
 
     async def close(self) -> None:
         for channel in self._channels.values():

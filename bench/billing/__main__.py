@@ -19,6 +19,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -75,21 +76,22 @@ async def grpc_pairs(
 def _fill(sql: str, values: dict[str, str]) -> str:
     """The service's statement with its bind parameters replaced by pgbench expressions."""
     sql = re.sub(r"(?<![:\\\w]):(\w+)", lambda m: values[m.group(1)], sql)
-    return sql.replace("\\:", ":")
+    # A literal colon stays one, split from the word after it: pgbench would take ':word' for a variable.
+    return sql.replace("\\:", ":' || '")
 
 
 def pgbench_script(hot: bool, wallets: int) -> str:
-    user = "'bench-hot'" if hot else "'bench-' || :n"
+    user = "'bench-hot'" if hot else "'bench-' || CAST(:n AS text)"
     reserve = _fill(
         store._RESERVE.text,
         {
             "amount": "1",
             "user_id": user,
-            "key": "'g:' || :r",
-            "hold_id": "gen_random_uuid()",
+            "key": "'g:' || CAST(:r AS text)",
+            "hold_id": "CAST(md5('h' || CAST(:r AS text)) AS uuid)",
             "transfer_id": "gen_random_uuid()",
             "spend": "'00000000-0000-0000-0000-000000000003'::uuid",
-            "generation_id": "'gen-' || :r",
+            "generation_id": "'gen-' || CAST(:r AS text)",
             "reason": "'Generation bench'",
             "ttl_seconds": "3600",
         },
@@ -97,9 +99,9 @@ def pgbench_script(hot: bool, wallets: int) -> str:
     capture = _fill(
         store._CAPTURE.text,
         {
-            "hold_id": "CAST(':h_id' AS uuid)",
+            "hold_id": "CAST(md5('h' || CAST(:r AS text)) AS uuid)",
             "amount": "NULL",
-            "key": "'c:bench'",
+            "key": "'c-' || CAST(:r AS text)",
             "capture_id": "gen_random_uuid()",
             "release_id": "gen_random_uuid()",
             "spend": "'00000000-0000-0000-0000-000000000003'::uuid",
@@ -115,7 +117,7 @@ def pgbench_script(hot: bool, wallets: int) -> str:
         [
             f"\\set n random(0, {wallets - 1})",
             "\\set r random(1, 9000000000000000000)",
-            flat(reserve) + " \\gset h_",  # autocommit, as the service runs it
+            flat(reserve) + ";",  # autocommit, as the service runs it
             "BEGIN;",
             flat(capture) + ";",
             outbox,
@@ -131,7 +133,7 @@ def run_pgbench(url: str, hot: bool, wallets: int, clients: int, seconds: float)
         script.write(pgbench_script(hot, wallets))
     env = os.environ | {"PGPASSWORD": dsn.password or ""}
     command = [
-        "pgbench", "-n", "-M", "simple", "-c", str(clients), "-j", "2", "-T", str(int(seconds)),
+        "pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(int(seconds)),
         "-h", dsn.host or "127.0.0.1", "-p", str(dsn.port or 5432), "-U", dsn.username or "",
         "-f", script.name, dsn.database or "",
     ]  # fmt: skip
@@ -150,7 +152,15 @@ def run_pgbench(url: str, hot: bool, wallets: int, clients: int, seconds: float)
 def profiler(platform: Platform, path: str, seconds: float) -> subprocess.Popen[bytes]:
     """py-spy (pip install py-spy) sampling the billing process; collapsed stacks for flame graphs."""
     pid = str(platform.processes["billing"].pid)
-    command = ["py-spy", "record", "--pid", pid, "--duration", str(int(seconds)), "--nonblocking"]
+    command = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "--pid",
+        pid,
+        "--duration",
+        str(int(seconds)),
+        "--nonblocking",
+    ]
     return subprocess.Popen([*command, "--format", "raw", "--output", path], stdout=subprocess.DEVNULL)
 
 
@@ -193,7 +203,13 @@ async def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-billing-"))
     # The kit's production health interval: the harness's 0.3 s checks the migration head
     # three times a second, which would be billed to the pairs.
-    env = {"STYLESTUDIO_LOG_LEVEL": "WARNING", "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "2"}
+    # Spans are still made and ended (tracing on), but not written out one by one to the
+    # harness's JSON-lines file, a test aid that production replaces with batched OTLP export.
+    env = {
+        "STYLESTUDIO_LOG_LEVEL": "WARNING",
+        "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "2",
+        "STYLESTUDIO_TRACE_FILE": "",
+    }
     if args.pool_size:
         env |= {"STYLESTUDIO_DB_POOL_SIZE": str(args.pool_size), "STYLESTUDIO_DB_MAX_OVERFLOW": "0"}
     platform = Platform(database, infrastructure.redis_url, work, extra_env=env)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.events import Event, EventConsumer
 from kit.server import Runtime
@@ -31,7 +31,7 @@ class UsageIngest:
         self._store = store
         self._settings = settings
 
-    async def record_events(self, session: AsyncSession, events: Sequence[Event]) -> None:
+    async def record_events(self, session: AsyncConnection, events: Sequence[Event]) -> None:
         now = datetime.now(UTC)
         skew = timedelta(seconds=self._settings.usage_max_clock_skew_seconds)
         entries = [usage_log.entry_from_event(event, now, skew) for event in events]

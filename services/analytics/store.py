@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
 from services.analytics import usage_log
@@ -164,7 +164,7 @@ class UsageStore:
 
     # --- writing -----------------------------------------------------------------------------
 
-    async def record(self, session: AsyncSession, entries: Sequence[usage_log.UsageEntry]) -> int:
+    async def record(self, session: AsyncConnection, entries: Sequence[usage_log.UsageEntry]) -> int:
         """Insert ``entries`` in one statement, skipping ids already recorded; returns how many were new."""
         if not entries:
             return 0
@@ -217,7 +217,7 @@ class UsageStore:
             await session.execute(sa.text(_REBUILD_SQL))
 
     @staticmethod
-    async def _existing(session: AsyncSession) -> list[Month]:
+    async def _existing(session: AsyncConnection) -> list[Month]:
         names = await session.scalars(
             sa.text(
                 """

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.events import Event, EventConsumer, Outbox, unpack
 from stylestudio.billing.v1 import events_pb2
@@ -31,7 +31,7 @@ def welcome_key(user_id: str) -> str:
     return f"welcome:{user_id}"
 
 
-async def tokens_granted(outbox: Outbox, session: AsyncSession, transfer: Row, granted_by: str) -> None:
+async def tokens_granted(outbox: Outbox, session: AsyncConnection, transfer: Row, granted_by: str) -> None:
     message = events_pb2.TokensGranted(
         user_id=transfer["user_id"],
         transaction_id=str(transfer["id"]),
@@ -43,7 +43,7 @@ async def tokens_granted(outbox: Outbox, session: AsyncSession, transfer: Row, g
     await outbox.add(session, "billing.tokens_granted", message, user_id=transfer["user_id"])
 
 
-async def hold_captured(outbox: Outbox, session: AsyncSession, hold: Row) -> None:
+async def hold_captured(outbox: Outbox, session: AsyncConnection, hold: Row) -> None:
     message = events_pb2.HoldCaptured(
         user_id=hold["user_id"],
         hold_id=str(hold["id"]),
@@ -53,7 +53,7 @@ async def hold_captured(outbox: Outbox, session: AsyncSession, hold: Row) -> Non
     await outbox.add(session, "billing.hold_captured", message, user_id=hold["user_id"])
 
 
-async def hold_released(outbox: Outbox, session: AsyncSession, hold: Row) -> None:
+async def hold_released(outbox: Outbox, session: AsyncConnection, hold: Row) -> None:
     message = events_pb2.HoldReleased(
         user_id=hold["user_id"],
         hold_id=str(hold["id"]),
@@ -64,7 +64,7 @@ async def hold_released(outbox: Outbox, session: AsyncSession, hold: Row) -> Non
     await outbox.add(session, "billing.hold_released", message, user_id=hold["user_id"])
 
 
-async def purchase_completed(outbox: Outbox, session: AsyncSession, purchase: Row) -> None:
+async def purchase_completed(outbox: Outbox, session: AsyncConnection, purchase: Row) -> None:
     message = events_pb2.TokenPurchaseCompleted(
         user_id=purchase["user_id"],
         purchase_id=str(purchase["id"]),
@@ -76,7 +76,7 @@ async def purchase_completed(outbox: Outbox, session: AsyncSession, purchase: Ro
     await outbox.add(session, "billing.token_purchase_completed", message, user_id=purchase["user_id"])
 
 
-async def purchase_failed(outbox: Outbox, session: AsyncSession, purchase: Row) -> None:
+async def purchase_failed(outbox: Outbox, session: AsyncConnection, purchase: Row) -> None:
     message = events_pb2.TokenPurchaseFailed(
         user_id=purchase["user_id"],
         purchase_id=str(purchase["id"]),
@@ -86,7 +86,7 @@ async def purchase_failed(outbox: Outbox, session: AsyncSession, purchase: Row) 
     await outbox.add(session, "billing.token_purchase_failed", message, user_id=purchase["user_id"])
 
 
-async def tokens_refunded(outbox: Outbox, session: AsyncSession, purchase: Row) -> None:
+async def tokens_refunded(outbox: Outbox, session: AsyncConnection, purchase: Row) -> None:
     message = events_pb2.TokensRefunded(
         user_id=purchase["user_id"],
         purchase_id=str(purchase["id"]),
@@ -104,7 +104,7 @@ class WelcomeGrant:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    async def on_user_created(self, session: AsyncSession, event: Event) -> None:
+    async def on_user_created(self, session: AsyncConnection, event: Event) -> None:
         created = unpack(event, users_events_pb2.UserCreated)
         user_id = created.user_id or event.user_id  # type: ignore[attr-defined]
         settings = self.ledger.settings

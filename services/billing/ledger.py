@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
 from kit.errors import Conflict, FailedPrecondition, InsufficientTokens, NotFound, ValidationError
@@ -201,13 +201,15 @@ class Ledger:
                 log.warning("hold sweep failed; retrying", extra={"error": str(error)})
             await asyncio.sleep(self.settings.hold_sweep_interval_seconds)
 
-    async def _void(self, session: AsyncSession, hold_id: uuid.UUID, status: str, reason: str) -> Row | None:
+    async def _void(
+        self, session: AsyncConnection, hold_id: uuid.UUID, status: str, reason: str
+    ) -> Row | None:
         voided = await store.release(session, hold_id, status, reason)
         if voided is not None:
             await events.hold_released(self.outbox, session, voided)
         return voided
 
-    async def _existing_hold(self, session: AsyncSession, hold_id: uuid.UUID) -> Row:
+    async def _existing_hold(self, session: AsyncConnection, hold_id: uuid.UUID) -> Row:
         hold = await store.hold(session, hold_id)
         if hold is None:
             raise NotFound(f"Hold {hold_id} not found", details={"hold_id": str(hold_id)})
@@ -226,7 +228,7 @@ class Ledger:
             return await self.grant_in(session, user_id, amount, reason, idempotency_key, granted_by)
 
     async def grant_in(
-        self, session: AsyncSession, user_id: str, amount: int, reason: str, key: str, granted_by: str = ""
+        self, session: AsyncConnection, user_id: str, amount: int, reason: str, key: str, granted_by: str = ""
     ) -> Grant:
         """A GRANT inside the caller's transaction (the user.created consumer runs in its inbox's)."""
         transfer, fresh = await credit_wallet(
@@ -238,7 +240,7 @@ class Ledger:
 
 
 async def credit_wallet(
-    session: AsyncSession,
+    session: AsyncConnection,
     user_id: str,
     amount: int,
     *,
@@ -280,7 +282,7 @@ async def credit_wallet(
 
 
 async def debit_available(
-    session: AsyncSession,
+    session: AsyncConnection,
     user_id: str,
     amount: int,
     *,

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 import stripe
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
 from kit.errors import Conflict, FailedPrecondition, NotFound, ValidationError
@@ -154,7 +154,7 @@ class Purchases:
         return event
 
     async def _purchase_of(
-        self, session: AsyncSession, event_type: str, data_object: dict[str, Any]
+        self, session: AsyncConnection, event_type: str, data_object: dict[str, Any]
     ) -> Row | None:
         metadata = data_object.get("metadata") or {}
         parsed = _purchase_uuid(metadata.get("purchase_id") if isinstance(metadata, dict) else None)
@@ -166,7 +166,7 @@ class Purchases:
         intent = intent or data_object.get("payment_intent")
         return await store.purchase_by_payment_intent(session, intent) if isinstance(intent, str) else None
 
-    async def _succeeded(self, session: AsyncSession, purchase: Row, intent: dict[str, Any]) -> str:
+    async def _succeeded(self, session: AsyncConnection, purchase: Row, intent: dict[str, Any]) -> str:
         if purchase["status"] not in ("PENDING", "FAILED"):
             return f"ignored: purchase already {purchase['status']}"
         received = intent.get("amount_received") or intent.get("amount") or 0
@@ -193,7 +193,7 @@ class Purchases:
         await events.purchase_completed(self.outbox, session, completed)
         return "credited"
 
-    async def _failed(self, session: AsyncSession, purchase: Row, intent: dict[str, Any]) -> str:
+    async def _failed(self, session: AsyncConnection, purchase: Row, intent: dict[str, Any]) -> str:
         if purchase["status"] != "PENDING":
             return f"ignored: purchase already {purchase['status']}"
         error = intent.get("last_payment_error") or {}
@@ -204,7 +204,7 @@ class Purchases:
         await events.purchase_failed(self.outbox, session, failed)
         return "failed"
 
-    async def _refunded(self, session: AsyncSession, purchase: Row, charge: dict[str, Any]) -> str:
+    async def _refunded(self, session: AsyncConnection, purchase: Row, charge: dict[str, Any]) -> str:
         if not charge.get("refunded"):
             return "ignored: partial refund"
         if purchase["status"] == "REFUNDED":

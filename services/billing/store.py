@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.billing.models import (
     POSTING_KINDS,
@@ -32,7 +32,7 @@ from services.billing.models import (
 
 Row = sa.RowMapping
 # Statements that need no transaction of their own also run on an autocommit connection.
-Executor = AsyncSession | AsyncConnection
+Executor = AsyncConnection
 
 _RESERVE = sa.text(
     """
@@ -127,7 +127,7 @@ _RELEASE = sa.text(
 # --- wallets ---
 
 
-async def ensure_wallet(session: AsyncSession, user_id: str) -> None:
+async def ensure_wallet(session: AsyncConnection, user_id: str) -> None:
     await session.execute(
         pg_insert(accounts)
         .values(id=uuid.uuid4(), kind="wallet", user_id=user_id)
@@ -144,7 +144,7 @@ async def wallet(session: Executor, user_id: str, *, for_update: bool = False) -
     return (await session.execute(query)).mappings().first()
 
 
-async def move_balance(session: AsyncSession, account_id: uuid.UUID, delta: int) -> int:
+async def move_balance(session: AsyncConnection, account_id: uuid.UUID, delta: int) -> int:
     """Changes a locked wallet's balance; returns the new balance (the CHECK guards available >= 0)."""
     result = await session.execute(
         sa.update(accounts)
@@ -158,19 +158,19 @@ async def move_balance(session: AsyncSession, account_id: uuid.UUID, delta: int)
 # --- transfers ---
 
 
-async def transfer_by_key(session: AsyncSession, key: str) -> Row | None:
+async def transfer_by_key(session: AsyncConnection, key: str) -> Row | None:
     query = sa.select(transfers).where(transfers.c.idempotency_key == key)
     return (await session.execute(query)).mappings().first()
 
 
-async def insert_transfer(session: AsyncSession, **values: Any) -> Row:
+async def insert_transfer(session: AsyncConnection, **values: Any) -> Row:
     values.setdefault("id", uuid.uuid4())
     result = await session.execute(sa.insert(transfers).values(**values).returning(transfers))
     return result.mappings().one()
 
 
 async def transfers_page(
-    session: AsyncSession, user_id: str, before_seq: int | None, limit: int
+    session: AsyncConnection, user_id: str, before_seq: int | None, limit: int
 ) -> list[Row]:
     query = sa.select(transfers).where(transfers.c.user_id == user_id)
     if before_seq is not None:
@@ -179,7 +179,7 @@ async def transfers_page(
     return list((await session.execute(query)).mappings().all())
 
 
-async def wallet_totals(session: AsyncSession, user_id: str) -> Row:
+async def wallet_totals(session: AsyncConnection, user_id: str) -> Row:
     query = sa.select(
         sa.func.coalesce(sa.func.sum(transfers.c.amount).filter(transfers.c.kind == "CAPTURE"), 0).label(
             "spent"
@@ -219,7 +219,7 @@ async def reserve(
     return (await session.execute(_RESERVE, params)).mappings().first()
 
 
-async def capture(session: AsyncSession, hold_id: uuid.UUID, amount: int | None, key: str) -> Row | None:
+async def capture(session: AsyncConnection, hold_id: uuid.UUID, amount: int | None, key: str) -> Row | None:
     """The captured hold, or None if it is not pending (or not capturable for that amount)."""
     params = {
         "hold_id": hold_id,
@@ -232,7 +232,7 @@ async def capture(session: AsyncSession, hold_id: uuid.UUID, amount: int | None,
     return (await session.execute(_CAPTURE, params)).mappings().first()
 
 
-async def release(session: AsyncSession, hold_id: uuid.UUID, status: str, reason: str) -> Row | None:
+async def release(session: AsyncConnection, hold_id: uuid.UUID, status: str, reason: str) -> Row | None:
     """The voided hold ("released" or "expired"), or None if it was not pending."""
     params = {
         "hold_id": hold_id,
@@ -244,7 +244,7 @@ async def release(session: AsyncSession, hold_id: uuid.UUID, status: str, reason
     return (await session.execute(_RELEASE, params)).mappings().first()
 
 
-async def hold(session: AsyncSession, hold_id: uuid.UUID) -> Row | None:
+async def hold(session: AsyncConnection, hold_id: uuid.UUID) -> Row | None:
     return (await session.execute(sa.select(holds).where(holds.c.id == hold_id))).mappings().first()
 
 
@@ -253,7 +253,7 @@ async def hold_by_key(session: Executor, key: str) -> Row | None:
     return (await session.execute(query)).mappings().first()
 
 
-async def lock_expired_holds(session: AsyncSession, limit: int) -> list[uuid.UUID]:
+async def lock_expired_holds(session: AsyncConnection, limit: int) -> list[uuid.UUID]:
     """Pending holds past their expiry, locked; replicas sweeping at once skip each other's."""
     query = (
         sa.select(holds.c.id)
@@ -268,7 +268,7 @@ async def lock_expired_holds(session: AsyncSession, limit: int) -> list[uuid.UUI
 # --- purchases ---
 
 
-async def insert_purchase(session: AsyncSession, **values: Any) -> Row | None:
+async def insert_purchase(session: AsyncConnection, **values: Any) -> Row | None:
     """The new purchase, or None if this user already used the idempotency key."""
     result = await session.execute(
         pg_insert(purchases)
@@ -279,25 +279,27 @@ async def insert_purchase(session: AsyncSession, **values: Any) -> Row | None:
     return result.mappings().first()
 
 
-async def purchase_by_key(session: AsyncSession, user_id: str, key: str) -> Row | None:
+async def purchase_by_key(session: AsyncConnection, user_id: str, key: str) -> Row | None:
     query = sa.select(purchases).where(purchases.c.user_id == user_id, purchases.c.idempotency_key == key)
     return (await session.execute(query)).mappings().first()
 
 
-async def purchase(session: AsyncSession, purchase_id: uuid.UUID, *, for_update: bool = False) -> Row | None:
+async def purchase(
+    session: AsyncConnection, purchase_id: uuid.UUID, *, for_update: bool = False
+) -> Row | None:
     query = sa.select(purchases).where(purchases.c.id == purchase_id)
     if for_update:
         query = query.with_for_update()
     return (await session.execute(query)).mappings().first()
 
 
-async def purchase_by_payment_intent(session: AsyncSession, payment_intent_id: str) -> Row | None:
+async def purchase_by_payment_intent(session: AsyncConnection, payment_intent_id: str) -> Row | None:
     query = sa.select(purchases.c.id).where(purchases.c.payment_intent_id == payment_intent_id)
     found = (await session.execute(query)).scalar_one_or_none()
     return None if found is None else await purchase(session, found, for_update=True)
 
 
-async def update_purchase(session: AsyncSession, purchase_id: uuid.UUID, **values: Any) -> Row:
+async def update_purchase(session: AsyncConnection, purchase_id: uuid.UUID, **values: Any) -> Row:
     result = await session.execute(
         sa.update(purchases)
         .where(purchases.c.id == purchase_id)
@@ -308,7 +310,7 @@ async def update_purchase(session: AsyncSession, purchase_id: uuid.UUID, **value
 
 
 async def attach_payment_intent(
-    session: AsyncSession, purchase_id: uuid.UUID, payment_intent_id: str
+    session: AsyncConnection, purchase_id: uuid.UUID, payment_intent_id: str
 ) -> None:
     await session.execute(
         sa.update(purchases)
@@ -318,7 +320,7 @@ async def attach_payment_intent(
 
 
 async def purchases_page(
-    session: AsyncSession, user_id: str, before: tuple[datetime, uuid.UUID] | None, limit: int
+    session: AsyncConnection, user_id: str, before: tuple[datetime, uuid.UUID] | None, limit: int
 ) -> list[Row]:
     query = sa.select(purchases).where(purchases.c.user_id == user_id)
     if before is not None:
@@ -328,7 +330,7 @@ async def purchases_page(
 
 
 async def record_stripe_event(
-    session: AsyncSession, event_id: str, event_type: str, purchase_id: uuid.UUID | None, outcome: str
+    session: AsyncConnection, event_id: str, event_type: str, purchase_id: uuid.UUID | None, outcome: str
 ) -> bool:
     """False if the event was recorded before (a duplicate delivery)."""
     result = await session.execute(
@@ -341,7 +343,7 @@ async def record_stripe_event(
 
 
 async def set_stripe_event_outcome(
-    session: AsyncSession, event_id: str, outcome: str, purchase_id: uuid.UUID | None
+    session: AsyncConnection, event_id: str, outcome: str, purchase_id: uuid.UUID | None
 ) -> None:
     await session.execute(
         sa.update(stripe_events)
@@ -353,7 +355,7 @@ async def set_stripe_event_outcome(
 # --- reconciliation ---
 
 
-async def use_one_snapshot(session: AsyncSession) -> None:
+async def use_one_snapshot(session: AsyncConnection) -> None:
     """Must be the transaction's first statement."""
     await session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
 
@@ -386,12 +388,12 @@ _WALLET_DISCREPANCIES = sa.text(
 )
 
 
-async def wallet_discrepancies(session: AsyncSession) -> Sequence[Row]:
+async def wallet_discrepancies(session: AsyncConnection) -> Sequence[Row]:
     """Wallets whose stored balance or reservation differs from what their transfers and holds say."""
     return (await session.execute(_WALLET_DISCREPANCIES)).mappings().all()
 
 
-async def system_balances(session: AsyncSession) -> dict[str, int]:
+async def system_balances(session: AsyncConnection) -> dict[str, int]:
     """Each system account's balance, derived from its transfers (credits - debits, posted only)."""
     signed = sa.case(
         (transfers.c.credit_account_id == accounts.c.id, transfers.c.amount), else_=-transfers.c.amount
@@ -416,6 +418,6 @@ async def system_balances(session: AsyncSession) -> dict[str, int]:
     return {code: int(total) for code, total in (await session.execute(query)).all()}
 
 
-async def wallet_count(session: AsyncSession) -> int:
+async def wallet_count(session: AsyncConnection) -> int:
     query = sa.select(sa.func.count()).select_from(accounts).where(accounts.c.kind == "wallet")
     return int((await session.execute(query)).scalar_one())

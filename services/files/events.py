@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.events import Outbox
 from stylestudio.files.v1 import events_pb2
@@ -17,7 +17,7 @@ FILE_UPLOADED = "files.file_uploaded"
 FILE_DELETED = "files.file_deleted"
 
 
-async def file_uploaded(session: AsyncSession, outbox: Outbox, file: Mapping[str, Any]) -> None:
+async def file_uploaded(session: AsyncConnection, outbox: Outbox, file: Mapping[str, Any]) -> None:
     await outbox.add(
         session,
         FILE_UPLOADED,
@@ -35,7 +35,7 @@ async def file_uploaded(session: AsyncSession, outbox: Outbox, file: Mapping[str
     )
 
 
-async def file_deleted(session: AsyncSession, outbox: Outbox, file: Mapping[str, Any]) -> None:
+async def file_deleted(session: AsyncConnection, outbox: Outbox, file: Mapping[str, Any]) -> None:
     await outbox.add(
         session,
         FILE_DELETED,

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.files.models import (
     ACTIVE,
@@ -26,14 +26,14 @@ FileRow = Row  # a row of ``files``
 # Files -----------------------------------------------------------------------------------------
 
 
-async def insert_file(session: AsyncSession, values: dict[str, object]) -> dict[str, object]:
+async def insert_file(session: AsyncConnection, values: dict[str, object]) -> dict[str, object]:
     """Insert a file; the stored row, with its creation time."""
     row = (await session.execute(sa.insert(files).values(**values).returning(files))).one()
     return dict(row._mapping)
 
 
 async def active_file(
-    session: AsyncSession, user_id: str, file_id: uuid.UUID, *, lock: bool = False
+    session: AsyncConnection, user_id: str, file_id: uuid.UUID, *, lock: bool = False
 ) -> FileRow | None:
     query = sa.select(files).where(
         files.c.id == file_id, files.c.user_id == user_id, files.c.status == ACTIVE
@@ -44,7 +44,7 @@ async def active_file(
 
 
 async def active_files(
-    session: AsyncSession, user_id: str, file_ids: Sequence[uuid.UUID], *, lock: bool = False
+    session: AsyncConnection, user_id: str, file_ids: Sequence[uuid.UUID], *, lock: bool = False
 ) -> list[FileRow]:
     query = sa.select(files).where(
         files.c.id.in_(file_ids), files.c.user_id == user_id, files.c.status == ACTIVE
@@ -55,20 +55,20 @@ async def active_files(
     return list((await session.execute(query)).all())
 
 
-async def file_by_idempotency_key(session: AsyncSession, user_id: str, key: str) -> FileRow | None:
+async def file_by_idempotency_key(session: AsyncConnection, user_id: str, key: str) -> FileRow | None:
     query = sa.select(files).where(
         files.c.user_id == user_id, files.c.idempotency_key == key, files.c.status == ACTIVE
     )
     return (await session.execute(query)).first()
 
 
-async def generation_results(session: AsyncSession, generation_id: str) -> list[FileRow]:
+async def generation_results(session: AsyncConnection, generation_id: str) -> list[FileRow]:
     query = sa.select(files).where(files.c.generation_id == generation_id).order_by(files.c.image_order)
     return list((await session.execute(query)).all())
 
 
 async def list_active_files(
-    session: AsyncSession,
+    session: AsyncConnection,
     user_id: str,
     *,
     category: str,
@@ -85,13 +85,13 @@ async def list_active_files(
     return list((await session.execute(query)).all())
 
 
-async def mark_deleted(session: AsyncSession, file_id: uuid.UUID) -> None:
+async def mark_deleted(session: AsyncConnection, file_id: uuid.UUID) -> None:
     await session.execute(
         sa.update(files).where(files.c.id == file_id).values(status=DELETED, deleted_at=sa.func.now())
     )
 
 
-async def files_awaiting_purge(session: AsyncSession, limit: int) -> list[FileRow]:
+async def files_awaiting_purge(session: AsyncConnection, limit: int) -> list[FileRow]:
     """Deleted files whose bytes are still stored and that no generation references; locked."""
     referenced = sa.exists().where(file_references.c.file_id == files.c.id)
     query = (
@@ -104,11 +104,11 @@ async def files_awaiting_purge(session: AsyncSession, limit: int) -> list[FileRo
     return list((await session.execute(query)).all())
 
 
-async def mark_purged(session: AsyncSession, file_id: uuid.UUID) -> None:
+async def mark_purged(session: AsyncConnection, file_id: uuid.UUID) -> None:
     await session.execute(sa.update(files).where(files.c.id == file_id).values(purged_at=sa.func.now()))
 
 
-async def usage_by_category(session: AsyncSession, user_id: str) -> list[Row]:
+async def usage_by_category(session: AsyncConnection, user_id: str) -> list[Row]:
     query = (
         sa.select(
             files.c.category,
@@ -124,7 +124,7 @@ async def usage_by_category(session: AsyncSession, user_id: str) -> list[Row]:
 # Storage accounts and upload reservations -------------------------------------------------------
 
 
-async def ensure_account(session: AsyncSession, user_id: str, plan: str | None) -> None:
+async def ensure_account(session: AsyncConnection, user_id: str, plan: str | None) -> None:
     """Create the user's account; remember the plan when the caller's token told us one."""
     insert = pg_insert(storage_accounts).values(user_id=user_id, plan=plan or "free")
     if plan:
@@ -138,13 +138,13 @@ async def ensure_account(session: AsyncSession, user_id: str, plan: str | None) 
     await session.execute(statement)
 
 
-async def account(session: AsyncSession, user_id: str) -> Row | None:
+async def account(session: AsyncConnection, user_id: str) -> Row | None:
     query = sa.select(storage_accounts).where(storage_accounts.c.user_id == user_id)
     return (await session.execute(query)).first()
 
 
 async def create_reservation(
-    session: AsyncSession, file_id: uuid.UUID, user_id: str, backend: str, key: str
+    session: AsyncConnection, file_id: uuid.UUID, user_id: str, backend: str, key: str
 ) -> None:
     await session.execute(
         sa.insert(upload_reservations).values(
@@ -154,7 +154,7 @@ async def create_reservation(
 
 
 async def reserve_bytes(
-    session: AsyncSession, file_id: uuid.UUID, user_id: str, amount: int, quota: int
+    session: AsyncConnection, file_id: uuid.UUID, user_id: str, amount: int, quota: int
 ) -> bool:
     """Reserve ``amount`` more bytes for an upload if the quota allows it; atomic per user."""
     a = storage_accounts.c
@@ -179,7 +179,7 @@ class ReservationExpired(Exception):
 
 
 async def settle_reservation(
-    session: AsyncSession, file_id: uuid.UUID, user_id: str, stored_bytes: int, quota: int | None
+    session: AsyncConnection, file_id: uuid.UUID, user_id: str, stored_bytes: int, quota: int | None
 ) -> bool:
     """Turn an upload's reservation into usage of ``stored_bytes``; False if that breaks the quota."""
     reserved = await _take_reservation(session, file_id)
@@ -199,7 +199,7 @@ async def settle_reservation(
     return settled.first() is not None
 
 
-async def release_reservation(session: AsyncSession, file_id: uuid.UUID) -> str | None:
+async def release_reservation(session: AsyncConnection, file_id: uuid.UUID) -> str | None:
     """Give an upload's reserved bytes back; the storage key it may have written, if it existed."""
     row = (
         await session.execute(
@@ -216,7 +216,7 @@ async def release_reservation(session: AsyncSession, file_id: uuid.UUID) -> str 
     return str(row.storage_key)
 
 
-async def stale_reservations(session: AsyncSession, older_than_seconds: float, limit: int) -> list[Row]:
+async def stale_reservations(session: AsyncConnection, older_than_seconds: float, limit: int) -> list[Row]:
     query = (
         sa.select(upload_reservations.c.file_id)
         .where(upload_reservations.c.updated_at < sa.func.now() - timedelta(seconds=older_than_seconds))
@@ -226,7 +226,7 @@ async def stale_reservations(session: AsyncSession, older_than_seconds: float, l
     return list((await session.execute(query)).all())
 
 
-async def add_usage(session: AsyncSession, user_id: str, delta: int) -> None:
+async def add_usage(session: AsyncConnection, user_id: str, delta: int) -> None:
     a = storage_accounts.c
     await session.execute(
         sa.update(storage_accounts)
@@ -235,7 +235,7 @@ async def add_usage(session: AsyncSession, user_id: str, delta: int) -> None:
     )
 
 
-async def _take_reservation(session: AsyncSession, file_id: uuid.UUID) -> int | None:
+async def _take_reservation(session: AsyncConnection, file_id: uuid.UUID) -> int | None:
     row = (
         await session.execute(
             sa.delete(upload_reservations)
@@ -246,7 +246,7 @@ async def _take_reservation(session: AsyncSession, file_id: uuid.UUID) -> int | 
     return int(row.bytes) if row is not None else None
 
 
-async def _adjust_reserved(session: AsyncSession, user_id: str, delta: int) -> None:
+async def _adjust_reserved(session: AsyncConnection, user_id: str, delta: int) -> None:
     a = storage_accounts.c
     await session.execute(
         sa.update(storage_accounts)
@@ -258,7 +258,7 @@ async def _adjust_reserved(session: AsyncSession, user_id: str, delta: int) -> N
 # References held by running generations ---------------------------------------------------------
 
 
-async def add_references(session: AsyncSession, generation_id: str, file_ids: Sequence[uuid.UUID]) -> None:
+async def add_references(session: AsyncConnection, generation_id: str, file_ids: Sequence[uuid.UUID]) -> None:
     if not file_ids:
         return
     await session.execute(
@@ -268,13 +268,15 @@ async def add_references(session: AsyncSession, generation_id: str, file_ids: Se
     )
 
 
-async def remove_references(session: AsyncSession, generation_id: str, file_ids: Sequence[uuid.UUID]) -> None:
+async def remove_references(
+    session: AsyncConnection, generation_id: str, file_ids: Sequence[uuid.UUID]
+) -> None:
     statement = sa.delete(file_references).where(file_references.c.generation_id == generation_id)
     if file_ids:
         statement = statement.where(file_references.c.file_id.in_(file_ids))
     await session.execute(statement)
 
 
-async def is_referenced(session: AsyncSession, file_id: uuid.UUID) -> bool:
+async def is_referenced(session: AsyncConnection, file_id: uuid.UUID) -> bool:
     query = sa.select(sa.exists().where(file_references.c.file_id == file_id))
     return bool((await session.execute(query)).scalar())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.events import Outbox
 from services.generation.lifecycle import Status
@@ -15,7 +15,7 @@ WORKER_GROUP = "generation-workers"
 
 
 async def enqueue_job(
-    outbox: Outbox, session: AsyncSession, generation: Generation, attempt: int = 1
+    outbox: Outbox, session: AsyncConnection, generation: Generation, attempt: int = 1
 ) -> None:
     job = events_pb2.GenerationJob(
         generation_id=str(generation.id), user_id=generation.user_id, attempt=attempt
@@ -24,7 +24,7 @@ async def enqueue_job(
     await outbox.add(session, JOB_TYPE, job, user_id=generation.user_id, stream=JOBS_STREAM)
 
 
-async def publish_started(outbox: Outbox, session: AsyncSession, generation: Generation) -> None:
+async def publish_started(outbox: Outbox, session: AsyncConnection, generation: Generation) -> None:
     await outbox.add(
         session,
         "generation.started",
@@ -43,7 +43,7 @@ async def publish_started(outbox: Outbox, session: AsyncSession, generation: Gen
     )
 
 
-async def publish_processing(outbox: Outbox, session: AsyncSession, generation: Generation) -> None:
+async def publish_processing(outbox: Outbox, session: AsyncConnection, generation: Generation) -> None:
     await outbox.add(
         session,
         "generation.processing",
@@ -55,7 +55,7 @@ async def publish_processing(outbox: Outbox, session: AsyncSession, generation: 
 
 
 async def publish_outcome(
-    outbox: Outbox, session: AsyncSession, generation: Generation, previous: Status
+    outbox: Outbox, session: AsyncConnection, generation: Generation, previous: Status
 ) -> None:
     """The terminal event: completed, failed or canceled."""
     user_id, generation_id = generation.user_id, str(generation.id)

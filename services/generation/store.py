@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.errors import ValidationError
 from services.generation.lifecycle import RUNNING, TERMINAL, VISIBLE, Status
@@ -31,11 +31,11 @@ def _names(statuses: frozenset[Status] | set[Status]) -> list[str]:
     return sorted(status.value for status in statuses)
 
 
-async def get(session: AsyncSession, generation_id: uuid.UUID) -> Generation | None:
+async def get(session: AsyncConnection, generation_id: uuid.UUID) -> Generation | None:
     return (await session.execute(sa.select(g).where(g.c.id == generation_id))).first()
 
 
-async def get_visible(session: AsyncSession, generation_id: uuid.UUID, user_id: str) -> Generation | None:
+async def get_visible(session: AsyncConnection, generation_id: uuid.UUID, user_id: str) -> Generation | None:
     """The user's generation, unless it is still STARTING (then it does not exist yet)."""
     return (
         await session.execute(
@@ -46,13 +46,13 @@ async def get_visible(session: AsyncSession, generation_id: uuid.UUID, user_id: 
     ).first()
 
 
-async def find_by_idempotency_key(session: AsyncSession, user_id: str, key: str) -> Generation | None:
+async def find_by_idempotency_key(session: AsyncConnection, user_id: str, key: str) -> Generation | None:
     return (
         await session.execute(sa.select(g).where(g.c.user_id == user_id, g.c.idempotency_key == key))
     ).first()
 
 
-async def insert_starting(session: AsyncSession, values: dict[str, Any]) -> Generation | None:
+async def insert_starting(session: AsyncConnection, values: dict[str, Any]) -> Generation | None:
     """Insert a STARTING generation (returned); None if the user's idempotency key is taken already."""
     statement = pg_insert(g).values(status=Status.STARTING.value, **values)
     if values.get("idempotency_key") is not None:
@@ -63,14 +63,14 @@ async def insert_starting(session: AsyncSession, values: dict[str, Any]) -> Gene
     return (await session.execute(statement.returning(g))).first()
 
 
-async def delete_starting(session: AsyncSession, generation_id: uuid.UUID) -> bool:
+async def delete_starting(session: AsyncConnection, generation_id: uuid.UUID) -> bool:
     deleted = await session.execute(
         sa.delete(g).where(g.c.id == generation_id, g.c.status == Status.STARTING.value).returning(g.c.id)
     )
     return deleted.first() is not None
 
 
-async def mark_queued(session: AsyncSession, generation_id: uuid.UUID, hold_id: str) -> Generation | None:
+async def mark_queued(session: AsyncConnection, generation_id: uuid.UUID, hold_id: str) -> Generation | None:
     return (
         await session.execute(
             sa.update(g)
@@ -82,7 +82,7 @@ async def mark_queued(session: AsyncSession, generation_id: uuid.UUID, hold_id: 
 
 
 async def take_for_processing(
-    session: AsyncSession, generation_id: uuid.UUID, lease_seconds: float
+    session: AsyncConnection, generation_id: uuid.UUID, lease_seconds: float
 ) -> Generation | None:
     """PROCESSING for this worker, if it is QUEUED or its previous worker's lease ran out."""
     lease_over = sa.or_(g.c.lease_until.is_(None), g.c.lease_until < NOW)
@@ -109,7 +109,7 @@ async def take_for_processing(
     ).first()
 
 
-async def extend_lease(session: AsyncSession, generation_id: uuid.UUID, lease_seconds: float) -> None:
+async def extend_lease(session: AsyncConnection, generation_id: uuid.UUID, lease_seconds: float) -> None:
     await session.execute(
         sa.update(g)
         .where(g.c.id == generation_id, g.c.status == Status.PROCESSING.value, g.c.resolution.is_(None))
@@ -118,7 +118,7 @@ async def extend_lease(session: AsyncSession, generation_id: uuid.UUID, lease_se
 
 
 async def set_prediction(
-    session: AsyncSession, generation_id: uuid.UUID, prediction_id: str, lease_seconds: float
+    session: AsyncConnection, generation_id: uuid.UUID, prediction_id: str, lease_seconds: float
 ) -> None:
     """Remember the provider's prediction; the lease is how long to wait before polling it."""
     await session.execute(
@@ -133,7 +133,7 @@ async def set_prediction(
 
 
 async def decide(
-    session: AsyncSession,
+    session: AsyncConnection,
     generation_id: uuid.UUID,
     outcome: Status,
     *,
@@ -157,7 +157,7 @@ async def decide(
     ).first()
 
 
-async def record_outcome(session: AsyncSession, generation_id: uuid.UUID) -> Generation | None:
+async def record_outcome(session: AsyncConnection, generation_id: uuid.UUID) -> Generation | None:
     """Make the decided outcome the status; None if it was recorded already."""
     elapsed_ms = sa.func.floor(sa.extract("epoch", NOW - sa.func.coalesce(g.c.started_at, NOW)) * 1000)
     return (
@@ -177,7 +177,7 @@ async def record_outcome(session: AsyncSession, generation_id: uuid.UUID) -> Gen
 
 
 async def list_for_user(
-    session: AsyncSession, user_id: str, status: Status | None, page_size: int, page_token: str
+    session: AsyncConnection, user_id: str, status: Status | None, page_size: int, page_token: str
 ) -> tuple[list[Generation], str]:
     """A page of the user's generations, newest first, and the next page's token."""
     query = sa.select(g).where(g.c.user_id == user_id, g.c.status.in_(_names(VISIBLE)))
@@ -209,7 +209,7 @@ def _decode_token(token: str) -> tuple[datetime, uuid.UUID]:
         raise ValidationError("Invalid page token", field="page_token") from None
 
 
-async def user_stats(session: AsyncSession, user_id: str) -> tuple[int, int, int]:
+async def user_stats(session: AsyncConnection, user_id: str) -> tuple[int, int, int]:
     row = (
         await session.execute(
             sa.select(
@@ -225,7 +225,7 @@ async def user_stats(session: AsyncSession, user_id: str) -> tuple[int, int, int
 # --- The sweeper's views of sagas that stopped half-way ---------------------------------
 
 
-async def abandoned_starts(session: AsyncSession, older_than: float, limit: int) -> list[Generation]:
+async def abandoned_starts(session: AsyncConnection, older_than: float, limit: int) -> list[Generation]:
     return list(
         (
             await session.execute(
@@ -240,7 +240,7 @@ async def abandoned_starts(session: AsyncSession, older_than: float, limit: int)
     )
 
 
-async def past_deadline(session: AsyncSession, limit: int) -> list[Generation]:
+async def past_deadline(session: AsyncConnection, limit: int) -> list[Generation]:
     return list(
         (
             await session.execute(
@@ -252,7 +252,7 @@ async def past_deadline(session: AsyncSession, limit: int) -> list[Generation]:
     )
 
 
-async def unrecorded_outcomes(session: AsyncSession, older_than: float, limit: int) -> list[Generation]:
+async def unrecorded_outcomes(session: AsyncConnection, older_than: float, limit: int) -> list[Generation]:
     return list(
         (
             await session.execute(
@@ -268,7 +268,7 @@ async def unrecorded_outcomes(session: AsyncSession, older_than: float, limit: i
     )
 
 
-async def stalled(session: AsyncSession, queued_older_than: float, limit: int) -> list[Generation]:
+async def stalled(session: AsyncConnection, queued_older_than: float, limit: int) -> list[Generation]:
     """QUEUED ones nobody took, and PROCESSING ones whose worker's lease ran out."""
     return list(
         (
@@ -290,7 +290,9 @@ async def stalled(session: AsyncSession, queued_older_than: float, limit: int) -
     )
 
 
-async def touch(session: AsyncSession, generation_id: uuid.UUID, lease_seconds: float | None = None) -> None:
+async def touch(
+    session: AsyncConnection, generation_id: uuid.UUID, lease_seconds: float | None = None
+) -> None:
     """Note that the sweeper re-sent its job, so it does not do so again at once."""
     values: dict[str, Any] = {"updated_at": NOW}
     if lease_seconds is not None:
@@ -301,7 +303,7 @@ async def touch(session: AsyncSession, generation_id: uuid.UUID, lease_seconds: 
 # --- Replicate webhooks -----------------------------------------------------------------
 
 
-async def record_webhook(session: AsyncSession, webhook_id: str, prediction_id: str, status: str) -> bool:
+async def record_webhook(session: AsyncConnection, webhook_id: str, prediction_id: str, status: str) -> bool:
     """False if this webhook-id was handled already."""
     inserted = await session.execute(
         pg_insert(replicate_webhooks)
@@ -312,5 +314,5 @@ async def record_webhook(session: AsyncSession, webhook_id: str, prediction_id: 
     return inserted.first() is not None
 
 
-async def find_by_prediction(session: AsyncSession, prediction_id: str) -> Generation | None:
+async def find_by_prediction(session: AsyncConnection, prediction_id: str) -> Generation | None:
     return (await session.execute(sa.select(g).where(g.c.prediction_id == prediction_id))).first()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from opentelemetry import trace
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit import telemetry
 from kit.errors import DomainError, Reason
@@ -36,7 +36,7 @@ DEADLINE_MESSAGE = "The generation did not finish before its deadline"
 def job_consumer(saga: Saga) -> EventConsumer:
     consumer = saga.runtime.consumer(group=events.WORKER_GROUP, concurrency=saga.settings.generation_workers)
 
-    async def handle(_session: AsyncSession, event: Event) -> None:
+    async def handle(_session: AsyncConnection, event: Event) -> None:
         # No inbox: run_job is idempotent by generation id, and the inbox's transaction would
         # hold a pooled connection for the whole provider call (workers x 2 connections
         # starve the pool). The session stays unused, so it never takes a connection.

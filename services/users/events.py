@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.events import Outbox
 from stylestudio.users.v1 import events_pb2
@@ -20,28 +20,28 @@ USER_PLAN_CHANGED = "user.plan_changed"
 
 
 async def user_created(
-    outbox: Outbox, session: AsyncSession, user_id: uuid.UUID, plan: str, method: str
+    outbox: Outbox, session: AsyncConnection, user_id: uuid.UUID, plan: str, method: str
 ) -> None:
     data = events_pb2.UserCreated(user_id=str(user_id), plan=plan, signup_method=method)
     await outbox.add(session, USER_CREATED, data, user_id=str(user_id))
 
 
 async def user_logged_in(
-    outbox: Outbox, session: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID, method: str
+    outbox: Outbox, session: AsyncConnection, user_id: uuid.UUID, session_id: uuid.UUID, method: str
 ) -> None:
     data = events_pb2.UserLoggedIn(user_id=str(user_id), session_id=str(session_id), method=method)
     await outbox.add(session, USER_LOGGED_IN, data, user_id=str(user_id))
 
 
 async def user_logged_out(
-    outbox: Outbox, session: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID
+    outbox: Outbox, session: AsyncConnection, user_id: uuid.UUID, session_id: uuid.UUID
 ) -> None:
     data = events_pb2.UserLoggedOut(user_id=str(user_id), session_id=str(session_id))
     await outbox.add(session, USER_LOGGED_OUT, data, user_id=str(user_id))
 
 
 async def user_plan_changed(
-    outbox: Outbox, session: AsyncSession, user_id: uuid.UUID, previous: str, plan: str, changed_by: str
+    outbox: Outbox, session: AsyncConnection, user_id: uuid.UUID, previous: str, plan: str, changed_by: str
 ) -> None:
     data = events_pb2.UserPlanChanged(
         user_id=str(user_id), previous_plan=previous, plan=plan, changed_by=changed_by

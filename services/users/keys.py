@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
 from kit.tokens import SigningKey, generate_signing_key, signing_keys_from_json
@@ -130,11 +130,11 @@ async def rotate(db: Database) -> str:
     return key.kid
 
 
-async def _lock(session: AsyncSession) -> None:
+async def _lock(session: AsyncConnection) -> None:
     await session.execute(sa.select(sa.func.pg_advisory_xact_lock(_ROTATION_LOCK)))
 
 
-async def _newest_active(session: AsyncSession) -> Any:
+async def _newest_active(session: AsyncConnection) -> Any:
     return (
         await session.execute(
             sa.select(signing_keys.c.kid, signing_keys.c.private_pem)

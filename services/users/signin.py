@@ -15,7 +15,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
 from kit.errors import Conflict, Unauthenticated, ValidationError
@@ -118,7 +118,7 @@ class Authentication:
             refresh_token, session_id = await self._open_session(session, user, identity.provider, client)
         return await self._signed_in(user, session_id, refresh_token)
 
-    async def _account_for(self, session: AsyncSession, identity: ProviderIdentity) -> store.Row:
+    async def _account_for(self, session: AsyncConnection, identity: ProviderIdentity) -> store.Row:
         """The linked account; else the account with the same verified email; else a new one."""
         user_id = await store.user_id_for_provider(session, identity.provider, identity.subject)
         if user_id is not None:
@@ -178,7 +178,7 @@ class Authentication:
                 await events.user_logged_out(self._outbox, session, found.user_id, found.session_id)
 
     async def _open_session(
-        self, session: AsyncSession, user: store.Row, method: str, client: ClientInfo
+        self, session: AsyncConnection, user: store.Row, method: str, client: ClientInfo
     ) -> tuple[str, uuid.UUID]:
         session_id = await store.open_session(
             session, user_id=user.id, method=method, ip=client.ip[:64], user_agent=client.user_agent[:512]
@@ -187,7 +187,7 @@ class Authentication:
         await events.user_logged_in(self._outbox, session, user.id, session_id, method)
         return refresh_token, session_id
 
-    async def _add_refresh_token(self, session: AsyncSession, session_id: uuid.UUID) -> str:
+    async def _add_refresh_token(self, session: AsyncConnection, session_id: uuid.UUID) -> str:
         token = secrets.token_urlsafe(32)
         expires_at = _now() + dt.timedelta(seconds=self._settings.refresh_token_ttl_seconds)
         await store.add_refresh_token(

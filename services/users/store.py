@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.users.models import api_keys, oauth_accounts, refresh_tokens, sessions, users
 
@@ -19,19 +19,19 @@ Row = Any
 # --- accounts ---
 
 
-async def get_user(session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False) -> Row | None:
+async def get_user(session: AsyncConnection, user_id: uuid.UUID, *, for_update: bool = False) -> Row | None:
     query = sa.select(users).where(users.c.id == user_id)
     if for_update:
         query = query.with_for_update()
     return (await session.execute(query)).first()
 
 
-async def get_user_by_email(session: AsyncSession, email: str) -> Row | None:
+async def get_user_by_email(session: AsyncConnection, email: str) -> Row | None:
     return (await session.execute(sa.select(users).where(users.c.email == email))).first()
 
 
 async def insert_user(
-    session: AsyncSession, *, email: str, name: str, password_hash: str | None, image_url: str = ""
+    session: AsyncConnection, *, email: str, name: str, password_hash: str | None, image_url: str = ""
 ) -> Row | None:
     """The new account, or None if the email is taken (decided by the unique constraint)."""
     query = (
@@ -43,16 +43,16 @@ async def insert_user(
     return (await session.execute(query)).first()
 
 
-async def update_user(session: AsyncSession, user_id: uuid.UUID, **values: object) -> Row:
+async def update_user(session: AsyncConnection, user_id: uuid.UUID, **values: object) -> Row:
     query = sa.update(users).where(users.c.id == user_id).values(**values).returning(*users.c)
     return (await session.execute(query)).one()
 
 
-async def record_login(session: AsyncSession, user_id: uuid.UUID) -> Row:
+async def record_login(session: AsyncConnection, user_id: uuid.UUID) -> Row:
     return await update_user(session, user_id, last_login_at=sa.func.now())
 
 
-async def count_admins(session: AsyncSession) -> int:
+async def count_admins(session: AsyncConnection) -> int:
     return int(
         (await session.execute(sa.select(sa.func.count()).where(users.c.role == "admin"))).scalar_one()
     )
@@ -61,14 +61,14 @@ async def count_admins(session: AsyncSession) -> int:
 # --- provider accounts ---
 
 
-async def user_id_for_provider(session: AsyncSession, provider: str, subject: str) -> uuid.UUID | None:
+async def user_id_for_provider(session: AsyncConnection, provider: str, subject: str) -> uuid.UUID | None:
     query = sa.select(oauth_accounts.c.user_id).where(
         oauth_accounts.c.provider == provider, oauth_accounts.c.subject == subject
     )
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def link_provider(session: AsyncSession, provider: str, subject: str, user_id: uuid.UUID) -> None:
+async def link_provider(session: AsyncConnection, provider: str, subject: str, user_id: uuid.UUID) -> None:
     await session.execute(
         pg_insert(oauth_accounts)
         .values(provider=provider, subject=subject, user_id=user_id)
@@ -80,7 +80,7 @@ async def link_provider(session: AsyncSession, provider: str, subject: str, user
 
 
 async def open_session(
-    session: AsyncSession, *, user_id: uuid.UUID, method: str, ip: str, user_agent: str
+    session: AsyncConnection, *, user_id: uuid.UUID, method: str, ip: str, user_agent: str
 ) -> uuid.UUID:
     session_id = uuid.uuid4()
     await session.execute(
@@ -92,14 +92,14 @@ async def open_session(
 
 
 async def add_refresh_token(
-    session: AsyncSession, *, session_id: uuid.UUID, token_hash: bytes, expires_at: dt.datetime
+    session: AsyncConnection, *, session_id: uuid.UUID, token_hash: bytes, expires_at: dt.datetime
 ) -> None:
     await session.execute(
         sa.insert(refresh_tokens).values(token_hash=token_hash, session_id=session_id, expires_at=expires_at)
     )
 
 
-async def refresh_token_for_update(session: AsyncSession, token_hash: bytes) -> Row | None:
+async def refresh_token_for_update(session: AsyncConnection, token_hash: bytes) -> Row | None:
     """The token with its session's state, locked so two refreshes with it cannot both win."""
     query = (
         sa.select(
@@ -117,7 +117,7 @@ async def refresh_token_for_update(session: AsyncSession, token_hash: bytes) -> 
     return (await session.execute(query)).first()
 
 
-async def mark_refresh_token_used(session: AsyncSession, token_hash: bytes) -> None:
+async def mark_refresh_token_used(session: AsyncConnection, token_hash: bytes) -> None:
     await session.execute(
         sa.update(refresh_tokens)
         .where(refresh_tokens.c.token_hash == token_hash)
@@ -135,7 +135,7 @@ async def mark_refresh_token_used(session: AsyncSession, token_hash: bytes) -> N
     )
 
 
-async def revoke_session(session: AsyncSession, session_id: uuid.UUID, reason: str) -> bool:
+async def revoke_session(session: AsyncConnection, session_id: uuid.UUID, reason: str) -> bool:
     """True if the session was active until now."""
     query = (
         sa.update(sessions)
@@ -146,7 +146,7 @@ async def revoke_session(session: AsyncSession, session_id: uuid.UUID, reason: s
     return (await session.execute(query)).first() is not None
 
 
-async def get_session(session: AsyncSession, session_id: uuid.UUID) -> Row | None:
+async def get_session(session: AsyncConnection, session_id: uuid.UUID) -> Row | None:
     return (await session.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
 
 
@@ -154,7 +154,7 @@ async def get_session(session: AsyncSession, session_id: uuid.UUID) -> Row | Non
 
 
 async def insert_api_key(
-    session: AsyncSession,
+    session: AsyncConnection,
     *,
     user_id: uuid.UUID,
     name: str,
@@ -179,13 +179,13 @@ async def insert_api_key(
     return (await session.execute(query)).first()
 
 
-async def api_key_by_idempotency_key(session: AsyncSession, user_id: uuid.UUID, key: str) -> Row | None:
+async def api_key_by_idempotency_key(session: AsyncConnection, user_id: uuid.UUID, key: str) -> Row | None:
     query = sa.select(api_keys).where(api_keys.c.user_id == user_id, api_keys.c.idempotency_key == key)
     return (await session.execute(query)).first()
 
 
 async def list_api_keys(
-    session: AsyncSession, user_id: uuid.UUID, *, limit: int, after: tuple[dt.datetime, uuid.UUID] | None
+    session: AsyncConnection, user_id: uuid.UUID, *, limit: int, after: tuple[dt.datetime, uuid.UUID] | None
 ) -> list[Row]:
     """Live keys, newest first, keyset-paginated on (created_at, id)."""
     query = sa.select(api_keys).where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
@@ -195,7 +195,7 @@ async def list_api_keys(
     return list((await session.execute(query)).all())
 
 
-async def revoke_api_key(session: AsyncSession, user_id: uuid.UUID, key_id: uuid.UUID) -> bool:
+async def revoke_api_key(session: AsyncConnection, user_id: uuid.UUID, key_id: uuid.UUID) -> bool:
     query = (
         sa.update(api_keys)
         .where(api_keys.c.id == key_id, api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
@@ -205,7 +205,7 @@ async def revoke_api_key(session: AsyncSession, user_id: uuid.UUID, key_id: uuid
     return (await session.execute(query)).first() is not None
 
 
-async def api_key_owner(session: AsyncSession, secret_hash: bytes) -> Row | None:
+async def api_key_owner(session: AsyncConnection, secret_hash: bytes) -> Row | None:
     """The live key with its owner's plan and role; records that it was used."""
     query = (
         sa.update(api_keys)
