@@ -67,6 +67,14 @@ class Database:
             for callback in connection.info.pop(_AFTER_COMMIT, ()):
                 callback()
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection on which every statement is its own transaction: no BEGIN/COMMIT round
+        trips, for work that one statement (CTEs included) does atomically."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))

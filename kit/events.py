@@ -111,6 +111,24 @@ class Outbox:
         stream: str | None = None,
         event_id: uuid.UUID | None = None,
     ) -> Event:
+        """Write the event into the outbox inside ``session``'s transaction."""
+        envelope, values = self.row(event_type, data, user_id=user_id, stream=stream, event_id=event_id)
+        await session.execute(self._insert, values)
+        # Wake the relay as soon as this transaction commits, instead of at its next poll.
+        after_commit(session, self._committed.set)
+        return envelope
+
+    def row(
+        self,
+        event_type: str,
+        data: message.Message,
+        *,
+        user_id: str = "",
+        stream: str | None = None,
+        event_id: uuid.UUID | None = None,
+    ) -> tuple[Event, dict[str, Any]]:
+        """The event's envelope and its outbox row (``event_id``, ``stream``, ``event_type``,
+        ``payload``), for a statement that inserts it itself (see ``written``)."""
         event_id = event_id or uuid.uuid4()
         envelope = Event(id=str(event_id), type=event_type, source=self.service, user_id=user_id)
         envelope.occurred_at.CopyFrom(_now())
@@ -136,10 +154,11 @@ class Outbox:
             "event_type": event_type,
             "payload": envelope.SerializeToString(),
         }
-        await session.execute(self._insert, values)
-        # Wake the relay as soon as this transaction commits, instead of at its next poll.
-        after_commit(session, self._committed.set)
-        return envelope
+        return envelope, values
+
+    def written(self) -> None:
+        """A statement that inserted a ``row()`` has committed: wake the relay."""
+        self._committed.set()
 
     async def wait_for_commit(self, timeout: float) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that

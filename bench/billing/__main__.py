@@ -5,8 +5,9 @@
 Starts a billing service process on a fresh database, then from ``--clients``
 concurrent gRPC clients runs ReserveTokens(1) + CaptureHold pairs, once spread over
 as many wallets as clients and once on one hot wallet; then has pgbench run the very
-statements the service issues for a pair (store.py's reserve and capture CTEs and the
-outbox insert, in the same two transactions) with the same number of clients.
+statements the service issues for a pair (store.py's reserve CTE, the hold read and the
+capture CTE that also writes the outbox row, each its own transaction, as prepared
+statements) with the same number of clients.
 Prints pairs/s, p50/p99 latency and the ratio to pgbench. Needs PostgreSQL, Redis
 and pgbench (postgresql-client).
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from bench.cpu import ProcessCpu
 from kit.clients import open_channel
 from kit.infra import resolve_infrastructure
 from services.billing import store
@@ -96,32 +98,33 @@ def pgbench_script(hot: bool, wallets: int) -> str:
             "ttl_seconds": "3600",
         },
     ).strip()
+    hold_id = "CAST(md5('h' || CAST(:r AS text)) AS uuid)"
+    payload = "'\\x" + "ab" * 200 + "'::bytea"  # an Event envelope is about 200 bytes
     capture = _fill(
         store._CAPTURE.text,
         {
-            "hold_id": "CAST(md5('h' || CAST(:r AS text)) AS uuid)",
+            "hold_id": hold_id,
             "amount": "NULL",
             "key": "'c-' || CAST(:r AS text)",
             "capture_id": "gen_random_uuid()",
             "release_id": "gen_random_uuid()",
             "spend": "'00000000-0000-0000-0000-000000000003'::uuid",
+            "event_id": "gen_random_uuid()",
+            "event_stream": "'events.billing'",
+            "event_type": "'billing.hold_captured'",
+            "event_payload": payload,
         },
     ).strip()
-    payload = "'\\x" + "ab" * 200 + "'::bytea"  # an Event envelope is about 200 bytes
-    outbox = (
-        "INSERT INTO outbox (event_id, stream, event_type, payload) "
-        f"VALUES (gen_random_uuid(), 'events.billing', 'billing.hold_captured', {payload});"
-    )
     flat = lambda sql: " ".join(line.strip() for line in sql.splitlines())  # noqa: E731
+    # Every statement in autocommit, as the service runs them: reserve; read the hold (its
+    # event needs it); capture with its outbox row.
     return "\n".join(
         [
             f"\\set n random(0, {wallets - 1})",
             "\\set r random(1, 9000000000000000000)",
-            flat(reserve) + ";",  # autocommit, as the service runs it
-            "BEGIN;",
+            flat(reserve) + ";",
+            f"SELECT * FROM holds WHERE id = {hold_id};",
             flat(capture) + ";",
-            outbox,
-            "COMMIT;",
             "",
         ]
     )
@@ -227,17 +230,21 @@ async def main() -> None:
             spy = (
                 profiler(platform, args.profile, args.seconds) if args.profile and wallets is spread else None
             )
+            cpu = ProcessCpu({"billing": platform.processes["billing"].pid, "bench client": os.getpid()})
+            cpu.start()
             pairs, latencies = await grpc_pairs(stub, wallets, args.clients, args.seconds)
+            cpu.stop()
             if spy is not None:
                 spy.wait()
-            results[name] = (pairs, latencies, os.getloadavg()[0])
+            results[name] = (pairs, latencies, os.getloadavg()[0], cpu.report(pairs, "pair"))
         await channel.close()
         platform.stop("billing")
         url = database.service_urls["billing"]
         for name, hot in (("spread over wallets", False), ("one hot wallet", True)):
             tps = run_pgbench(url, hot, args.clients, args.pgbench_clients or args.clients, args.seconds)
-            pairs, latencies, load = results[name]
+            pairs, latencies, load, cpu_line = results[name]
             report(name, pairs, latencies, args.seconds, tps, (load, os.getloadavg()[0]))
+            print(f"{'':22} {cpu_line}")
         load_text = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
             f"({args.clients} clients, {args.seconds:.0f} s each, {os.cpu_count()} CPUs, "

@@ -12,7 +12,7 @@ makes a second UserCreated for the same user (e.g. re-published) grant nothing e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,14 +43,15 @@ async def tokens_granted(outbox: Outbox, session: AsyncConnection, transfer: Row
     await outbox.add(session, "billing.tokens_granted", message, user_id=transfer["user_id"])
 
 
-async def hold_captured(outbox: Outbox, session: AsyncConnection, hold: Row) -> None:
+def hold_captured_row(outbox: Outbox, hold: Row, amount: int) -> dict[str, Any]:
+    """The outbox row of billing.hold_captured, written by the capture statement itself."""
     message = events_pb2.HoldCaptured(
         user_id=hold["user_id"],
         hold_id=str(hold["id"]),
         generation_id=hold["generation_id"],
-        amount=hold["captured_amount"],
+        amount=amount,
     )
-    await outbox.add(session, "billing.hold_captured", message, user_id=hold["user_id"])
+    return outbox.row("billing.hold_captured", message, user_id=hold["user_id"])[1]
 
 
 async def hold_released(outbox: Outbox, session: AsyncConnection, hold: Row) -> None:

@@ -108,8 +108,7 @@ class Ledger:
     ) -> Row:
         # One statement, so no BEGIN/COMMIT round trips: in autocommit it is its own transaction,
         # atomic as a whole (the wallet UPDATE, the hold and its HOLD transfer commit together).
-        async with self.db.engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        async with self.db.autocommit() as connection:
             hold = await store.reserve(
                 connection,
                 user_id=user_id,
@@ -148,11 +147,21 @@ class Ledger:
         _require(idempotency_key, "idempotency_key")
         if amount is not None and amount < 0:
             raise ValidationError("amount must not be negative", field="amount")
+        # The common case in two autocommit statements: read the hold (its event needs its user
+        # and generation), then capture it and write the event in one statement, guarded by
+        # the hold's state, so a concurrent capture, release or expiry makes it a no-op.
+        async with self.db.autocommit() as connection:
+            hold = await store.hold(connection, parsed)
+            if hold is not None and hold["status"] == "pending":
+                captured_amount = hold["amount"] if amount is None else amount
+                if captured_amount <= hold["amount"]:
+                    event = events.hold_captured_row(self.outbox, hold, captured_amount)
+                    captured = await store.capture(connection, parsed, amount, idempotency_key, event)
+                    if captured is not None:
+                        self.outbox.written()
+                        return captured
+        # Not captured: a retry, a hold already resolved, an amount too large, or past its expiry.
         async with self.db.transaction() as session:
-            captured = await store.capture(session, parsed, amount, idempotency_key)
-            if captured is not None:
-                await events.hold_captured(self.outbox, session, captured)
-                return captured
             hold = await self._existing_hold(session, parsed)
             if hold["status"] == "captured":
                 return hold  # a retry: the first capture stands

@@ -12,7 +12,7 @@ transfer carries a unique idempotency key, so the same key never moves tokens tw
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +61,9 @@ _RESERVE = sa.text(
     """
 )
 
+# Capture and its billing.hold_captured event in one autocommit statement: the event row is
+# written only if the hold was captured, and commits with it (the transactional outbox,
+# without BEGIN/COMMIT round trips).
 _CAPTURE = sa.text(
     """
     WITH hold AS (
@@ -93,6 +96,10 @@ _CAPTURE = sa.text(
                hold.generation_id, 'Uncaptured rest of the hold'
           FROM hold, wallet
          WHERE hold.amount > hold.captured_amount
+    ), event AS (
+        INSERT INTO outbox (event_id, stream, event_type, payload)
+        SELECT :event_id, :event_stream, :event_type, :event_payload
+          FROM hold
     )
     SELECT hold.* FROM hold
     """
@@ -219,8 +226,12 @@ async def reserve(
     return (await session.execute(_RESERVE, params)).mappings().first()
 
 
-async def capture(session: AsyncConnection, hold_id: uuid.UUID, amount: int | None, key: str) -> Row | None:
-    """The captured hold, or None if it is not pending (or not capturable for that amount)."""
+async def capture(
+    session: Executor, hold_id: uuid.UUID, amount: int | None, key: str, event: Mapping[str, Any]
+) -> Row | None:
+    """The captured hold, or None if it is not pending (or not capturable for that amount).
+
+    ``event`` is the outbox row (``Outbox.row``) of its billing.hold_captured event."""
     params = {
         "hold_id": hold_id,
         "amount": amount,
@@ -228,6 +239,10 @@ async def capture(session: AsyncConnection, hold_id: uuid.UUID, amount: int | No
         "capture_id": uuid.uuid4(),
         "release_id": uuid.uuid4(),
         "spend": SPEND_ACCOUNT,
+        "event_id": event["event_id"],
+        "event_stream": event["stream"],
+        "event_type": event["event_type"],
+        "event_payload": event["payload"],
     }
     return (await session.execute(_CAPTURE, params)).mappings().first()
 
@@ -244,7 +259,7 @@ async def release(session: AsyncConnection, hold_id: uuid.UUID, status: str, rea
     return (await session.execute(_RELEASE, params)).mappings().first()
 
 
-async def hold(session: AsyncConnection, hold_id: uuid.UUID) -> Row | None:
+async def hold(session: Executor, hold_id: uuid.UUID) -> Row | None:
     return (await session.execute(sa.select(holds).where(holds.c.id == hold_id))).mappings().first()
 
 
