@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cpu import cpu_seconds
+
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR_SET = REPO / "stylestudio" / "descriptor_set.binpb"
 PATH = "/v1/billing/balance"
@@ -52,28 +54,6 @@ class Result:
     # unlike requests/s, this hardly depends on what else the machine is doing.
     front_cpu_us: float = 0.0
     backend_cpu_us: float = 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and all its descendants (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry.name)] = fields
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    total, stack = 0.0, [pid]
-    while stack:
-        current = stack.pop()
-        if current in stats:
-            total += (int(stats[current][11]) + int(stats[current][12])) / ticks
-        stack.extend(children.get(current, []))
-    return total
 
 
 class CpuMeter:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from bench.cpu import ProcessCpu
 from kit.infra import resolve_infrastructure
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from tests.harness import Platform, TestDatabase
@@ -161,9 +162,13 @@ async def run(clients: int, per_client: int, workers: int, traces: bool) -> None
                     results.append(await user.generate())
 
             print(f"before: {load()}")
+            cpu = ProcessCpu({name: process.pid for name, process in platform.processes.items()})
+            cpu.pids["bench client"] = os.getpid()
+            cpu.start()
             started = time.perf_counter()
             await asyncio.gather(*(client_loop(user) for user in users))
             elapsed = time.perf_counter() - started
+            cpu.stop()
         print(f"after:  {load()}")
         completed = [seconds for seconds, status, _ in results if status == "COMPLETED"]
         print(
@@ -178,6 +183,7 @@ async def run(clients: int, per_client: int, workers: int, traces: bool) -> None
             f"POST -> COMPLETED  p50 {percentile(completed, 0.5) * 1000:7.1f} ms   "
             f"p99 {percentile(completed, 0.99) * 1000:7.1f} ms   max {max(completed) * 1000:7.1f} ms"
         )
+        print(cpu.report(len(results), "generation"))
         if not traces:
             return
         await asyncio.sleep(1.0)  # the last spans reach the file
