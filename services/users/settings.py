@@ -30,6 +30,10 @@ class UsersSettings(ServiceSettings):
     argon2_time_cost: int = 3
     argon2_memory_cost_kib: int = 65536
     argon2_parallelism: int = 4
+    # Hashes running at once (0: one per core) and hashes allowed to wait for a slot; past
+    # that a sign-in gets RATE_LIMITED with Retry-After.
+    argon2_max_concurrent: int = 0
+    argon2_max_waiting: int = 64
 
     # --- brute-force protection (failed logins counted in Redis) ---
     login_failure_window_seconds: int = 900
