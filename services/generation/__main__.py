@@ -37,7 +37,7 @@ class GenerationService:
 
     def background(self, runtime: Runtime) -> Sequence[Coroutine[Any, Any, None]]:
         assert self.saga is not None
-        return [sweep_forever(self.saga)]
+        return [sweep_forever(self.saga), self.saga.updates.run()]
 
 
 def definition() -> ServiceDefinition:

@@ -27,6 +27,7 @@ from services.generation.lifecycle import Status, check_cancelable
 from services.generation.providers import Provider
 from services.generation.rate_limit import HourlyLimiter
 from services.generation.settings import GenerationSettings
+from services.generation.updates import UpdateHub
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc
 
@@ -69,6 +70,7 @@ class Saga:
             settings.rate_limit_window_seconds,
         )
         self.tracer = telemetry.tracer("stylestudio.generation")
+        self.updates = UpdateHub(runtime.redis, f"{settings.redis_prefix}:generation:updates:")
 
     @property
     def billing(self) -> billing_pb2_grpc.BillingServiceStub:
@@ -91,13 +93,10 @@ class Saga:
 
     # --- progress ------------------------------------------------------------------------
 
-    def updates_channel(self, generation_id: object) -> str:
-        return f"{self.settings.redis_prefix}:generation:updates:{generation_id}"
-
     async def notify(self, generation: Generation) -> None:
         """Wake the watchers of this generation (they re-read it; a lost message costs a poll)."""
         try:
-            await self.redis.publish(self.updates_channel(generation.id), generation.status)
+            await self.updates.publish(generation.id, generation.status)
         except Exception as error:  # progress is best effort; the state is already committed
             log.warning("could not notify watchers", extra={"error": type(error).__name__})
 
