@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ EVENT_STREAM = b"text/event-stream"
 OCTET_STREAM = "application/octet-stream"
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _MAX_FORM_FIELD_BYTES = 64 * 1024
+# A file sent before the form's fields is spooled: this much in memory, the rest on disk.
+_SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 _FILE_PART = "file"
 
 
@@ -214,7 +217,13 @@ async def send_upload(
         event = await form.next_event()
     if event[0] != "file":
         raise bad_request(f"The form has no {_FILE_PART!r} part", _FILE_PART)
-    if not await _send(call, upload.first_message(bound, fields, event[1], event[2])):
+    filename, declared_type = event[1], event[2]
+    if not fields:
+        # The file came first: its fields may follow it, and the first message needs them.
+        # Spool the file (memory up to a point, then a temporary file) until the form ends.
+        await _send_spooled(call, form, upload, bound, filename, declared_type, chunk_bytes)
+        return
+    if not await _send(call, upload.first_message(bound, fields, filename, declared_type)):
         return
     buffer = bytearray()
     async for data in form.file_data():
@@ -225,6 +234,32 @@ async def send_upload(
             buffer.clear()
     if buffer and not await _send(call, upload.chunk(bytes(buffer))):
         return
+    await _done_writing(call)
+
+
+async def _send_spooled(
+    call: Any,
+    form: _MultipartReader,
+    upload: UploadMapping,
+    bound: message.Message,
+    filename: str,
+    declared_type: str,
+    chunk_bytes: int,
+) -> None:
+    fields: list[tuple[str, str]] = []
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES) as spool:
+        async for data in form.file_data(trailing_fields=fields):
+            spool.write(data)
+        if not await _send(call, upload.first_message(bound, fields, filename, declared_type)):
+            return
+        spool.seek(0)
+        while chunk := spool.read(chunk_bytes):
+            if not await _send(call, upload.chunk(chunk)):
+                return
+    await _done_writing(call)
+
+
+async def _done_writing(call: Any) -> None:
     try:
         await call.done_writing()
     except cygrpc.InternalError:
@@ -300,8 +335,9 @@ class _MultipartReader:
             await self._feed()
         return self._events.popleft()
 
-    async def file_data(self) -> AsyncIterator[bytes]:
-        """The file part's bytes; then the form must end (fields come before the file)."""
+    async def file_data(self, trailing_fields: list[tuple[str, str]] | None = None) -> AsyncIterator[bytes]:
+        """The file part's bytes, to the end of the form. Fields after the file are collected
+        into ``trailing_fields`` when given, refused otherwise (the file is already streaming)."""
         while True:
             event = await self.next_event()
             if event[0] == "data":
@@ -312,8 +348,13 @@ class _MultipartReader:
                 return
             elif event[0] == "file":
                 raise bad_request("Send one file per upload", _FILE_PART)
+            elif trailing_fields is not None:
+                trailing_fields.append((event[1], event[2]))
             else:
-                raise bad_request(f"Form field {event[1]!r} must come before the file", event[1])
+                raise bad_request(
+                    f"Form field {event[1]!r} must come before the file, like the form's other fields",
+                    event[1],
+                )
 
     async def _feed(self) -> None:
         message = await self._exchange.receive()

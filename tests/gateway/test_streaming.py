@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import TEST_MAX_UPLOAD_BYTES
 from tests.gateway.echo_service import EchoService
@@ -124,19 +125,43 @@ async def test_upload_without_a_file_part_is_400(echo: httpx.AsyncClient) -> Non
     assert response.json()["error"]["details"]["field"] == "file"
 
 
-async def test_upload_with_a_field_after_the_file_is_400(echo: httpx.AsyncClient) -> None:
+def multipart(boundary: str, *parts: tuple[str, str | None, bytes]) -> bytes:
+    """A multipart body with the parts in the given order: (name, filename or None, content)."""
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        kind = "Content-Type: image/png\r\n" if filename else ""
+        body += (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{kind}\r\n".encode() + content + b"\r\n"
+        )
+    return body + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("size", [7, 3 * 1024 * 1024])  # in memory, and spooled to disk
+async def test_upload_with_the_file_before_its_fields_is_accepted(echo: httpx.AsyncClient, size: int) -> None:
+    content = os.urandom(size)
     boundary = "b0undary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
-        f"Content-Type: image/png\r\n\r\nPNGDATA\r\n"
-        f'--{boundary}\r\nContent-Disposition: form-data; name="category"\r\n\r\navatar\r\n'
-        f"--{boundary}--\r\n"
-    ).encode()
+    body = multipart(boundary, ("file", "a.png", content), ("category", None, b"avatar"))
+    response = await echo.post(
+        "/v1/blobs", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert (summary["category"], summary["filename"], summary["size"]) == ("avatar", "a.png", str(size))
+    assert summary["sha256"] == hashlib.sha256(content).hexdigest()
+
+
+async def test_upload_with_a_field_after_a_streaming_file_is_400(echo: httpx.AsyncClient) -> None:
+    # Fields before the file start the stream at once; one after it can no longer be used.
+    boundary = "b0undary"
+    body = multipart(
+        boundary, ("category", None, b"avatar"), ("file", "a.png", b"PNGDATA"), ("filename", None, b"b.png")
+    )
     response = await echo.post(
         "/v1/blobs", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
     assert response.status_code == 400
-    assert response.json()["error"]["details"]["field"] == "category"
+    assert response.json()["error"]["details"]["field"] == "filename"
 
 
 async def test_upload_with_an_unknown_form_field_is_400(echo: httpx.AsyncClient) -> None:
