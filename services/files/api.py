@@ -122,6 +122,14 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
         await self.library.release(request.generation_id, request.file_ids)
         return empty_pb2.Empty()
 
+    async def DiscardGenerationResults(
+        self, request: files_pb2.DiscardGenerationResultsRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        if not request.generation_id:
+            raise ValidationError("generation_id is required", field="generation_id")
+        await self.library.discard_generation_results(user_id_for(request.user_id), request.generation_id)
+        return empty_pb2.Empty()
+
     async def GetStorageSummary(
         self, request: files_pb2.GetStorageSummaryRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.StorageUsage:

@@ -101,6 +101,17 @@ class FileLibrary:
             await store.add_usage(session, user_id, -int(row.size))
             await events.file_deleted(session, self.outbox, dict(row._mapping))
 
+    async def discard_generation_results(self, user_id: str, generation_id: str) -> int:
+        """Deletes what was stored for a generation that did not complete; how many files."""
+        async with self.db.transaction() as session:
+            rows = await store.active_generation_results(session, user_id, generation_id)
+            for row in rows:
+                await store.mark_deleted(session, row.id)
+                await events.file_deleted(session, self.outbox, dict(row._mapping))
+            if rows:
+                await store.add_usage(session, user_id, -sum(int(row.size) for row in rows))
+        return len(rows)
+
     async def usage(self, user_id: str, plan: str | None) -> dict[str, Any]:
         """The user's usage; ``plan`` from their token, or None to use the plan last seen."""
         async with self.db.transaction() as session:

@@ -85,6 +85,18 @@ async def list_active_files(
     return list((await session.execute(query)).all())
 
 
+async def active_generation_results(
+    session: AsyncConnection, user_id: str, generation_id: str
+) -> list[FileRow]:
+    """A generation's stored results that are not deleted yet, locked."""
+    query = (
+        sa.select(files)
+        .where(files.c.generation_id == generation_id, files.c.user_id == user_id, files.c.status == ACTIVE)
+        .with_for_update()
+    )
+    return list((await session.execute(query)).all())
+
+
 async def mark_deleted(session: AsyncConnection, file_id: uuid.UUID) -> None:
     await session.execute(
         sa.update(files).where(files.c.id == file_id).values(status=DELETED, deleted_at=sa.func.now())

@@ -171,6 +171,9 @@ class Saga:
             ]
             if generation.hold_id:
                 settling.append(self._settle_hold(generation, outcome))
+            if outcome is not Status.COMPLETED and generation.status == Status.PROCESSING.value:
+                # Canceled or failed while its results may have been stored: they are not the user's.
+                settling.append(self.discard_results(generation))
             for result in await asyncio.gather(*settling, return_exceptions=True):
                 if isinstance(result, BaseException):
                     raise result
@@ -183,6 +186,16 @@ class Saga:
         if recorded is not None:
             await self.notify(recorded)
         return recorded
+
+    async def discard_results(self, generation: Generation) -> None:
+        """Deletes the images stored for a generation that did not complete (idempotent)."""
+        await call(
+            self.files.DiscardGenerationResults(
+                files_pb2.DiscardGenerationResultsRequest(
+                    user_id=generation.user_id, generation_id=str(generation.id)
+                )
+            )
+        )
 
     async def _settle_hold(self, generation: Generation, outcome: Status) -> None:
         if outcome is Status.COMPLETED:

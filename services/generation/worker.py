@@ -256,7 +256,13 @@ async def _store_and_complete(saga: Saga, generation: Generation, outputs: Seque
             )
         )
     await saga.checkpoint(generation, "after_store")
-    await saga.complete(generation, [file.id for file in stored.files])
+    if await saga.complete(generation, [file.id for file in stored.files]) is None:
+        # Decided otherwise while the images were being stored (canceled, deadline): a
+        # discard by that outcome's finish may have come before the store, so discard again.
+        async with saga.db.transaction() as session:
+            current = await store.get(session, generation.id)
+        if current is None or current.resolution != Status.COMPLETED.value:
+            await saga.discard_results(generation)
 
 
 async def _check_prediction(saga: Saga, generation: Generation) -> None:

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 
+from stylestudio.files.v1 import files_pb2
 from stylestudio.generation.v1 import generation_pb2, resources_pb2
 from tests.generation.conftest import Shopper
 from tests.harness import Platform
@@ -30,12 +31,16 @@ STEPS = {
 UNDECIDED_STEPS = {"after_processing", "after_store"}
 
 
-async def _wait_for_checkpoint(platform: Platform, step: str, timeout: float = 20.0) -> None:
+async def _wait_for_checkpoint(
+    platform: Platform, step: str, timeout: float = 20.0, generation_id: str = "*"
+) -> None:
     redis = Redis.from_url(platform.redis_url)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            async for _ in redis.scan_iter(match=f"{platform.redis_prefix}:generation:checkpoint:*:{step}"):
+            async for _ in redis.scan_iter(
+                match=f"{platform.redis_prefix}:generation:checkpoint:{generation_id}:{step}"
+            ):
                 return
             await asyncio.sleep(0.05)
     finally:
@@ -85,3 +90,33 @@ async def test_killed_at_each_step_the_saga_still_ends_right(gen_platform: Platf
     assert done.status == expected, done.error
     assert len(done.result_image_files) == 1
     assert (balance.balance, balance.reserved) == (4, 0)  # charged exactly once
+
+
+async def test_a_cancel_while_results_are_stored_leaves_no_images_behind(gen_platform: Platform) -> None:
+    shopper = Shopper(gen_platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    started = await shopper.create([product], prompt="a hat [pause:after_store]")
+    # The images are stored, the outcome not decided yet.
+    await _wait_for_checkpoint(gen_platform, "after_store", generation_id=started.id)
+
+    async def generated() -> list[str]:
+        listed = await shopper.files.ListFiles(
+            files_pb2.ListFilesRequest(category="generated_image"), metadata=shopper.metadata
+        )
+        return [file.id for file in listed.files]
+
+    assert len(await generated()) == 1
+    canceled = await shopper.generation.CancelGeneration(
+        generation_pb2.CancelGenerationRequest(id=started.id), metadata=shopper.metadata
+    )
+    assert canceled.status == resources_pb2.CANCELED
+    assert await generated() == []
+    usage = await shopper.files.GetStorageUsage(files_pb2.GetStorageUsageRequest(), metadata=shopper.metadata)
+    assert sorted(usage.by_category) == ["product_image"] and usage.file_count == 1
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (5, 0)
+    # The worker paused after storing resumes after a restart and leaves the outcome alone.
+    await _kill_and_restart(gen_platform)
+    assert (await shopper.wait_terminal(started.id)).status == resources_pb2.CANCELED
+    assert await generated() == []
