@@ -4,7 +4,8 @@ The users service signs access tokens with its current key and publishes every
 key still in use as a JWKS (AuthService.GetJwks). Every other service verifies
 tokens locally with those public keys, fetched once and refetched when a token
 names a key id it has not seen (rotation without downtime; rate-limited so a
-stream of bogus kids cannot hammer the users service). API keys ("sk_...") are
+stream of bogus kids cannot hammer the users service) or when they are older than
+five minutes (a key no longer published stops being trusted). API keys ("sk_...") are
 resolved by the users service (AuthService.AuthenticateApiKey), cached briefly.
 """
 
@@ -108,11 +109,17 @@ JwksSource = Callable[[], Awaitable[Sequence[dict[str, str]]]]
 class AccessTokenVerifier:
     """Verifies access tokens against the users service's published keys."""
 
-    def __init__(self, source: JwksSource, min_refresh_seconds: float = 5.0) -> None:
+    def __init__(
+        self, source: JwksSource, min_refresh_seconds: float = 5.0, max_age_seconds: float = 300.0
+    ) -> None:
         self._source = source
         self._keys: dict[str, Any] = {}
         self._min_refresh = min_refresh_seconds
+        # Keys are re-read at least this often, so a key the users service stopped publishing
+        # (retired or revoked) stops being trusted here too, without a restart.
+        self._max_age = max_age_seconds
         self._last_refresh = float("-inf")
+        self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
         self._verified: dict[str, tuple[Caller, float]] = {}
         self._max_cached = 10_000
@@ -160,17 +167,23 @@ class AccessTokenVerifier:
         return caller, float(claims["exp"])
 
     async def _key(self, kid: str) -> Any:
-        if kid in self._keys:
+        if kid in self._keys and time.monotonic() - self._fetched_at < self._max_age:
             return self._keys[kid]
         async with self._lock:
             now = time.monotonic()
-            if kid not in self._keys and now - self._last_refresh >= self._min_refresh:
+            stale = now - self._fetched_at >= self._max_age
+            if (kid not in self._keys or stale) and now - self._last_refresh >= self._min_refresh:
                 self._last_refresh = now
                 try:
                     jwks = await self._source()
                 except (grpc.RpcError, DomainError, OSError) as error:
+                    if kid in self._keys:  # the users service is unreachable: the keys we had stand
+                        return self._keys[kid]
                     raise Unauthenticated("Cannot verify access token right now") from error
                 self._keys = {jwk["kid"]: jwt.PyJWK(dict(jwk), ACCESS_TOKEN_ALGORITHM).key for jwk in jwks}
+                self._fetched_at = now
+                # Tokens verified with a key that is no longer published are checked again.
+                self._verified.clear()
         if kid not in self._keys:
             raise Unauthenticated("Invalid access token")
         return self._keys[kid]

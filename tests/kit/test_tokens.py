@@ -106,6 +106,43 @@ async def test_a_new_key_is_fetched_when_a_token_names_it() -> None:
     ).subject == "v"
 
 
+async def test_a_key_no_longer_published_stops_verifying_once_the_keys_are_re_read() -> None:
+    published = [KEY]
+    fetches = 0
+
+    async def source() -> list[dict[str, str]]:
+        nonlocal fetches
+        fetches += 1
+        return [key.public_jwk() for key in published]
+
+    verifier = AccessTokenVerifier(source, min_refresh_seconds=0, max_age_seconds=0.2)
+    token = sign_access_token(KEY, user_id="u", plan="free", role="user")
+    assert (await verifier.verify(token)).subject == "u"
+    assert (await verifier.verify(token)).subject == "u" and fetches == 1  # cached meanwhile
+    published[:] = [OTHER]  # KEY revoked by the users service
+    time.sleep(0.25)
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(sign_access_token(KEY, user_id="v", plan="free", role="user"))
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(token)  # the token verified before is checked again, too
+
+
+async def test_stale_keys_still_verify_while_the_users_service_is_unreachable() -> None:
+    reachable = True
+
+    async def source() -> list[dict[str, str]]:
+        if not reachable:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+        return [KEY.public_jwk()]
+
+    verifier = AccessTokenVerifier(source, min_refresh_seconds=0, max_age_seconds=0.1)
+    await verifier.verify(sign_access_token(KEY, user_id="u", plan="free", role="user"))
+    reachable = False
+    time.sleep(0.15)
+    fresh = sign_access_token(KEY, user_id="w", plan="free", role="user")
+    assert (await verifier.verify(fresh)).subject == "w"
+
+
 async def test_services_accept_tokens_signed_with_the_users_service_key(platform: Platform) -> None:
     _, token = platform.user_token()
     stub = billing_pb2_grpc.BillingServiceStub(platform.user_channel("billing"))
