@@ -25,8 +25,8 @@ async def _promote(db: Database, email: str) -> str:
     return f"user {user.id} is now an admin"
 
 
-async def _rotate(db: Database) -> str:
-    kid = await keys.rotate(db)
+async def _rotate(db: Database, settings: UsersSettings) -> str:
+    kid = await keys.rotate(db, settings)
     return f"new signing key {kid}; older keys are retired, published until their tokens expire"
 
 
@@ -41,7 +41,7 @@ async def main(argv: list[str] | None = None) -> int:
     settings = UsersSettings()
     db = Database(database_url(settings), "users", pool_size=1, max_overflow=0)
     try:
-        message = await (_promote(db, args.email) if args.command == "promote" else _rotate(db))
+        message = await (_promote(db, args.email) if args.command == "promote" else _rotate(db, settings))
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1

@@ -17,6 +17,9 @@ class UsersSettings(ServiceSettings):
     # one and retires the old, which stays published until its tokens have expired.
     # Empty and no key in the schema yet: one is generated and stored.
     jwt_signing_keys: SecretStr = SecretStr("")
+    # Encrypts the private signing keys stored in the users schema (PKCS#8 with this
+    # passphrase); empty: stored in the clear. Keep it in a secret store, not next to the database.
+    signing_key_passphrase: SecretStr = SecretStr("")
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # How often a replica re-reads the current signing key from the schema (rotation pick-up).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import grpc
 import jwt
@@ -74,8 +75,8 @@ async def test_a_retired_key_leaves_the_jwks_once_its_tokens_expired(users_datab
     db = Database(users_database.service_urls["users"], "users", pool_size=1, max_overflow=0)
     try:
         store = KeyStore(db, settings)
-        first = await rotate(db)
-        second = await rotate(db)
+        first = await rotate(db, settings)
+        second = await rotate(db, settings)
         kids = {jwk["kid"] for jwk in await store.public_jwks()}
         assert {first, second} <= kids
         assert (await store.current()).kid == second
@@ -87,5 +88,49 @@ async def test_a_retired_key_leaves_the_jwks_once_its_tokens_expired(users_datab
             )
         kids = {jwk["kid"] for jwk in await store.public_jwks()}
         assert first not in kids and second in kids
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+def own_users_database(infrastructure: object) -> Iterator[TestDatabase]:
+    """A users schema no running service reads: these tests change how its keys are stored."""
+    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
+    database.create(services=["users"])
+    yield database
+    database.drop()
+
+
+async def stored_pems(db: Database) -> dict[str, str]:
+    async with db.transaction() as session:
+        rows = (await session.execute(sa.select(signing_keys.c.kid, signing_keys.c.private_pem))).all()
+    return {row.kid: row.private_pem for row in rows}
+
+
+async def test_with_a_passphrase_keys_are_stored_encrypted_and_clear_ones_get_encrypted(
+    own_users_database: TestDatabase,
+) -> None:
+    db = Database(own_users_database.service_urls["users"], "users", pool_size=1, max_overflow=0)
+    sealed = UsersSettings(signing_key_passphrase="correct horse battery staple")
+    try:
+        clear_key = await KeyStore(db, UsersSettings()).current()  # generated before any passphrase
+        assert "BEGIN PRIVATE KEY" in (await stored_pems(db))[clear_key.kid]
+
+        store = KeyStore(db, sealed)
+        assert (await store.current()).kid == clear_key.kid
+        pems = await stored_pems(db)
+        assert all(pem.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----") for pem in pems.values())
+        # The same key, now only readable with the passphrase: tokens and the JWKS are unchanged.
+        assert (await store.current()).public_jwk() == clear_key.public_jwk()
+        assert [jwk["kid"] for jwk in await store.public_jwks()] == [clear_key.kid]
+
+        new_kid = await rotate(db, sealed)
+        assert (await stored_pems(db))[new_kid].startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert {jwk["kid"] for jwk in await KeyStore(db, sealed).public_jwks()} == {clear_key.kid, new_kid}
+
+        with pytest.raises(RuntimeError, match="STYLESTUDIO_SIGNING_KEY_PASSPHRASE"):
+            await KeyStore(db, UsersSettings()).current()
+        with pytest.raises(RuntimeError, match="cannot be decrypted"):
+            await KeyStore(db, UsersSettings(signing_key_passphrase="wrong")).current()
     finally:
         await db.dispose()
