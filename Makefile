@@ -34,7 +34,7 @@ $(GENERATED): $(INSTALLED) $(PROTOS) scripts/gen_protos.py
 lint: $(INSTALLED) $(GENERATED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy kit services gateway bench
+	$(VENV)/bin/mypy kit services gateway bench tests
 	$(PY) scripts/gen_protos.py --lint
 
 format: $(INSTALLED)

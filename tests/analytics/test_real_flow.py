@@ -26,12 +26,14 @@ from services.analytics.usage_log import SERVICE_ACTIONS
 from services.billing.payments import payment_intent_object, sign_payload, stripe_event
 from services.billing.settings import BillingSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from stylestudio.analytics.v1 import resources_pb2 as analytics_resources
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from stylestudio.billing.v1 import resources_pb2 as billing_resources
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
 from tests.harness import Platform, TestDatabase
+from tests.harness.streams import append_entry, stream_entries
 
 _ENV = {
     # Generations fail on "[fail:permanent]" and wait in the queue on "[queued:S]".
@@ -84,7 +86,8 @@ class _Flow:
         self.analytics = analytics_pb2_grpc.AnalyticsServiceStub(platform.user_channel("analytics"))
         _, admin_token = platform.user_token(role="admin")
         self.admin = platform.bearer(admin_token)
-        self.user_id, self.metadata = "", ()  # type: tuple[tuple[str, str], ...] | tuple[()]
+        self.user_id = ""
+        self.metadata: tuple[tuple[str, str], ...] = ()
 
     async def sign_up_log_in_and_out(self) -> None:
         email = f"flow.{uuid.uuid4().hex[:10]}@example.com"
@@ -190,7 +193,7 @@ class _Flow:
         )
         return [await self.until_terminal(g.id) for g in (completed, failed, waiting)]
 
-    async def usage(self) -> list[analytics_pb2.UsageRecord]:
+    async def usage(self) -> list[analytics_resources.UsageRecord]:
         records, token = [], ""
         while True:
             page = await self.analytics.ListUsageRecords(
@@ -201,7 +204,9 @@ class _Flow:
             if not token:
                 return records
 
-    async def until_actions(self, wanted: set[str], timeout: float = 30.0) -> list[analytics_pb2.UsageRecord]:
+    async def until_actions(
+        self, wanted: set[str], timeout: float = 30.0
+    ) -> list[analytics_resources.UsageRecord]:
         deadline = time.monotonic() + timeout
         while True:
             records = await self.usage()
@@ -218,10 +223,10 @@ async def _redeliver_everything_about(platform: Platform, user_id: str) -> int:
     try:
         for stream in ("events.users", "events.billing", "events.files", "events.generation"):
             key = f"{platform.redis_prefix}:{stream}"
-            for _, fields in await redis.xrange(key):
+            for _, fields in await stream_entries(redis, key):
                 event = Event.FromString(fields[b"event"])
                 if event.user_id == user_id:
-                    await redis.xadd(key, fields)
+                    await append_entry(redis, key, fields)
                     again += 1
     finally:
         await redis.aclose()

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -185,7 +186,7 @@ def machine_for(billing: Any, loop: asyncio.AbstractEventLoop) -> type[RuleBased
         def wallets_match_the_model(self) -> None:
             for user in (0, 1):
                 request = billing_pb2.GetUserBillingSummaryRequest(user_id=self.user_id(user))
-                summary = call(lambda request=request: internal.GetUserBillingSummary(request))
+                summary = call(partial(internal.GetUserBillingSummary, request))
                 assert (summary.balance, summary.reserved) == (self.balance[user], self.reserved[user])
                 assert summary.available >= 0
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from pydantic import SecretStr
 
 from kit.clients import open_channel
 from kit.errors import Reason
@@ -94,7 +95,7 @@ async def cloudinary_files(
         service_database_url=database.service_urls["files"],
         redis_url=files_platform.redis_url,
         redis_prefix=f"{files_platform.redis_prefix}:cloudinary",
-        service_secret=TEST_SERVICE_SECRET,
+        service_secret=SecretStr(TEST_SERVICE_SECRET),
         users_addr=files_platform.addresses["users"],
         files_addr=f"127.0.0.1:{free_port()}",
         migrate_on_start=False,
@@ -103,7 +104,7 @@ async def cloudinary_files(
         storage_backend="cloudinary",
         cloudinary_cloud_name=cloudinary_server.cloud_name,
         cloudinary_api_key=cloudinary_server.api_key,
-        cloudinary_api_secret=cloudinary_server.api_secret,
+        cloudinary_api_secret=SecretStr(cloudinary_server.api_secret),
         cloudinary_api_url=cloudinary_server.url,
         cloudinary_delivery_host=f"127.0.0.1:{cloudinary_server.port}",
         cloudinary_secure_delivery=False,

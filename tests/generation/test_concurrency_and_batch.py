@@ -14,6 +14,7 @@ from services.billing.reconcile import reconcile
 from stylestudio.generation.v1 import events_pb2, generation_pb2, resources_pb2
 from tests.generation.conftest import Shopper, reason_of
 from tests.harness import Platform
+from tests.harness.streams import stream_entries
 
 
 async def _reconciles(platform: Platform) -> None:
@@ -138,7 +139,7 @@ async def test_events_for_analytics(gen_platform: Platform) -> None:
     await asyncio.sleep(1.0)  # the outbox relay publishes after commit
     redis = Redis.from_url(gen_platform.redis_url)
     try:
-        entries = await redis.xrange(stream_key(gen_platform.redis_prefix, "events.generation"))
+        entries = await stream_entries(redis, stream_key(gen_platform.redis_prefix, "events.generation"))
     finally:
         await redis.aclose()
     mine: dict[str, list[tuple[str, object]]] = {}

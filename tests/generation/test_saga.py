@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -67,7 +68,7 @@ async def test_bad_parameters_a_foreign_file_and_a_missing_file_are_refused(gen_
     shopper, stranger = Shopper(gen_platform), Shopper(gen_platform)
     await shopper.grant(5)
     product, foreign = await shopper.upload(), await stranger.upload()
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"files": [product], "model": "nope"}, "VALIDATION_ERROR"),
         ({"files": [product], "num_images": 9}, "VALIDATION_ERROR"),
         ({"files": [foreign]}, "NOT_FOUND"),

@@ -21,6 +21,7 @@ from kit.server import RunningService, ServiceDefinition
 from kit.settings import ServiceSettings
 from kit.tokens import AccessTokenVerifier, SigningKey, generate_signing_key, sign_access_token
 from tests.harness.platform import TEST_SERVICE_SECRET, TestDatabase, free_port
+from tests.harness.streams import stream_entries
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ class InProcessService:
 
     async def stream(self, stream: str) -> list[Event]:
         key = stream_key(self.settings.redis_prefix, stream)
-        return [Event.FromString(fields[b"event"]) for _, fields in await self.redis.xrange(key)]
+        return [Event.FromString(fields[b"event"]) for _, fields in await stream_entries(self.redis, key)]
 
     async def stop(self) -> None:
         for channel in self.channels:

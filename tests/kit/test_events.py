@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from google.protobuf import wrappers_pb2
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from kit import telemetry
@@ -21,6 +22,7 @@ from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
 from tests.harness.platform import TEST_SERVICE_SECRET
+from tests.harness.streams import stream_entries
 from tests.kit.note_service import NOTE_EVENT, create_notes_table, definition, notes
 
 STREAM = "events.analytics"
@@ -37,7 +39,7 @@ async def note_service(kit_database: TestDatabase, redis_url: str) -> AsyncItera
         service_database_url=url,
         redis_url=redis_url,
         redis_prefix=f"sstest-events-{free_port()}",
-        service_secret=TEST_SERVICE_SECRET,
+        service_secret=SecretStr(TEST_SERVICE_SECRET),
         migrate_on_start=False,
         consumer_block_ms=100,
     )
@@ -72,7 +74,7 @@ async def _stream_entries(service: RunningService) -> list[Event]:
     runtime = service.runtime
     assert runtime is not None
     key = stream_key(runtime.settings.redis_prefix, STREAM)
-    return [Event.FromString(fields[b"event"]) for _, fields in await runtime.redis.xrange(key)]
+    return [Event.FromString(fields[b"event"]) for _, fields in await stream_entries(runtime.redis, key)]
 
 
 async def _until(condition: object, timeout: float = 10.0) -> None:
@@ -230,7 +232,8 @@ async def test_the_consumer_span_continues_the_trace_of_the_rpc_that_wrote_the_e
         and s.name.endswith("GetUserActivitySummary")
         and s.context.trace_id == consumer_span.context.trace_id
     )
+    assert consumer_span.parent is not None
     producer_span = by_id[consumer_span.parent.span_id]
     assert producer_span.kind.name == "PRODUCER"
-    assert producer_span.parent.span_id == rpc_span.context.span_id
+    assert producer_span.parent is not None and producer_span.parent.span_id == rpc_span.context.span_id
     assert consumer_span.context.trace_id == rpc_span.context.trace_id

@@ -168,6 +168,7 @@ def test_embedded_servers_start_when_nothing_answers_and_serve_other_processes(t
         assert seen["version"].startswith("6.2.")
     finally:
         infra.close()
+    assert postgres_pid is not None and redis_pid is not None
     assert gone(postgres_pid) and gone(redis_pid)
     with redis.Redis.from_url(infra.redis_url, socket_connect_timeout=1) as client:
         try:

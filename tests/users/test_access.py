@@ -17,6 +17,7 @@ from stylestudio.common.v1 import event_pb2
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, events_pb2, users_pb2, users_pb2_grpc
 from tests.harness import Platform
 from tests.harness.platform import REPO_ROOT
+from tests.harness.streams import stream_entries
 from tests.users.conftest import new_email, reason_of, signup
 
 
@@ -143,7 +144,7 @@ async def _events(platform: Platform, event_type: str, user_id: str) -> list[eve
 
     redis = Redis.from_url(platform.redis_url)
     try:
-        entries = await redis.xrange(f"{platform.redis_prefix}:events.users")
+        entries = await stream_entries(redis, f"{platform.redis_prefix}:events.users")
     finally:
         await redis.aclose()
     events = [event_pb2.Event.FromString(fields[b"event"]) for _, fields in entries]

@@ -10,6 +10,7 @@ import grpc
 import jwt
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from kit.db import Database
 from kit.tokens import sign_access_token
@@ -111,7 +112,7 @@ async def test_with_a_passphrase_keys_are_stored_encrypted_and_clear_ones_get_en
     own_users_database: TestDatabase,
 ) -> None:
     db = Database(own_users_database.service_urls["users"], "users", pool_size=1, max_overflow=0)
-    sealed = UsersSettings(signing_key_passphrase="correct horse battery staple")
+    sealed = UsersSettings(signing_key_passphrase=SecretStr("correct horse battery staple"))
     try:
         clear_key = await KeyStore(db, UsersSettings()).current()  # generated before any passphrase
         assert "BEGIN PRIVATE KEY" in (await stored_pems(db))[clear_key.kid]
@@ -131,6 +132,6 @@ async def test_with_a_passphrase_keys_are_stored_encrypted_and_clear_ones_get_en
         with pytest.raises(RuntimeError, match="STYLESTUDIO_SIGNING_KEY_PASSPHRASE"):
             await KeyStore(db, UsersSettings()).current()
         with pytest.raises(RuntimeError, match="cannot be decrypted"):
-            await KeyStore(db, UsersSettings(signing_key_passphrase="wrong")).current()
+            await KeyStore(db, UsersSettings(signing_key_passphrase=SecretStr("wrong"))).current()
     finally:
         await db.dispose()

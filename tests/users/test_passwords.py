@@ -10,8 +10,14 @@ from services.users.passwords import Passwords
 from services.users.settings import UsersSettings
 
 
-def cheap_settings(**overrides: int) -> UsersSettings:
-    return UsersSettings(argon2_time_cost=1, argon2_memory_cost_kib=8192, argon2_parallelism=1, **overrides)
+def cheap_settings(argon2_max_concurrent: int = 0, argon2_max_waiting: int = 64) -> UsersSettings:
+    return UsersSettings(
+        argon2_time_cost=1,
+        argon2_memory_cost_kib=8192,
+        argon2_parallelism=1,
+        argon2_max_concurrent=argon2_max_concurrent,
+        argon2_max_waiting=argon2_max_waiting,
+    )
 
 
 async def test_a_hash_verifies_and_a_wrong_password_or_unknown_account_does_not() -> None:

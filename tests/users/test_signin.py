@@ -82,7 +82,7 @@ async def test_wrong_password_and_unknown_email_get_the_same_answer(
 ) -> None:
     email = new_email()
     await signup(auth, email)
-    answers = []
+    answers: list[object] = []
     for attempt in (
         auth_pb2.LoginRequest(email=email, password="wrong password!"),
         auth_pb2.LoginRequest(email=new_email(), password=PASSWORD),

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from stylestudio.users.v1 import auth_pb2_grpc
 from tests.harness import Platform
+from tests.harness.streams import append_entry, stream_entries
 from tests.users.conftest import signup
 
 WELCOME_TOKENS = 10  # billing's default, API.md's "10 by default"
@@ -56,11 +57,11 @@ async def test_a_new_user_gets_the_welcome_grant_exactly_once_even_if_user_creat
     stream = f"{users_platform.redis_prefix}:events.users"
     redis = Redis.from_url(users_platform.redis_url)
     try:
-        entries = await redis.xrange(stream)
+        entries = await stream_entries(redis, stream)
         (fields,) = [
             f for _, f in entries if f[b"type"] == b"user.created" and user_id.encode() in f[b"event"]
         ]
-        redelivered = await redis.xadd(stream, fields)  # the very same envelope, a second time
+        redelivered = await append_entry(redis, stream, fields)  # the very same envelope, a second time
         while not await _consumed_up_to(redis, stream, redelivered):
             assert time.monotonic() < deadline + 15, "billing never read the redelivered event"
             await asyncio.sleep(0.1)
