@@ -140,7 +140,12 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
         for header in WEBHOOK_HEADERS:
             if not isinstance(metadata.get(header), str) or not metadata[header]:
                 raise ValidationError(f"Missing {header} header", field=header)
-        await handle_replicate_webhook(self.saga, metadata, request.http_body.data)  # type: ignore[arg-type]
+        await handle_replicate_webhook(
+            self.saga,
+            metadata,  # type: ignore[arg-type]
+            request.http_body.data,
+            request.generation_id,
+        )
         return empty_pb2.Empty()
 
     async def GetUserGenerationStats(

@@ -160,7 +160,7 @@ class Saga:
         outcome = Status(generation.resolution)
         with self.span(f"generation.finish {outcome.value.lower()}", generation):
             if outcome is Status.CANCELED and generation.prediction_id:
-                await self._cancel_prediction(generation)
+                await self.cancel_prediction(generation, generation.prediction_id)
             # Independent and idempotent: the hold and the input files' pins settled at once.
             settling: list[Awaitable[object]] = [
                 call(
@@ -220,10 +220,11 @@ class Saga:
             )
         )
 
-    async def _cancel_prediction(self, generation: Generation) -> None:
+    async def cancel_prediction(self, generation: Generation, prediction_id: str) -> None:
+        """Best effort: a prediction whose result will not be used is stopped at the provider."""
         try:
-            await self.provider_for(generation).cancel(generation.prediction_id)
-        except Exception as error:  # the hold is released anyway; the provider's result is ignored
+            await self.provider_for(generation).cancel(prediction_id)
+        except Exception as error:  # the outcome stands either way; the provider's result is ignored
             log.warning(
                 "could not cancel prediction",
                 extra={"generation_id": str(generation.id), "error": type(error).__name__},

@@ -119,17 +119,20 @@ async def extend_lease(session: AsyncConnection, generation_id: uuid.UUID, lease
 
 async def set_prediction(
     session: AsyncConnection, generation_id: uuid.UUID, prediction_id: str, lease_seconds: float
-) -> None:
-    """Remember the provider's prediction; the lease is how long to wait before polling it."""
-    await session.execute(
+) -> bool:
+    """Remember the provider's prediction (the lease is how long to wait before polling it),
+    unless the generation already has one: False then (the first prediction saved wins)."""
+    saved = await session.execute(
         sa.update(g)
-        .where(g.c.id == generation_id)
+        .where(g.c.id == generation_id, g.c.prediction_id.is_(None), g.c.resolution.is_(None))
         .values(
             prediction_id=prediction_id,
             lease_until=NOW + timedelta(seconds=lease_seconds),
             updated_at=NOW,
         )
+        .returning(g.c.id)
     )
+    return saved.first() is not None
 
 
 async def decide(

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import trace
 from replicate.webhook import Webhooks, WebhookSigningSecret, WebhookValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.errors import ValidationError
 from services.generation import events, store
-from services.generation.saga import Saga
+from services.generation.lifecycle import Status
+from services.generation.saga import Generation, Saga
+
+log = logging.getLogger("stylestudio.generation.webhooks")
 
 TERMINAL_PREDICTION_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
@@ -38,7 +45,11 @@ def verify_signature(headers: Mapping[str, str], body: bytes, secret: str, toler
     return payload
 
 
-async def handle_replicate_webhook(saga: Saga, headers: Mapping[str, str], body: bytes) -> None:
+async def handle_replicate_webhook(
+    saga: Saga, headers: Mapping[str, str], body: bytes, generation_id: str = ""
+) -> None:
+    """Act on a verified webhook. ``generation_id`` comes from the webhook URL the service
+    gave the prediction; it only matters for a prediction whose id was never saved."""
     settings = saga.settings
     payload = verify_signature(
         headers,
@@ -47,14 +58,55 @@ async def handle_replicate_webhook(saga: Saga, headers: Mapping[str, str], body:
         settings.replicate_webhook_tolerance_seconds,
     )
     prediction_id, status = payload["id"], str(payload.get("status", ""))
+    duplicate: Generation | None = None
     async with saga.db.transaction() as session:
         if not await store.record_webhook(session, headers["webhook-id"], prediction_id, status):
             return  # a duplicate delivery
         generation = await store.find_by_prediction(session, prediction_id)
+        if generation is None:
+            generation, duplicate = await _unsaved_prediction(saga, session, payload, generation_id)
         # Only terminal statuses are final; an older "processing" arriving late changes nothing.
-        if generation is None or status not in TERMINAL_PREDICTION_STATUSES:
-            return
-        request_span = trace.get_current_span()
-        with saga.span("generation.webhook", generation, join_saga=True) as span:
-            span.add_link(request_span.get_span_context())
-            await events.enqueue_job(saga.outbox, session, generation, attempt=generation.attempt)
+        if generation is not None and status in TERMINAL_PREDICTION_STATUSES:
+            request_span = trace.get_current_span()
+            with saga.span("generation.webhook", generation, join_saga=True) as span:
+                span.add_link(request_span.get_span_context())
+                await events.enqueue_job(saga.outbox, session, generation, attempt=generation.attempt)
+    if duplicate is not None and status not in TERMINAL_PREDICTION_STATUSES:
+        log.warning(
+            "cancelling a duplicate prediction",
+            extra={"generation_id": str(duplicate.id), "prediction_id": prediction_id},
+        )
+        await saga.cancel_prediction(duplicate, prediction_id)
+
+
+async def _unsaved_prediction(
+    saga: Saga, session: AsyncConnection, payload: Mapping[str, Any], generation_id: str
+) -> tuple[Generation | None, Generation | None]:
+    """A prediction we created but never saved (a crash between creating it and saving its
+    id): adopt it if its generation has none yet, else it is a duplicate. Returns (adopted,
+    duplicate). The URL's generation id is only a hint: the signed payload must carry that
+    generation's seed and prompt, so a forged query string cannot attach a prediction elsewhere."""
+    try:
+        named = uuid.UUID(generation_id)
+    except ValueError:
+        return None, None
+    generation = await store.get(session, named)
+    inputs = payload.get("input")
+    if (
+        generation is None
+        or generation.provider != "replicate"
+        or generation.status != Status.PROCESSING.value
+        or generation.resolution
+        or not isinstance(inputs, dict)
+        or inputs.get("seed") != generation.seed
+        or inputs.get("prompt") != generation.enhanced_prompt
+    ):
+        return None, None
+    prediction_id = str(payload["id"])
+    if generation.prediction_id is None and await store.set_prediction(
+        session, generation.id, prediction_id, saga.settings.replicate_poll_interval_seconds
+    ):
+        adopted = {"generation_id": str(generation.id), "prediction_id": prediction_id}
+        log.info("adopted a prediction", extra=adopted)
+        return await store.get(session, generation.id), None
+    return None, generation

@@ -104,12 +104,16 @@ async def _process(saga: Saga, generation: Generation) -> None:
         await _store_and_complete(saga, generation, submission.outputs)
     else:
         async with saga.db.transaction() as session:
-            await store.set_prediction(
+            saved = await store.set_prediction(
                 session,
                 generation.id,
                 submission.prediction_id,
                 saga.settings.replicate_poll_interval_seconds,
             )
+        if not saved:
+            # A webhook adopted a prediction an earlier attempt created before crashing (or the
+            # outcome was decided meanwhile): this one is a duplicate; stop paying for it.
+            await saga.cancel_prediction(generation, submission.prediction_id)
 
 
 async def _keep_lease(saga: Saga, generation_id: uuid.UUID, worker: asyncio.Task[object] | None) -> bool:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 
+import httpx
 import pytest
 
 from stylestudio.generation.v1 import resources_pb2
@@ -42,8 +43,9 @@ async def test_a_signed_webhook_completes_the_generation(
     shopper, generation_id, prediction_id = await _started_prediction(gen_platform, replicate, "webhook coat")
     prediction = replicate.predictions[prediction_id]
     assert prediction["version"] == REPLICATE_VERSION
-    assert prediction["_webhook"] == f"{gen_platform.gateway_url}/webhooks/replicate"
-    assert prediction["_webhook_events_filter"] == ["completed"]
+    webhook = f"{gen_platform.gateway_url}/webhooks/replicate?generation_id={generation_id}"
+    assert prediction["_webhook"] == webhook
+    assert prediction["_webhook_events_filter"] == ["start", "completed"]
     assert prediction["input"]["num_outputs"] == 1 and prediction["input"]["image"].startswith("data:image/")
     assert replicate.unauthorized == 0
     assert (await shopper.get(generation_id)).status == resources_pb2.PROCESSING
@@ -155,3 +157,73 @@ async def test_cancel_cancels_the_prediction_and_releases(
     assert (await shopper.get(generation_id)).status == resources_pb2.CANCELED
     balance = await shopper.balance()
     assert (balance.balance, balance.reserved) == (5, 0)
+
+
+async def _create_prediction(
+    replicate: FakeReplicate, platform: Platform, generation_id: str, inputs: dict[str, object]
+) -> str:
+    """A prediction created the way the provider does, for ``generation_id``: what a worker that
+    crashed right after creating it (before saving its id) leaves at Replicate."""
+    async with httpx.AsyncClient(base_url=replicate.url, timeout=10) as client:
+        created = await client.post(
+            "/v1/predictions",
+            headers={"Authorization": f"Bearer {replicate.api_token}"},
+            json={
+                "version": REPLICATE_VERSION,
+                "input": inputs,
+                "webhook": f"{platform.gateway_url}/webhooks/replicate?generation_id={generation_id}",
+                "webhook_events_filter": ["start", "completed"],
+            },
+        )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def test_a_prediction_whose_id_was_never_saved_is_adopted_from_its_webhook(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    from tests.generation.test_crash_safety import _kill_and_restart, _wait_for_checkpoint
+
+    shopper = Shopper(gen_platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    prompt = "adopted parka [pause:after_processing]"
+    started = await shopper.create([product], prompt=prompt, model=REPLICATE_MODEL, seed=4242)
+    # The worker took the generation and stops before saving any prediction id.
+    await _wait_for_checkpoint(gen_platform, "after_processing", generation_id=started.id)
+    orphan = await _create_prediction(
+        replicate, gen_platform, started.id, {"prompt": started.enhanced_prompt, "seed": 4242}
+    )
+    assert (await replicate.send_webhook(orphan)).status_code == 200  # "start": adopted
+    replicate.succeed(orphan)
+    assert (await replicate.send_webhook(orphan)).status_code == 200  # "completed": finished with it
+    done = await shopper.wait_terminal(started.id, timeout=15)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert orphan not in replicate.canceled
+    # The restarted worker finds the outcome and creates no second prediction.
+    await _kill_and_restart(gen_platform)
+    await asyncio.sleep(1.0)
+    assert [p["id"] for p in replicate.predictions.values() if "adopted parka" in p["input"]["prompt"]] == [
+        orphan
+    ]
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (4, 0)
+
+
+async def test_a_duplicate_prediction_is_cancelled_as_it_starts(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    shopper, generation_id, saved = await _started_prediction(gen_platform, replicate, "twice made vest")
+    inputs = dict(replicate.predictions[saved]["input"])
+    duplicate = await _create_prediction(replicate, gen_platform, generation_id, inputs)
+    # A webhook naming the generation but signed over other inputs is not believed.
+    stranger = await _create_prediction(replicate, gen_platform, generation_id, inputs | {"seed": -1})
+    for prediction in (duplicate, stranger):
+        assert (await replicate.send_webhook(prediction)).status_code == 200
+    assert duplicate in replicate.canceled
+    assert stranger not in replicate.canceled and saved not in replicate.canceled
+    replicate.succeed(saved)
+    assert (await replicate.send_webhook(saved)).status_code == 200
+    done = await shopper.wait_terminal(generation_id, timeout=5)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert (await shopper.balance()).balance == 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import replicate
@@ -55,8 +56,14 @@ class ReplicateProvider:
             "seed": request.seed,
         }
         params: dict[str, Any] = {}
-        if self._settings.replicate_webhook_url:
-            params = {"webhook": self._settings.replicate_webhook_url, "webhook_events_filter": ["completed"]}
+        if url := self._settings.replicate_webhook_url:
+            params = {
+                # The generation rides in the URL (Replicate's advice for metadata), so a webhook
+                # about a prediction whose id a crash kept us from saving still finds it.
+                "webhook": _with_query(url, generation_id=request.generation_id),
+                # "start" too: a duplicate prediction is cancelled as it starts, not paid to the end.
+                "webhook_events_filter": ["start", "completed"],
+            }
         try:
             prediction = await self._client.predictions.async_create(
                 version=request.model.replicate_version,
@@ -102,6 +109,13 @@ class ReplicateProvider:
                 return OutputImage(bytes(content), response.headers.get("content-type", ""))
         except httpx.HTTPError as error:
             raise transient(f"Downloading an output failed: {type(error).__name__}") from error
+
+
+def _with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to (or replacing the same names in) its query string."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    return urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
 
 
 def _named_image(content: bytes) -> io.BytesIO:
