@@ -122,17 +122,6 @@ class TracedChannel:
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._traced("stream_stream", method, args, kwargs)
 
-    @property
-    def raw(self) -> grpc.aio.Channel:
-        """The underlying channel (state, readiness)."""
-        return self._channel
-
-    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        return self._channel.get_state(try_to_connect)
-
-    async def channel_ready(self) -> None:
-        await self._channel.channel_ready()
-
     async def close(self, grace: float | None = None) -> None:
         await self._channel.close(grace)
 

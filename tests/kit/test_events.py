@@ -9,8 +9,10 @@ import grpc
 import pytest
 import sqlalchemy as sa
 from google.protobuf import wrappers_pb2
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -237,3 +239,49 @@ async def test_the_consumer_span_continues_the_trace_of_the_rpc_that_wrote_the_e
     assert producer_span.kind.name == "PRODUCER"
     assert producer_span.parent is not None and producer_span.parent.span_id == rpc_span.context.span_id
     assert consumer_span.context.trace_id == rpc_span.context.trace_id
+
+
+async def test_rpc_spans_follow_the_rpc_conventions(
+    note_service: RunningService, client: analytics_pb2_grpc.AnalyticsServiceStub
+) -> None:
+    """The kit's own client and server spans: names, kinds, parents, rpc.* attributes, status."""
+    runtime = note_service.runtime
+    assert runtime is not None
+    method = "/stylestudio.analytics.v1.AnalyticsService/GetUserActivitySummary"
+    spans.clear()
+    await _write_note(client, "spanned")
+    anonymous = open_channel(runtime.settings.analytics_addr)  # no service credential
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await analytics_pb2_grpc.AnalyticsServiceStub(anonymous).GetUserActivitySummary(
+            analytics_pb2.GetUserActivitySummaryRequest(user_id="nobody")
+        )
+    await anonymous.close()
+
+    def rpc_spans(kind: str) -> list[ReadableSpan]:
+        return [s for s in spans.get_finished_spans() if s.kind.name == kind and s.name == method]
+
+    async def both_ended() -> bool:
+        return len(rpc_spans("CLIENT")) == 2 and len(rpc_spans("SERVER")) == 2
+
+    await _until(both_ended)
+    answered, turned_away = sorted(rpc_spans("CLIENT"), key=lambda s: s.start_time or 0)
+    assert dict(answered.attributes or {}) == {
+        "rpc.system": "grpc",
+        "rpc.service": "stylestudio.analytics.v1.AnalyticsService",
+        "rpc.method": "GetUserActivitySummary",
+        "rpc.grpc.status_code": 0,
+    }
+    assert answered.status.status_code is StatusCode.UNSET
+    assert turned_away.attributes is not None
+    assert turned_away.attributes["rpc.grpc.status_code"] == refused.value.code().value[0]
+    assert turned_away.status.status_code is StatusCode.ERROR  # a caller sees any non-OK as an error
+    for client_span in (answered, turned_away):
+        context = client_span.context
+        assert context is not None and client_span.attributes is not None
+        (server_span,) = [s for s in rpc_spans("SERVER") if s.parent and s.parent.span_id == context.span_id]
+        assert server_span.context is not None and server_span.context.trace_id == context.trace_id
+        assert server_span.attributes is not None
+        code = client_span.attributes["rpc.grpc.status_code"]
+        assert server_span.attributes["rpc.grpc.status_code"] == code
+        # The refusal is the caller's doing: the server's span is not an error.
+        assert server_span.status.status_code is StatusCode.UNSET
