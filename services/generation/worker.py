@@ -111,9 +111,13 @@ async def _process(saga: Saga, generation: Generation) -> None:
                 saga.settings.replicate_poll_interval_seconds,
             )
         if not saved:
-            # A webhook adopted a prediction an earlier attempt created before crashing (or the
-            # outcome was decided meanwhile): this one is a duplicate; stop paying for it.
-            await saga.cancel_prediction(generation, submission.prediction_id)
+            async with saga.db.transaction() as session:
+                current = await store.get(session, generation.id)
+            # Its own "start" webhook may have beaten this save and adopted it: nothing to do.
+            # Otherwise a webhook adopted a prediction an earlier attempt created before
+            # crashing, or the outcome was decided meanwhile: stop paying for this one.
+            if current is None or current.prediction_id != submission.prediction_id:
+                await saga.cancel_prediction(generation, submission.prediction_id)
 
 
 async def _keep_lease(saga: Saga, generation_id: uuid.UUID, worker: asyncio.Task[object] | None) -> bool:

@@ -43,6 +43,9 @@ class FakeReplicate:
     predictions: dict[str, dict[str, Any]] = field(default_factory=dict)
     canceled: list[str] = field(default_factory=list)
     unauthorized: int = 0
+    # Send the "start" webhook before answering the create request, as a fast Replicate can:
+    # the webhook then races the service's saving of the prediction id.
+    start_webhook_before_answering: bool = False
 
     @property
     def url(self) -> str:
@@ -95,6 +98,8 @@ class FakeReplicate:
             "_webhook_events_filter": body.get("webhook_events_filter"),
         }
         self.predictions[prediction["id"]] = prediction
+        if self.start_webhook_before_answering and prediction["_webhook"]:
+            await self.send_webhook(prediction["id"])
         return JSONResponse(self._prediction(prediction), 201)
 
     async def _get(self, request: Request) -> Response:

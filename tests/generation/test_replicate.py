@@ -227,3 +227,22 @@ async def test_a_duplicate_prediction_is_cancelled_as_it_starts(
     done = await shopper.wait_terminal(generation_id, timeout=5)
     assert done.status == resources_pb2.COMPLETED, done.error
     assert (await shopper.balance()).balance == 4
+
+
+async def test_a_start_webhook_that_beats_the_saved_id_does_not_cancel_the_prediction(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    replicate.start_webhook_before_answering = True
+    try:
+        shopper, generation_id, prediction_id = await _started_prediction(
+            gen_platform, replicate, "raced start coat"
+        )
+        await asyncio.sleep(1.0)  # the worker has saved (or found adopted) the id by now
+    finally:
+        replicate.start_webhook_before_answering = False
+    assert prediction_id not in replicate.canceled
+    replicate.succeed(prediction_id)
+    assert (await replicate.send_webhook(prediction_id)).status_code == 200
+    done = await shopper.wait_terminal(generation_id, timeout=5)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert prediction_id not in replicate.canceled
