@@ -251,7 +251,7 @@ async def main() -> None:
             f"load average {load_text}; logs in {work})"
         )
     finally:
-        platform.stop_all()
+        await platform.close()  # the processes, then the run's Redis keys
         database.drop()
         infrastructure.close()
 
