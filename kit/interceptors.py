@@ -246,7 +246,7 @@ class _Call:
             log.error("unhandled error", extra={"rpc": self._method}, exc_info=error)
             await context.abort_with_status(internal_status())
 
-    async def _enter(self, context: grpc.aio.ServicerContext) -> tuple[_CallState, DomainError | None]:
+    async def _enter(self, context: grpc.aio.ServicerContext) -> tuple[_CallState, Exception | None]:
         metadata = {
             key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
         }
@@ -265,18 +265,22 @@ class _Call:
             otel_context.attach(trace.set_span_in_context(span, parent)),
             request_id_var.set(request_id),
         )
-        auth_error: DomainError | None = None
+        auth_error: Exception | None = None
         try:
             caller = await self._authenticator.caller_from(metadata)
-        except DomainError as error:
+        except Exception as error:  # raised inside the call's try, so it is mapped, logged and ended there
             auth_error, caller = error, ANONYMOUS
         if caller.kind.value == "user":
             span.set_attribute(telemetry.ATTR_USER_ID, caller.subject)
         state.caller_token = bind_caller(caller)
         return state, auth_error
 
-    def _check(self, auth_error: DomainError | None) -> None:
-        if auth_error is not None and self._level != access_pb2.ACCESS_PUBLIC:
+    def _check(self, auth_error: Exception | None) -> None:
+        # Bad credentials on a public method just make the caller anonymous; a failure of the
+        # check itself (not a DomainError) fails every call.
+        if auth_error is not None and (
+            self._level != access_pb2.ACCESS_PUBLIC or not isinstance(auth_error, DomainError)
+        ):
             raise auth_error
         authorize(self._level, current_caller())
 

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from kit import telemetry
 from kit.clients import open_channel
 from kit.events import Event, EventConsumer, stream_key, unpack
+from kit.interceptors import Authenticator
 from kit.server import RunningService
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
@@ -285,3 +286,32 @@ async def test_rpc_spans_follow_the_rpc_conventions(
         assert server_span.attributes["rpc.grpc.status_code"] == code
         # The refusal is the caller's doing: the server's span is not an error.
         assert server_span.status.status_code is StatusCode.UNSET
+
+
+async def test_a_failing_credential_check_ends_as_internal_with_its_span_ended(
+    note_service: RunningService, client: analytics_pb2_grpc.AnalyticsServiceStub, monkeypatch
+) -> None:
+    """A bug or outage inside the credential check (not a refusal) answers INTERNAL, says nothing
+    of the cause, ends the call's span as an error and leaves the next call unaffected."""
+    method = "/stylestudio.analytics.v1.AnalyticsService/GetUserActivitySummary"
+
+    async def broken(self: Authenticator, metadata: object) -> object:
+        raise RuntimeError("verifier exploded: secret detail")
+
+    spans.clear()
+    with monkeypatch.context() as patched:
+        patched.setattr(Authenticator, "caller_from", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await _write_note(client, "never")
+    assert failed.value.code() is grpc.StatusCode.INTERNAL
+    assert "secret detail" not in (failed.value.details() or "")
+
+    async def server_span_ended() -> bool:
+        return any(s.kind.name == "SERVER" and s.name == method for s in spans.get_finished_spans())
+
+    await _until(server_span_ended)
+    (server_span,) = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER" and s.name == method]
+    assert server_span.attributes is not None
+    assert server_span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
+    assert server_span.status.status_code is StatusCode.ERROR
+    await _write_note(client, "after")  # the caller and trace context of the failed call were reset
