@@ -102,8 +102,11 @@ class FileLibrary:
             await events.file_deleted(session, self.outbox, dict(row._mapping))
 
     async def discard_generation_results(self, user_id: str, generation_id: str) -> int:
-        """Deletes what was stored for a generation that did not complete; how many files."""
+        """Deletes what was stored for a generation that did not complete, and refuses what a
+        worker may still try to store for it (see Uploads.store_generation_results); how many files."""
         async with self.db.transaction() as session:
+            await store.lock_generation_results(session, generation_id)
+            await store.mark_generation_discarded(session, user_id, generation_id)
             rows = await store.active_generation_results(session, user_id, generation_id)
             for row in rows:
                 await store.mark_deleted(session, row.id)

@@ -101,3 +101,13 @@ file_references = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Index("ix_file_references_file_id", "file_id"),
 )
+
+# Generations that did not complete and whose results were discarded: storing results for
+# one of them later (a worker's store that lost the race with a cancel) is refused.
+discarded_generations = sa.Table(
+    "discarded_generations",
+    metadata,
+    sa.Column("generation_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("discarded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.files.models import (
     ACTIVE,
     DELETED,
+    discarded_generations,
     file_references,
     files,
     storage_accounts,
@@ -291,4 +292,28 @@ async def remove_references(
 
 async def is_referenced(session: AsyncConnection, file_id: uuid.UUID) -> bool:
     query = sa.select(sa.exists().where(file_references.c.file_id == file_id))
+    return bool((await session.execute(query)).scalar())
+
+
+# Generations whose results were discarded ------------------------------------------------------
+
+
+async def lock_generation_results(session: AsyncConnection, generation_id: str) -> None:
+    """Serialises storing and discarding one generation's results until the transaction ends:
+    without it, a store and a discard running at once could each miss the other's rows."""
+    await session.execute(
+        sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(generation_id, 0)))
+    )
+
+
+async def mark_generation_discarded(session: AsyncConnection, user_id: str, generation_id: str) -> None:
+    await session.execute(
+        pg_insert(discarded_generations)
+        .values(generation_id=generation_id, user_id=user_id)
+        .on_conflict_do_nothing()
+    )
+
+
+async def is_generation_discarded(session: AsyncConnection, generation_id: str) -> bool:
+    query = sa.select(sa.exists().where(discarded_generations.c.generation_id == generation_id))
     return bool((await session.execute(query)).scalar())

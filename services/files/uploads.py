@@ -204,7 +204,10 @@ class Uploads:
         already paid for them.
         """
         async with self.db.transaction() as session:
+            discarded = await store.is_generation_discarded(session, generation_id)
             earlier = await store.generation_results(session, generation_id)
+        if discarded:
+            raise _discarded(generation_id)
         if earlier:
             return _same_generation(earlier, user_id)
         for index, image in enumerate(images):
@@ -228,6 +231,9 @@ class Uploads:
                 row.update(generation_id=generation_id, image_order=order, is_primary=order == 0)
                 rows.append(row)
             async with self.db.transaction() as session:
+                await store.lock_generation_results(session, generation_id)
+                if await store.is_generation_discarded(session, generation_id):
+                    raise _discarded(generation_id)  # canceled or failed while its images were prepared
                 await store.ensure_account(session, user_id, None)
                 rows = [await store.insert_file(session, row) for row in rows]
                 for row in rows:
@@ -252,6 +258,13 @@ async def _first_metadata(
     if first is None or first.WhichOneof("payload") != "metadata":
         raise ValidationError("The first message must carry the file's metadata", field="metadata")
     return first.metadata
+
+
+def _discarded(generation_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        "This generation did not complete and its results were discarded; they are not stored",
+        details={"generation_id": generation_id},
+    )
 
 
 def _same_generation(rows: Sequence[Any], user_id: str) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ A prompt may carry directives:
   ``[latency:S]``           each try takes S seconds;
   ``[queued:S]``            the worker waits S seconds before taking the job (QUEUED meanwhile);
   ``[pause:STEP]``          the saga stops at checkpoint STEP the first time it gets there
-                            (a Redis key tells the test, which then kills the process).
+                            (a Redis key tells the test, which then kills the process, or
+                            sets the key to ``resume`` to let it go on).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _DIRECTIVE = re.compile(r"\[(fail|latency|queued|pause):([a-z0-9_.:]+)\]")
 CHECKPOINTS = (
     "after_hold",
     "after_processing",
+    "before_store",
     "after_store",
     "after_decide",
     "after_billing",
@@ -58,6 +60,9 @@ def parse_directives(prompt: str, enabled: bool) -> Directives:
     return Directives(fail_permanently, transient, latency, queued, frozenset(pauses))
 
 
+PAUSED, RESUME = b"paused", b"resume"
+
+
 def checkpoint_key(prefix: str, generation_id: object, step: str) -> str:
     return f"{prefix}:generation:checkpoint:{generation_id}:{step}"
 
@@ -65,8 +70,14 @@ def checkpoint_key(prefix: str, generation_id: object, step: str) -> str:
 async def checkpoint(
     redis: Redis, prefix: str, generation_id: object, step: str, directives: Directives
 ) -> None:
-    """Stop here forever the first time, if the prompt asks to (the test kills the process)."""
+    """Stop here the first time, if the prompt asks to, until the test kills the process or
+    sets the checkpoint's key to ``resume``."""
     if step not in directives.pauses:
         return
-    if await redis.set(checkpoint_key(prefix, generation_id, step), b"paused", nx=True):
-        await asyncio.Event().wait()
+    key = checkpoint_key(prefix, generation_id, step)
+    if not await redis.set(key, PAUSED, nx=True):
+        return
+    while True:  # the signal lives in Redis (the test is another process): poll it
+        if await redis.get(key) != PAUSED:
+            return
+        await asyncio.sleep(0.05)

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit import telemetry
-from kit.errors import DomainError, Reason
+from kit.errors import DomainError, FailedPrecondition, Reason
 from kit.events import Event, EventConsumer, unpack
 from services.generation import events, store
 from services.generation.lifecycle import Status, is_terminal
@@ -250,19 +250,29 @@ async def _store_and_complete(saga: Saga, generation: Generation, outputs: Seque
         current = await store.get(session, generation.id)
     if current is None or current.resolution:  # canceled meanwhile: do not store its images
         return
+    await saga.checkpoint(generation, "before_store")
     with saga.span("generation.store_results", generation):
-        stored = await call(
-            saga.files.StoreGenerationResults(
-                files_pb2.StoreGenerationResultsRequest(
-                    user_id=generation.user_id,
-                    generation_id=str(generation.id),
-                    images=[
-                        files_pb2.GeneratedImage(content=o.content, content_type=o.content_type)
-                        for o in outputs
-                    ],
+        try:
+            stored = await call(
+                saga.files.StoreGenerationResults(
+                    files_pb2.StoreGenerationResultsRequest(
+                        user_id=generation.user_id,
+                        generation_id=str(generation.id),
+                        images=[
+                            files_pb2.GeneratedImage(content=o.content, content_type=o.content_type)
+                            for o in outputs
+                        ],
+                    )
                 )
             )
-        )
+        except FailedPrecondition:
+            # Files refuses the results of a generation whose outcome's finish discarded them
+            # (canceled or failed after the check above): nothing was stored, nothing to do.
+            async with saga.db.transaction() as session:
+                current = await store.get(session, generation.id)
+            if current is not None and current.resolution:
+                return
+            raise
     await saga.checkpoint(generation, "after_store")
     if await saga.complete(generation, [file.id for file in stored.files]) is None:
         # Decided otherwise while the images were being stored (canceled, deadline): a

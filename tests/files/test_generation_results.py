@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
+
+import grpc
 
 from kit.errors import Reason
 from stylestudio.files.v1 import files_pb2
@@ -64,3 +67,48 @@ async def test_invalid_result_images_are_refused_and_nothing_is_stored(new_user,
     error = await domain_error_of(internal.StoreGenerationResults(request))
     assert error.reason == Reason.INVALID_FILE_TYPE
     assert files_database.file_rows(user.user_id) == 0
+
+
+async def test_results_of_a_discarded_generation_are_refused(new_user, internal, files_database):
+    """A worker's store that arrives after the generation's outcome discarded its results
+    (canceled or failed meanwhile) stores nothing, and a retry of it neither."""
+    user = new_user()
+    generation_id = str(uuid.uuid4())
+    discard = files_pb2.DiscardGenerationResultsRequest(user_id=user.user_id, generation_id=generation_id)
+    await internal.DiscardGenerationResults(discard)
+    for _ in range(2):
+        error = await domain_error_of(internal.StoreGenerationResults(_results(user.user_id, generation_id)))
+        assert error.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert error.details == {"generation_id": generation_id}
+    await internal.DiscardGenerationResults(discard)  # idempotent
+    assert files_database.file_rows(user.user_id) == 0
+    usage = await internal.GetStorageSummary(files_pb2.GetStorageSummaryRequest(user_id=user.user_id))
+    assert (usage.file_count, usage.total_bytes) == (0, 0)
+
+
+async def test_a_store_racing_a_discard_never_leaves_results_behind(new_user, internal, files_database):
+    """Stores and discards of the same generations at once: whichever wins, no result stays."""
+    user = new_user()
+    generation_ids = [str(uuid.uuid4()) for _ in range(40)]
+    delays = random.Random(7)
+
+    async def store(generation_id: str) -> None:
+        try:
+            await internal.StoreGenerationResults(_results(user.user_id, generation_id, count=1))
+        except grpc.aio.AioRpcError as error:  # refused: the discard came first
+            assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+    async def discard(generation_id: str) -> None:
+        await asyncio.sleep(delays.uniform(0, 0.2))  # lands anywhere in the store, or after it
+        await internal.DiscardGenerationResults(
+            files_pb2.DiscardGenerationResultsRequest(user_id=user.user_id, generation_id=generation_id)
+        )
+
+    await asyncio.gather(*(f(g) for g in generation_ids for f in (store, discard)))
+    listed = await user.stub.ListFiles(
+        files_pb2.ListFilesRequest(category="generated_image"), metadata=user.metadata
+    )
+    assert list(listed.files) == []
+    usage = await internal.GetStorageSummary(files_pb2.GetStorageSummaryRequest(user_id=user.user_id))
+    assert (usage.file_count, usage.total_bytes) == (0, 0)
+    assert files_database.used_bytes(user.user_id) == 0

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 
+from services.generation.faults import RESUME, checkpoint_key
 from stylestudio.files.v1 import files_pb2
 from stylestudio.generation.v1 import generation_pb2, resources_pb2
 from tests.generation.conftest import Shopper
@@ -23,17 +24,25 @@ from tests.harness import Platform
 STEPS = {
     "after_hold": None,  # the start never reached QUEUED: no generation, hold released
     "after_processing": resources_pb2.COMPLETED,
+    "before_store": resources_pb2.COMPLETED,
     "after_store": resources_pb2.COMPLETED,
     "after_decide": resources_pb2.COMPLETED,
     "after_billing": resources_pb2.COMPLETED,
 }
 # Steps before the outcome is decided, where the deadline may still win.
-UNDECIDED_STEPS = {"after_processing", "after_store"}
+UNDECIDED_STEPS = {"after_processing", "before_store", "after_store"}
 
 
 async def _wait_for_checkpoint(
     platform: Platform, step: str, timeout: float = 20.0, generation_id: str = "*"
 ) -> None:
+    if not await _reaches_checkpoint(platform, step, timeout, generation_id):
+        raise AssertionError(f"the saga never reached {step}")
+
+
+async def _reaches_checkpoint(
+    platform: Platform, step: str, timeout: float, generation_id: str = "*"
+) -> bool:
     redis = Redis.from_url(platform.redis_url)
     try:
         deadline = time.monotonic() + timeout
@@ -41,11 +50,19 @@ async def _wait_for_checkpoint(
             async for _ in redis.scan_iter(
                 match=f"{platform.redis_prefix}:generation:checkpoint:{generation_id}:{step}"
             ):
-                return
+                return True
             await asyncio.sleep(0.05)
     finally:
         await redis.aclose()
-    raise AssertionError(f"the saga never reached {step}")
+    return False
+
+
+async def _resume(platform: Platform, generation_id: str, step: str) -> None:
+    redis = Redis.from_url(platform.redis_url)
+    try:
+        await redis.set(checkpoint_key(platform.redis_prefix, generation_id, step), RESUME)
+    finally:
+        await redis.aclose()
 
 
 async def _kill_and_restart(platform: Platform) -> None:
@@ -120,3 +137,34 @@ async def test_a_cancel_while_results_are_stored_leaves_no_images_behind(gen_pla
     await _kill_and_restart(gen_platform)
     assert (await shopper.wait_terminal(started.id)).status == resources_pb2.CANCELED
     assert await generated() == []
+
+
+async def test_a_store_that_lands_after_the_cancel_is_refused_even_if_the_worker_then_dies(
+    gen_platform: Platform,
+) -> None:
+    """The worker checked the generation, then the cancel decided it (its discard found nothing
+    stored yet), then the worker's store arrives: files refuses it, so a crash of the worker
+    right after cannot leave the canceled generation's images behind."""
+    shopper = Shopper(gen_platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    started = await shopper.create([product], prompt="a scarf [pause:before_store] [pause:after_store]")
+    await _wait_for_checkpoint(gen_platform, "before_store", generation_id=started.id)
+    canceled = await shopper.generation.CancelGeneration(
+        generation_pb2.CancelGenerationRequest(id=started.id), metadata=shopper.metadata
+    )
+    assert canceled.status == resources_pb2.CANCELED
+    await _resume(gen_platform, started.id, "before_store")
+    # Had the store been accepted, the worker would stop at after_store: the crash comes there.
+    stored = await _reaches_checkpoint(gen_platform, "after_store", 3.0, generation_id=started.id)
+    await _kill_and_restart(gen_platform)
+    assert not stored, "files accepted the results of a canceled generation"
+    assert (await shopper.wait_terminal(started.id)).status == resources_pb2.CANCELED
+    listed = await shopper.files.ListFiles(
+        files_pb2.ListFilesRequest(category="generated_image"), metadata=shopper.metadata
+    )
+    assert list(listed.files) == []
+    usage = await shopper.files.GetStorageUsage(files_pb2.GetStorageUsageRequest(), metadata=shopper.metadata)
+    assert sorted(usage.by_category) == ["product_image"] and usage.file_count == 1
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (5, 0)
