@@ -14,7 +14,7 @@ import grpc
 import orjson
 from google.rpc import error_details_pb2, status_pb2
 
-from kit.errors import ERROR_DOMAIN, REASON_BY_CODE, Reason
+from kit.errors import ERROR_DOMAIN, REASON_BY_CODE, Reason, status_error_details
 
 HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -152,13 +152,4 @@ def _status_details(
         status = status_pb2.Status.FromString(raw)
     except Exception:  # a malformed details blob must not turn an error into a crash
         return None, None
-    info, retry = None, None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            parsed = error_details_pb2.RetryInfo()
-            detail.Unpack(parsed)
-            retry = parsed.retry_delay.seconds + parsed.retry_delay.nanos / 1e9
-    return info, retry
+    return status_error_details(status)

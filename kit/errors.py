@@ -231,6 +231,13 @@ def _error_details(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | 
         status = None
     if status is None:
         return None, None
+    return status_error_details(status)
+
+
+def status_error_details(
+    status: status_pb2.Status,
+) -> tuple[error_details_pb2.ErrorInfo | None, float | None]:
+    """The ErrorInfo and the RetryInfo delay (seconds) a google.rpc.Status carries, if any."""
     info, retry = None, None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
