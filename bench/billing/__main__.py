@@ -8,7 +8,8 @@ as many wallets as clients and once on one hot wallet; then has pgbench run the 
 statements the service issues for a pair (store.py's reserve CTE, the hold read and the
 capture CTE that also writes the outbox row, each its own transaction, as prepared
 statements) with the same number of clients.
-Prints pairs/s, p50/p99 latency and the ratio to pgbench. Needs PostgreSQL, Redis
+Prints pairs/s, p50/p99 latency and the ratio to pgbench, and how this machine does on the
+issue's own pgbench yardstick (the goals scaled by it). Needs PostgreSQL, Redis
 and pgbench (postgresql-client).
 """
 
@@ -26,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 from sqlalchemy.engine import make_url
 
 from bench.cpu import ProcessCpu
@@ -130,10 +132,43 @@ def pgbench_script(hot: bool, wallets: int) -> str:
     )
 
 
-def run_pgbench(url: str, hot: bool, wallets: int, clients: int, seconds: float) -> float:
+# The issue's yardstick: "stock PostgreSQL 15 on this kind of machine did about 13,500
+# transactions/s of a one-row UPDATE plus one INSERT over 64 rows, and about 2,400/s on a
+# single hot row". Run here too, it tells how this machine compares with that one.
+REFERENCE_TPS = {"spread over wallets": 13_500.0, "one hot wallet": 2_400.0}
+GOAL_PAIRS = {"spread over wallets": 2_000.0, "one hot wallet": 500.0}
+REFERENCE_TABLES = """
+CREATE TABLE reference_accounts (id int PRIMARY KEY, balance bigint NOT NULL DEFAULT 0);
+INSERT INTO reference_accounts SELECT g, 0 FROM generate_series(1, 64) g;
+CREATE TABLE reference_transfers (id bigserial PRIMARY KEY, account int NOT NULL, amount int NOT NULL,
+                                  at timestamptz NOT NULL DEFAULT now());
+"""
+
+
+def reference_script(hot: bool) -> str:
+    account = "1" if hot else ":a"
+    return "\n".join(
+        [
+            "\\set a random(1, 64)",
+            "BEGIN;",
+            f"UPDATE reference_accounts SET balance = balance + 1 WHERE id = {account};",
+            f"INSERT INTO reference_transfers (account, amount) VALUES ({account}, 1);",
+            "COMMIT;",
+            "",
+        ]
+    )
+
+
+def create_reference_tables(url: str) -> None:
+    dsn = make_url(url).set(drivername="postgresql")
+    with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as connection:
+        connection.execute(REFERENCE_TABLES)
+
+
+def run_pgbench(url: str, script_text: str, clients: int, seconds: float) -> float:
     dsn = make_url(url).set(drivername="postgresql")
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(pgbench_script(hot, wallets))
+        script.write(script_text)
     env = os.environ | {"PGPASSWORD": dsn.password or ""}
     command = [
         "pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(int(seconds)),
@@ -240,11 +275,20 @@ async def main() -> None:
         await channel.close()
         platform.stop("billing")
         url = database.service_urls["billing"]
+        pgbench_clients = args.pgbench_clients or args.clients
+        create_reference_tables(url)
         for name, hot in (("spread over wallets", False), ("one hot wallet", True)):
-            tps = run_pgbench(url, hot, args.clients, args.pgbench_clients or args.clients, args.seconds)
+            tps = run_pgbench(url, pgbench_script(hot, args.clients), pgbench_clients, args.seconds)
             pairs, latencies, load, cpu_line = results[name]
             report(name, pairs, latencies, args.seconds, tps, (load, os.getloadavg()[0]))
             print(f"{'':22} {cpu_line}")
+            reference = run_pgbench(url, reference_script(hot), pgbench_clients, args.seconds)
+            speed = reference / REFERENCE_TPS[name]
+            print(
+                f"{'':22} machine: the issue's reference workload {reference:.0f} tps "
+                f"(issue: about {REFERENCE_TPS[name]:,.0f}) -> {speed:.2f}x its machine; "
+                f"goal {GOAL_PAIRS[name]:,.0f} pairs/s scaled to this one: {GOAL_PAIRS[name] * speed:.0f}"
+            )
         load_text = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
             f"({args.clients} clients, {args.seconds:.0f} s each, {os.cpu_count()} CPUs, "

