@@ -66,17 +66,17 @@ class Ledger:
     # --- balances ---
 
     async def balance(self, user_id: str) -> Balance:
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             wallet = await store.wallet(session, user_id)
         return Balance(0, 0) if wallet is None else Balance(wallet["balance"], wallet["reserved"])
 
     async def transactions(self, user_id: str, before_seq: int | None, limit: int) -> list[Row]:
         """The wallet's transfers, newest first."""
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             return await store.transfers_page(session, user_id, before_seq, limit)
 
     async def summary(self, user_id: str) -> Summary:
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             wallet = await store.wallet(session, user_id)
             totals = await store.wallet_totals(session, user_id)
         balance = Balance(0, 0) if wallet is None else Balance(wallet["balance"], wallet["reserved"])

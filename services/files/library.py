@@ -65,7 +65,7 @@ class FileLibrary:
         found = parse_file_id(file_id)
         row = None
         if found is not None:
-            async with self.db.transaction() as session:
+            async with self.db.autocommit() as session:
                 row = await store.active_file(session, user_id, found)
         if row is None:
             raise NotFound("File not found", details={"id": file_id})
@@ -78,7 +78,7 @@ class FileLibrary:
             raise ValidationError("category is not a file category", field="category")
         size = page_size_of(page_size)
         after = decode_page_token(page_token)
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             rows = await store.list_active_files(
                 session, user_id, category=category, after=after, limit=size + 1
             )
@@ -117,7 +117,7 @@ class FileLibrary:
 
     async def usage(self, user_id: str, plan: str | None) -> dict[str, Any]:
         """The user's usage; ``plan`` from their token, or None to use the plan last seen."""
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             categories = await store.usage_by_category(session, user_id)
             if plan is None:
                 account = await store.account(session, user_id)
@@ -138,7 +138,7 @@ class FileLibrary:
         wanted = [found for found in parsed.values() if found is not None]
         owned: set[uuid.UUID] = set()
         if wanted:
-            async with self.db.transaction() as session:
+            async with self.db.autocommit() as session:
                 owned = {row.id for row in await store.active_files(session, user_id, wanted)}
         return (
             [text for text in file_ids if parsed[text] in owned],
@@ -165,7 +165,7 @@ class FileLibrary:
         parsed = [found for text in file_ids if (found := parse_file_id(text)) is not None]
         if file_ids and not parsed:
             return
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             await store.remove_references(session, generation_id, parsed)
 
     async def content(self, user_id: str, file_id: str) -> tuple[dict[str, Any], AsyncIterator[bytes]]:

@@ -203,7 +203,7 @@ class Uploads:
         Results count towards the user's usage but are never refused for quota: the user has
         already paid for them.
         """
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             discarded = await store.is_generation_discarded(session, generation_id)
             earlier = await store.generation_results(session, generation_id)
         if discarded:

@@ -40,7 +40,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
         self, request: generation_pb2.GetGenerationRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Generation:
         generation_id = _generation_id(request.id)
-        async with self.saga.db.transaction() as session:
+        async with self.saga.db.autocommit() as session:
             generation = await store.get_visible(session, generation_id, current_caller().user_id)
         if generation is None:
             raise NotFound("Generation not found", details={"id": request.id})
@@ -55,7 +55,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
         status = None
         if request.status != resources_pb2.GENERATION_STATUS_UNSPECIFIED:
             status = Status(resources_pb2.GenerationStatus.Name(request.status))
-        async with self.saga.db.transaction() as session:
+        async with self.saga.db.autocommit() as session:
             rows, next_token = await store.list_for_user(
                 session, current_caller().user_id, status, page_size, request.page_token
             )
@@ -152,7 +152,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
         self, request: generation_pb2.GetUserGenerationStatsRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.GetUserGenerationStatsResponse:
         user_id = user_id_for(request.user_id)
-        async with self.saga.db.transaction() as session:
+        async with self.saga.db.autocommit() as session:
             total, completed, failed = await store.user_stats(session, user_id)
         return generation_pb2.GetUserGenerationStatsResponse(total=total, completed=completed, failed=failed)
 

@@ -37,7 +37,7 @@ async def _next_update(updates: asyncio.Queue[str], timeout: float) -> str | Non
 
 
 async def _read(saga: Saga, generation_id: uuid.UUID, user_id: str) -> Generation:
-    async with saga.db.transaction() as session:
+    async with saga.db.autocommit() as session:
         generation = await store.get_visible(session, generation_id, user_id)
     if generation is None:
         raise NotFound("Generation not found", details={"id": str(generation_id)})

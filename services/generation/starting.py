@@ -59,7 +59,7 @@ async def start_generation(
     user_id = caller.user_id
     fingerprint = request_hash(request)
     if idempotency_key:
-        async with saga.db.transaction() as session:
+        async with saga.db.autocommit() as session:
             earlier = await store.find_by_idempotency_key(session, user_id, idempotency_key)
         if earlier is not None:
             return _replay(earlier, fingerprint)
@@ -82,7 +82,7 @@ async def start_generation(
                 starting = await store.insert_starting(session, values)
             if starting is None:  # the same key raced us: answer with its generation
                 await saga.limiter.give_back(user_id, str(generation_id))
-                async with saga.db.transaction() as session:
+                async with saga.db.autocommit() as session:
                     earlier = await store.find_by_idempotency_key(session, user_id, idempotency_key or "")
                 if earlier is None:
                     raise Conflict("A request with this Idempotency-Key is being processed; retry shortly")

@@ -51,7 +51,7 @@ def job_consumer(saga: Saga) -> EventConsumer:
 
 async def run_job(saga: Saga, generation_id: uuid.UUID) -> None:
     """Move one generation forward as far as it goes; safe to run again for the same id."""
-    async with saga.db.transaction() as session:
+    async with saga.db.autocommit() as session:
         generation = await store.get(session, generation_id)
     if generation is None or is_terminal(generation.status) or generation.status == Status.STARTING:
         return
@@ -111,7 +111,7 @@ async def _process(saga: Saga, generation: Generation) -> None:
                 saga.settings.replicate_poll_interval_seconds,
             )
         if not saved:
-            async with saga.db.transaction() as session:
+            async with saga.db.autocommit() as session:
                 current = await store.get(session, generation.id)
             # Its own "start" webhook may have beaten this save and adopted it: nothing to do.
             # Otherwise a webhook adopted a prediction an earlier attempt created before
@@ -246,7 +246,7 @@ async def _store_and_complete(saga: Saga, generation: Generation, outputs: Seque
     except ProviderError as error:
         await saga.fail(generation, error.reason, error.message)
         return
-    async with saga.db.transaction() as session:
+    async with saga.db.autocommit() as session:
         current = await store.get(session, generation.id)
     if current is None or current.resolution:  # canceled meanwhile: do not store its images
         return
@@ -268,7 +268,7 @@ async def _store_and_complete(saga: Saga, generation: Generation, outputs: Seque
         except FailedPrecondition:
             # Files refuses the results of a generation whose outcome's finish discarded them
             # (canceled or failed after the check above): nothing was stored, nothing to do.
-            async with saga.db.transaction() as session:
+            async with saga.db.autocommit() as session:
                 current = await store.get(session, generation.id)
             if current is not None and current.resolution:
                 return
@@ -277,7 +277,7 @@ async def _store_and_complete(saga: Saga, generation: Generation, outputs: Seque
     if await saga.complete(generation, [file.id for file in stored.files]) is None:
         # Decided otherwise while the images were being stored (canceled, deadline): a
         # discard by that outcome's finish may have come before the store, so discard again.
-        async with saga.db.transaction() as session:
+        async with saga.db.autocommit() as session:
             current = await store.get(session, generation.id)
         if current is None or current.resolution != Status.COMPLETED.value:
             await saga.discard_results(generation)

@@ -72,7 +72,7 @@ class ApiKeys:
             raise ValidationError("pageSize cannot be negative", field="pageSize")
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_page_token(page_token) if page_token else None
-        async with self._db.transaction() as session:
+        async with self._db.autocommit() as session:
             rows = await store.list_api_keys(session, user_id, limit=limit + 1, after=after)
         next_token = _encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
         return rows[:limit], next_token
@@ -90,7 +90,7 @@ class ApiKeys:
         """``(user_id, plan, role, key_id)`` of a live key whose owner's plan includes API access."""
         if not secret.startswith(API_KEY_PREFIX):
             raise Unauthenticated("Invalid API key")
-        async with self._db.transaction() as session:
+        async with self._db.autocommit() as session:
             owner = await store.api_key_owner(session, hash_secret(secret))
         if owner is None:
             raise Unauthenticated("Invalid or revoked API key")

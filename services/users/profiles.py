@@ -23,7 +23,7 @@ class Profiles:
         self._outbox = outbox
 
     async def get(self, user_id: uuid.UUID) -> store.Row:
-        async with self._db.transaction() as session:
+        async with self._db.autocommit() as session:
             user = await store.get_user(session, user_id)
         if user is None:
             raise NotFound("User not found")

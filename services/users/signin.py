@@ -91,7 +91,7 @@ class Authentication:
             )
         email = accounts.normalize_email(email)
         await self._throttle.check(email, client.ip)
-        async with self._db.transaction() as session:
+        async with self._db.autocommit() as session:
             user = await store.get_user_by_email(session, email)
         stored_hash = user.password_hash if user is not None else None
         # Always one argon2 verification, against a decoy when there is no account or no
