@@ -20,6 +20,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,9 @@ class FakeReplicate:
     # Send the "start" webhook before answering the create request, as a fast Replicate can:
     # the webhook then races the service's saving of the prediction id.
     start_webhook_before_answering: bool = False
+    # Run with each new prediction before the create request is answered (a test's way to
+    # have something happen while the service waits for Replicate's answer).
+    before_answering: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def url(self) -> str:
@@ -100,6 +104,8 @@ class FakeReplicate:
         self.predictions[prediction["id"]] = prediction
         if self.start_webhook_before_answering and prediction["_webhook"]:
             await self.send_webhook(prediction["id"])
+        if self.before_answering is not None:
+            await self.before_answering(prediction["id"])
         return JSONResponse(self._prediction(prediction), 201)
 
     async def _get(self, request: Request) -> Response:

@@ -246,3 +246,48 @@ async def test_a_start_webhook_that_beats_the_saved_id_does_not_cancel_the_predi
     done = await shopper.wait_terminal(generation_id, timeout=5)
     assert done.status == resources_pb2.COMPLETED, done.error
     assert prediction_id not in replicate.canceled
+
+
+async def test_an_orphan_adopted_while_the_worker_submits_makes_the_worker_cancel_its_own(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    """An earlier attempt's prediction (its id never saved) starts, and is adopted, while the
+    worker is creating a second one: the worker finds the adopted id and cancels its own."""
+    from tests.generation.test_crash_safety import _resume, _wait_for_checkpoint
+
+    shopper = Shopper(gen_platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    prompt = "overtaken anorak [pause:after_processing]"
+    started = await shopper.create([product], prompt=prompt, model=REPLICATE_MODEL, seed=5151)
+    await _wait_for_checkpoint(gen_platform, "after_processing", generation_id=started.id)
+    orphan = await _create_prediction(
+        replicate, gen_platform, started.id, {"prompt": started.enhanced_prompt, "seed": 5151}
+    )
+    adopted: list[int] = []
+
+    async def orphan_starts(_new: str) -> None:  # before the worker hears its own id
+        adopted.append((await replicate.send_webhook(orphan)).status_code)
+
+    def made() -> list[str]:
+        return [p["id"] for p in replicate.predictions.values() if "overtaken anorak" in p["input"]["prompt"]]
+
+    canceled_before = len(replicate.canceled)
+    replicate.before_answering = orphan_starts
+    try:
+        await _resume(gen_platform, started.id, "after_processing")
+        deadline = time.monotonic() + 15
+        while len(replicate.canceled) == canceled_before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        replicate.before_answering = None
+    assert adopted == [200]
+    assert len(made()) == 2 and made()[0] == orphan
+    assert replicate.canceled[canceled_before:] == [made()[1]]  # the worker's own, not the adopted one
+    replicate.succeed(orphan)
+    assert (await replicate.send_webhook(orphan)).status_code == 200
+    done = await shopper.wait_terminal(started.id, timeout=15)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert orphan not in replicate.canceled
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (4, 0)
