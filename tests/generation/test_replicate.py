@@ -179,21 +179,33 @@ async def _create_prediction(
     return str(created.json()["id"])
 
 
+async def _orphaned(
+    platform: Platform, replicate: FakeReplicate, prompt: str, seed: int
+) -> tuple[Shopper, resources_pb2.Generation, str]:
+    """A generation whose worker took it and paused before creating a prediction, and a
+    prediction for it at Replicate: what an earlier attempt that crashed before saving its
+    id leaves behind. (shopper, generation, orphaned prediction id)"""
+    from tests.generation.test_crash_safety import _wait_for_checkpoint
+
+    shopper = Shopper(platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    started = await shopper.create(
+        [product], prompt=f"{prompt} [pause:after_processing]", model=REPLICATE_MODEL, seed=seed
+    )
+    await _wait_for_checkpoint(platform, "after_processing", generation_id=started.id)
+    orphan = await _create_prediction(
+        replicate, platform, started.id, {"prompt": started.enhanced_prompt, "seed": seed}
+    )
+    return shopper, started, orphan
+
+
 async def test_a_prediction_whose_id_was_never_saved_is_adopted_from_its_webhook(
     gen_platform: Platform, replicate: FakeReplicate
 ) -> None:
-    from tests.generation.test_crash_safety import _kill_and_restart, _wait_for_checkpoint
+    from tests.generation.test_crash_safety import _kill_and_restart
 
-    shopper = Shopper(gen_platform)
-    await shopper.grant(5)
-    product = await shopper.upload()
-    prompt = "adopted parka [pause:after_processing]"
-    started = await shopper.create([product], prompt=prompt, model=REPLICATE_MODEL, seed=4242)
-    # The worker took the generation and stops before saving any prediction id.
-    await _wait_for_checkpoint(gen_platform, "after_processing", generation_id=started.id)
-    orphan = await _create_prediction(
-        replicate, gen_platform, started.id, {"prompt": started.enhanced_prompt, "seed": 4242}
-    )
+    shopper, started, orphan = await _orphaned(gen_platform, replicate, "adopted parka", 4242)
     assert (await replicate.send_webhook(orphan)).status_code == 200  # "start": adopted
     replicate.succeed(orphan)
     assert (await replicate.send_webhook(orphan)).status_code == 200  # "completed": finished with it
@@ -253,17 +265,9 @@ async def test_an_orphan_adopted_while_the_worker_submits_makes_the_worker_cance
 ) -> None:
     """An earlier attempt's prediction (its id never saved) starts, and is adopted, while the
     worker is creating a second one: the worker finds the adopted id and cancels its own."""
-    from tests.generation.test_crash_safety import _resume, _wait_for_checkpoint
+    from tests.generation.test_crash_safety import _resume
 
-    shopper = Shopper(gen_platform)
-    await shopper.grant(5)
-    product = await shopper.upload()
-    prompt = "overtaken anorak [pause:after_processing]"
-    started = await shopper.create([product], prompt=prompt, model=REPLICATE_MODEL, seed=5151)
-    await _wait_for_checkpoint(gen_platform, "after_processing", generation_id=started.id)
-    orphan = await _create_prediction(
-        replicate, gen_platform, started.id, {"prompt": started.enhanced_prompt, "seed": 5151}
-    )
+    shopper, started, orphan = await _orphaned(gen_platform, replicate, "overtaken anorak", 5151)
     adopted: list[int] = []
 
     async def orphan_starts(_new: str) -> None:  # before the worker hears its own id
