@@ -1,4 +1,5 @@
-"""Background clean-up: the bytes of deleted files, and what dead uploads left behind.
+"""Background clean-up: the bytes of deleted files, what dead uploads left behind, and
+discarded generations past their retention.
 
 Deleted files are purged only when no running generation references them (the query
 skips referenced files, and a referenced file cannot be deleted in the first place).
@@ -32,6 +33,7 @@ class Janitor:
             try:
                 await self.purge_deleted()
                 await self.release_stale_reservations()
+                await self.forget_discarded_generations()
             except (sa.exc.SQLAlchemyError, OSError) as error:
                 log.warning("janitor pass failed; retrying", extra={"error": type(error).__name__})
             await asyncio.sleep(self.settings.janitor_interval_seconds)
@@ -69,3 +71,17 @@ class Janitor:
                 except StorageUnavailable:
                     log.warning("cannot remove an abandoned upload's bytes", extra={"key": key})
         return len(keys)
+
+    async def forget_discarded_generations(self) -> int:
+        """Drop discarded generations past their retention: no worker can still store for them."""
+        forgotten = 0
+        while True:
+            async with self.db.autocommit() as session:
+                batch = await store.forget_discarded_generations(
+                    session,
+                    self.settings.discarded_generation_retention_seconds,
+                    self.settings.janitor_batch_size,
+                )
+            forgotten += batch
+            if batch < self.settings.janitor_batch_size:
+                return forgotten

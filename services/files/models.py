@@ -110,4 +110,5 @@ discarded_generations = sa.Table(
     sa.Column("generation_id", sa.Text, primary_key=True),
     sa.Column("user_id", sa.Text, nullable=False),
     sa.Column("discarded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_discarded_generations_discarded_at", "discarded_at"),
 )

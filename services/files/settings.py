@@ -45,6 +45,9 @@ class FilesSettings(ServiceSettings):
     # The janitor: removes deleted files' bytes and gives back abandoned reservations.
     janitor_interval_seconds: float = 5.0
     janitor_batch_size: int = 100
+    # How long a discarded generation is remembered (its late results refused). A worker's
+    # store comes at the latest by the generation's deadline, far shorter than this.
+    discarded_generation_retention_seconds: float = Field(default=7 * 86_400.0, gt=0)
 
     # Storage back end: "local" (files under data_dir/files) or "cloudinary".
     storage_backend: str = Field(default="local", pattern="^(local|cloudinary)$")

@@ -317,3 +317,20 @@ async def mark_generation_discarded(session: AsyncConnection, user_id: str, gene
 async def is_generation_discarded(session: AsyncConnection, generation_id: str) -> bool:
     query = sa.select(sa.exists().where(discarded_generations.c.generation_id == generation_id))
     return bool((await session.execute(query)).scalar())
+
+
+async def forget_discarded_generations(
+    session: AsyncConnection, older_than_seconds: float, limit: int
+) -> int:
+    """Forget up to ``limit`` discarded generations older than that; how many."""
+    oldest = (
+        sa.select(discarded_generations.c.generation_id)
+        .where(discarded_generations.c.discarded_at < sa.func.now() - timedelta(seconds=older_than_seconds))
+        .limit(limit)
+    )
+    result = await session.execute(
+        sa.delete(discarded_generations).where(
+            discarded_generations.c.generation_id.in_(oldest.scalar_subquery())
+        )
+    )
+    return int(result.rowcount)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 
 import grpc
+import psycopg
 
 from kit.errors import Reason
 from stylestudio.files.v1 import files_pb2
@@ -112,3 +114,32 @@ async def test_a_store_racing_a_discard_never_leaves_results_behind(new_user, in
     usage = await internal.GetStorageSummary(files_pb2.GetStorageSummaryRequest(user_id=user.user_id))
     assert (usage.file_count, usage.total_bytes) == (0, 0)
     assert files_database.used_bytes(user.user_id) == 0
+
+
+async def test_a_discarded_generation_is_forgotten_after_its_retention(new_user, internal, files_database):
+    """The janitor drops discarded generations past the retention (a week by default): the
+    table does not grow for ever, and a recent discard is kept."""
+    user = new_user()
+    old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+    for generation_id in (old, recent):
+        await internal.DiscardGenerationResults(
+            files_pb2.DiscardGenerationResultsRequest(user_id=user.user_id, generation_id=generation_id)
+        )
+    with psycopg.connect(files_database.dsn, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE files.discarded_generations SET discarded_at = now() - interval '8 days'"
+            " WHERE generation_id = %s",
+            (old,),
+        )
+
+    def remembered(generation_id: str) -> bool:
+        query = "SELECT count(*) FROM files.discarded_generations WHERE generation_id = %s"
+        return files_database.scalar(query, generation_id) == 1
+
+    deadline = time.monotonic() + 10
+    while remembered(old):
+        assert time.monotonic() < deadline, "the janitor kept a discarded generation past its retention"
+        await asyncio.sleep(0.1)
+    assert remembered(recent)
+    error = await domain_error_of(internal.StoreGenerationResults(_results(user.user_id, recent)))
+    assert error.code is grpc.StatusCode.FAILED_PRECONDITION

@@ -27,6 +27,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("generation_id", name="pk_discarded_generations"),
         schema=SCHEMA,
     )
+    op.create_index(
+        "ix_discarded_generations_discarded_at", "discarded_generations", ["discarded_at"], schema=SCHEMA
+    )
 
 
 def downgrade() -> None:
