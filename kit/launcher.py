@@ -262,6 +262,8 @@ def platform_children(
     shared = {
         # Lines for a person at a terminal; set STYLESTUDIO_LOG_FORMAT=json to see what production logs.
         "STYLESTUDIO_LOG_FORMAT": "text",
+        # `make run` is a developer's platform: its stand-ins and generated secrets are allowed.
+        "STYLESTUDIO_ENVIRONMENT": "development",
         **base_env,
         DATABASE_URL_ENV: infrastructure.database_url,
         REDIS_URL_ENV: infrastructure.redis_url,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,6 +22,10 @@ class PlatformSettings(BaseSettings):
     """What every process of the platform shares: where things are, how to reach each other."""
 
     model_config = SettingsConfigDict(env_prefix="STYLESTUDIO_", extra="ignore")
+
+    # Production unless said otherwise: `make run`, the tests and the benchmarks set
+    # "development" explicitly; a deployment that forgets the variable gets the strict checks.
+    environment: Literal["development", "production"] = "production"
 
     # The admin URL is only used by provisioning; a service connects through its own role.
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/stylestudio"
@@ -64,6 +70,10 @@ class PlatformSettings(BaseSettings):
     stream_max_length: int = 1_000_000
     consumer_block_ms: int = 1000
     consumer_claim_idle_ms: int = 30_000
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
 
     def address_of(self, service: str) -> str:
         return str(getattr(self, f"{service}_addr"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from kit.infra import resolve_infrastructure
 from tests.harness import Platform, TestDatabase
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Settings the tests build in-process are a developer's; a test of production's rules says so.
+os.environ["STYLESTUDIO_ENVIRONMENT"] = "development"
 
 
 @pytest.fixture(scope="session")

@@ -271,6 +271,7 @@ def run_gateway(
     }
     env.update(
         {
+            "STYLESTUDIO_ENVIRONMENT": "development",
             "STYLESTUDIO_GATEWAY_ADDR": f"127.0.0.1:{port}",
             "STYLESTUDIO_GATEWAY_WORKERS": str(workers),
             "STYLESTUDIO_LOG_LEVEL": "WARNING",

@@ -97,6 +97,7 @@ class Platform:
         env = {key: value for key, value in os.environ.items() if not key.startswith("STYLESTUDIO_")}
         env.update(
             {
+                "STYLESTUDIO_ENVIRONMENT": "development",
                 "STYLESTUDIO_DATABASE_URL": self.database.admin_url,
                 "STYLESTUDIO_REDIS_URL": self.redis_url,
                 "STYLESTUDIO_REDIS_PREFIX": self.redis_prefix,
