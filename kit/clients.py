@@ -16,6 +16,7 @@ from kit.auth import ServiceCredentials
 from kit.interceptors import REQUEST_ID_HEADER
 from kit.logs import request_id_var
 from kit.settings import PlatformSettings
+from kit.tls import TransportSecurity, dial
 
 StubT = TypeVar("StubT")
 _tracer = trace.get_tracer("stylestudio.rpc")
@@ -139,24 +140,30 @@ def open_channel(
     target: str,
     credentials: ServiceCredentials | None = None,
     deadline_seconds: float = 10.0,
+    security: TransportSecurity | None = None,
 ) -> TracedChannel:
-    channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    """A channel to ``target``: plaintext, or TLS (mutual when ``security`` has a certificate)."""
+    channel = dial(target, security, CHANNEL_OPTIONS)
     return TracedChannel(channel, _CallDefaults(credentials, deadline_seconds))
 
 
 class ServiceClients:
-    """Stubs for the other services, each on one long-lived channel."""
+    """Stubs for the other services, each on one long-lived channel (TLS when the settings say)."""
 
     def __init__(self, settings: PlatformSettings, credentials: ServiceCredentials) -> None:
         self._settings = settings
         self._credentials = credentials
+        self._security = TransportSecurity.from_settings(settings)
         self._channels: dict[str, TracedChannel] = {}
         self._stubs: dict[tuple[str, type], Any] = {}
 
     def channel(self, service: str) -> TracedChannel:
         if service not in self._channels:
             self._channels[service] = open_channel(
-                self._settings.address_of(service), self._credentials, self._settings.rpc_deadline_seconds
+                self._settings.address_of(service),
+                self._credentials,
+                self._settings.rpc_deadline_seconds,
+                self._security,
             )
         return self._channels[service]
 

@@ -36,6 +36,7 @@ from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
 from kit.interceptors import Authenticator, KitServerInterceptor, access_levels
 from kit.logs import setup_logging
 from kit.settings import ServiceSettings
+from kit.tls import TransportSecurity, listen
 from kit.tokens import users_service_verifier
 
 log = logging.getLogger("stylestudio.server")
@@ -110,15 +111,18 @@ class RunningService:
     def __init__(self, definition: ServiceDefinition) -> None:
         self.definition = definition
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
         self.runtime: Runtime | None = None
         self.health = health.aio.HealthServicer()
         self.port: int = 0
+        self.health_port: int = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._service_names: list[str] = []
         self._at_head = False
 
     async def start(self) -> None:
         d, settings = self.definition, self.definition.settings
+        security = TransportSecurity.from_settings(settings)  # a wrong file fails before any wait
         telemetry.setup_telemetry(d.name, settings)
         url = database_url(settings)
         await _wait_for_database(url, settings)
@@ -169,11 +173,13 @@ class RunningService:
             ],
             server,
         )
-        self.port = server.add_insecure_port(settings.listen_addr)
+        self.port = listen(server, settings.listen_addr, security)
         if self.port == 0:
             raise RuntimeError(f"{d.name}: cannot listen on {settings.listen_addr}")
         await server.start()
         self.server = server
+        if settings.health_addr:
+            await self._serve_health_only(settings.health_addr)
         relay = OutboxRelay(
             db,
             redis,
@@ -189,7 +195,19 @@ class RunningService:
             self._spawn(consumer.run(), f"consumer-{consumer.name}")
         for index, loop in enumerate(d.background(runtime)):
             self._spawn(loop, f"background-{index}")
-        log.info("listening", extra={"addr": settings.listen_addr, "port": self.port})
+        log.info(
+            "listening", extra={"addr": settings.listen_addr, "port": self.port, "tls": security is not None}
+        )
+
+    async def _serve_health_only(self, address: str) -> None:
+        """The probes' port: the same health statuses, no other service, no TLS."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health_port = server.add_insecure_port(address)
+        if self.health_port == 0:
+            raise RuntimeError(f"{self.definition.name}: cannot listen on {address}")
+        await server.start()
+        self.health_server = server
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=f"{self.definition.name}:{name}")
@@ -233,6 +251,8 @@ class RunningService:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.definition.settings.shutdown_grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -44,6 +44,16 @@ class PlatformSettings(BaseSettings):
     service_secret: SecretStr = SecretStr("dev-only-service-secret-change-me-in-production")
     service_token_ttl_seconds: int = 300
 
+    # Transport security of every gRPC port and channel (kit/tls.py; docs/kit.md, "Transport
+    # security"). Off: plaintext, as on loopback. On: each process serves and presents its own
+    # certificate (PEM chain and unencrypted key) and trusts peers the CA signed; services refuse
+    # callers without a certificate unless require_client_cert is false.
+    grpc_tls: bool = False
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
+    grpc_tls_ca_file: str = ""
+    grpc_tls_require_client_cert: bool = True
+
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     # OTLP/gRPC collector endpoint (e.g. http://127.0.0.1:4317); empty: traces are not exported.
@@ -83,6 +93,9 @@ class ServiceSettings(PlatformSettings):
     """Base for a service's own typed settings; a service subclasses it to add its knobs."""
 
     service_name: str = ""
+    # A second, plaintext port serving grpc.health.v1 and nothing else (e.g. 0.0.0.0:8081), for
+    # probes that cannot speak TLS (the kubelet's gRPC probe); empty: none.
+    health_addr: str = ""
 
     @property
     def listen_addr(self) -> str:

@@ -197,9 +197,11 @@ async def _post_via_grpc(settings: BillingSettings, payload: bytes, signature: s
     from google.api import httpbody_pb2
 
     from kit.clients import open_channel
+    from kit.tls import TransportSecurity
     from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 
-    channel = open_channel(settings.billing_addr, None, settings.rpc_deadline_seconds)
+    security = TransportSecurity.from_settings(settings)
+    channel = open_channel(settings.billing_addr, None, settings.rpc_deadline_seconds, security)
     try:
         body = httpbody_pb2.HttpBody(content_type="application/json", data=payload)
         await billing_pb2_grpc.BillingServiceStub(channel).HandleStripeWebhook(
