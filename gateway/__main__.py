@@ -28,6 +28,8 @@ def main() -> None:
         # The gateway decides itself whom to believe about the client's address (settings);
         # uvicorn would otherwise take X-Forwarded-For from any local peer.
         proxy_headers=False,
+        ssl_certfile=settings.gateway_tls_cert_file or None,
+        ssl_keyfile=settings.gateway_tls_key_file or None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
 

@@ -44,6 +44,7 @@ from gateway.streaming import StreamBroken, send_upload, serve_download, serve_e
 from kit import telemetry
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER
+from kit.tls import TransportSecurity
 
 log = logging.getLogger("stylestudio.gateway")
 
@@ -100,7 +101,7 @@ class Gateway:
         missing = [service for service in self.api.services if service not in targets]
         if missing:
             raise ValueError(f"no gRPC target configured for {', '.join(missing)}")
-        self.backends = Backends(targets)
+        self.backends = Backends(targets, TransportSecurity.from_settings(settings))
         self.health_targets = dict(health_targets or _health_targets(targets))
         self.readiness: Readiness | None = None
         self.dashboard = Dashboard(

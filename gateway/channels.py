@@ -16,17 +16,20 @@ import grpc
 
 from gateway.descriptors import ApiMethod
 from kit.clients import CHANNEL_OPTIONS
+from kit.tls import TransportSecurity, dial
 
 
 class Backends:
-    def __init__(self, targets: Mapping[str, str]) -> None:
+    """The channels to the services: TLS (with the gateway's certificate) when ``security`` is given."""
+
+    def __init__(self, targets: Mapping[str, str], security: TransportSecurity | None = None) -> None:
         self.targets = dict(targets)
+        self._security = security
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def open(self) -> None:
         for target in set(self.targets.values()):
-            if target not in self._channels:
-                self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self.channel_to(target)
 
     def channel_for(self, service: str) -> grpc.aio.Channel:
         return self._channels[self.targets[service]]
@@ -34,7 +37,7 @@ class Backends:
     def channel_to(self, target: str) -> grpc.aio.Channel:
         """The channel to ``target`` (health checks share the backends' channels)."""
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channels[target] = dial(target, self._security, CHANNEL_OPTIONS)
         return self._channels[target]
 
     def callable_for(self, method: ApiMethod) -> Any:

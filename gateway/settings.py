@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import model_validator
+
 from kit.settings import SERVICES, PlatformSettings
 
 DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "stylestudio" / "descriptor_set.binpb"
@@ -18,6 +20,10 @@ class GatewaySettings(PlatformSettings):
     gateway_workers: int = 1
     # uvicorn's event loop: "uvloop" or "asyncio" (grpc.aio's poller works with both).
     gateway_loop: str = "uvloop"
+    # Where no ingress terminates TLS, the gateway does: its certificate chain and key (PEM).
+    # Both or neither; neither: plain HTTP (loopback, or behind an ingress).
+    gateway_tls_cert_file: str = ""
+    gateway_tls_key_file: str = ""
 
     # The contract the routes are derived from (protoc's descriptor set with imports).
     descriptor_set: str = str(DEFAULT_DESCRIPTOR_SET)
@@ -41,6 +47,14 @@ class GatewaySettings(PlatformSettings):
     default_retry_after_seconds: int = 60
     # How many recent generations, usage records and purchases /v1/dashboard shows.
     dashboard_recent_items: int = 5
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if bool(self.gateway_tls_cert_file) != bool(self.gateway_tls_key_file):
+            raise ValueError(
+                "STYLESTUDIO_GATEWAY_TLS_CERT_FILE and STYLESTUDIO_GATEWAY_TLS_KEY_FILE go together"
+            )
+        return self
 
     @property
     def host(self) -> str:
