@@ -19,6 +19,7 @@ from kit.clients import open_channel
 from kit.events import Event, stream_key
 from kit.server import RunningService, ServiceDefinition
 from kit.settings import ServiceSettings
+from kit.tls import TransportSecurity
 from kit.tokens import AccessTokenVerifier, SigningKey, generate_signing_key, sign_access_token
 from tests.harness.platform import TEST_SERVICE_SECRET, TestDatabase, free_port
 from tests.harness.streams import stream_entries
@@ -52,7 +53,10 @@ class InProcessService:
     def channel(self, *, as_service: bool) -> grpc.aio.Channel:
         """A channel presenting the service credential, or none (pass a user's in metadata)."""
         credentials = self.service.runtime.credentials if as_service else None  # type: ignore[union-attr]
-        channel = open_channel(self.address, credentials, 30.0)
+        # Under TLS settings, the test presents the service's own certificate.
+        channel = open_channel(
+            self.address, credentials, 30.0, TransportSecurity.from_settings(self.settings)
+        )
         self.channels.append(channel)
         return channel
 

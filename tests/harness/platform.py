@@ -6,11 +6,12 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ from kit.bootstrap import provision_sync
 from kit.clients import open_channel
 from kit.settings import SERVICES
 from kit.tokens import generate_signing_key, sign_access_token, signing_keys_to_json
+from tests.harness.pki import PlatformCertificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_SERVICE_SECRET = "test-service-secret-" + uuid.uuid4().hex
@@ -74,6 +76,7 @@ class Platform:
         redis_url: str,
         work_dir: Path,
         extra_env: Mapping[str, str] | None = None,
+        tls: PlatformCertificates | None = None,
     ) -> None:
         self.database = database
         self.redis_url = redis_url
@@ -87,11 +90,19 @@ class Platform:
         self.signing_key = generate_signing_key("test-key-1")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._extra_env = dict(extra_env or {})
+        # Mutual TLS on every gRPC port and channel, HTTPS on the gateway; None: plaintext.
+        self.tls = tls
+        self._security = tls.security() if tls is not None else None
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{self.gateway_addr}"
+        return f"{'https' if self.tls else 'http'}://{self.gateway_addr}"
+
+    @property
+    def gateway_verify(self) -> ssl.SSLContext | bool:
+        """What an HTTP client of the gateway passes as ``verify``."""
+        return self.tls.https_context() if self.tls is not None else True
 
     def env(self, process: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("STYLESTUDIO_")}
@@ -117,6 +128,8 @@ class Platform:
             env[f"STYLESTUDIO_{service.upper()}_ADDR"] = addr
         if process in self.database.service_urls:
             env["STYLESTUDIO_SERVICE_DATABASE_URL"] = self.database.service_urls[process]
+        if self.tls is not None:
+            env.update(self.tls.env(process))
         env.update(self._extra_env)
         return env
 
@@ -166,12 +179,14 @@ class Platform:
     def channel(self, service: str) -> grpc.aio.Channel:
         """A channel to ``service`` that presents a service credential (internal RPCs allowed)."""
         if service not in self._channels:
-            self._channels[service] = open_channel(self.addresses[service], self.credentials, 10.0)
+            self._channels[service] = open_channel(
+                self.addresses[service], self.credentials, 10.0, self._security
+            )
         return self._channels[service]
 
     def user_channel(self, service: str) -> grpc.aio.Channel:
         """A channel that presents no credential of its own (pass a user's in metadata)."""
-        return open_channel(self.addresses[service], None, 10.0)
+        return open_channel(self.addresses[service], None, 10.0, self._security)
 
     def stub(self, service: str, stub_type: type[StubT]) -> StubT:
         return stub_type(self.channel(service))  # type: ignore[call-arg]
@@ -193,14 +208,16 @@ class Platform:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"{service} not SERVING after {timeout}s:\n{self.logs(service)[-4000:]}")
 
-    async def wait_ready(self, timeout: float = 60.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0, services: Collection[str] = SERVICES) -> None:
+        """Until the gateway's /readyz reports each of ``services`` SERVING (all five: 200)."""
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(base_url=self.gateway_url) as client:
+        async with httpx.AsyncClient(base_url=self.gateway_url, verify=self.gateway_verify) as client:
             while time.monotonic() < deadline:
                 try:
-                    if (await client.get("/readyz")).status_code == 200:
+                    statuses = (await client.get("/readyz")).json()["services"]
+                    if all(statuses.get(service) == "SERVING" for service in services):
                         return
-                except httpx.TransportError:
+                except (httpx.TransportError, ValueError, KeyError):  # not up yet
                     pass
                 for process in self.processes:
                     self._fail_if_exited(process)
