@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
+from gateway.app import Gateway
+from gateway.settings import GatewaySettings
+from kit.tls import TransportSecurityError
 from tests.harness import Platform, TestDatabase
 from tests.harness.pki import CertificateAuthority, PlatformCertificates
 
@@ -143,3 +148,15 @@ async def test_a_grpc_client_without_a_certificate_of_the_platform_ca_is_refused
     finally:
         for channel in channels.values():
             await channel.close()
+
+
+def test_the_gateway_refuses_half_an_https_configuration(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValidationError, match="STYLESTUDIO_GATEWAY_TLS_CERT_FILE and STYLESTUDIO_GATEWAY_TLS_KEY"
+    ):
+        GatewaySettings(gateway_tls_cert_file=str(tmp_path / "gateway.pem"))
+
+
+def test_the_gateway_refuses_to_start_with_grpc_tls_and_no_certificate() -> None:
+    with pytest.raises(TransportSecurityError, match="STYLESTUDIO_GRPC_TLS_CERT_FILE is required"):
+        Gateway(GatewaySettings(grpc_tls=True))
