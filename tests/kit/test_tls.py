@@ -10,14 +10,14 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic import SecretStr
 
 from kit.clients import open_channel
 from kit.server import RunningService
 from kit.settings import PlatformSettings
-from kit.tls import TransportSecurity, TransportSecurityError
+from kit.tls import TransportSecurity, TransportSecurityError, dial, listen
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
@@ -156,6 +156,35 @@ async def test_with_client_certificates_not_required_a_client_with_only_the_ca_g
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await service.stop()
+
+
+async def test_a_services_certificate_cannot_stand_in_for_another_service(
+    certificates: PlatformCertificates,
+) -> None:
+    """A client checks that the server's certificate names the host it dialled: billing's key
+    (leaked, say) cannot answer for users."""
+    ca = certificates.ca
+    billing = ca.issue("billing", hosts=())  # named for its own host only, as in a deployment
+    client = certificates.security("gateway")
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = listen(server, "127.0.0.1:0", TransportSecurity(billing.certificate, billing.key, ca.pem, True))
+    await server.start()
+    try:
+        statuses = {}
+        for name in ("billing", "users"):
+            override = (("grpc.ssl_target_name_override", name),)
+            async with dial(f"127.0.0.1:{port}", client, override) as channel:
+                try:
+                    await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=5.0
+                    )
+                    statuses[name] = "answered"
+                except grpc.aio.AioRpcError as error:
+                    statuses[name] = error.code().name
+        assert statuses == {"billing": "answered", "users": "UNAVAILABLE"}
+    finally:
+        await server.stop(None)
 
 
 # --- settings refused at start, each naming the variable to fix ----------------------------------
