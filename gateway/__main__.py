@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from kit.logs import setup_logging
+from kit.settings import EXIT_CONFIGURATION, InsecureSettings, refuse_insecure_settings
+
+log = logging.getLogger("stylestudio.gateway")
 
 
 def main() -> None:
     settings = GatewaySettings()
     setup_logging("gateway", settings.log_level, settings.log_format)
+    try:
+        # Checked once before any worker starts (each worker's create_app checks again).
+        refuse_insecure_settings(settings, log)
+    except InsecureSettings as refusal:
+        log.critical(str(refusal))
+        sys.exit(EXIT_CONFIGURATION)
     # Each worker process builds its own app (and channels) through the factory.
     app = "gateway.app:create_app" if settings.gateway_workers > 1 else create_app(settings)
     uvicorn.run(

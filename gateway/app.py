@@ -44,6 +44,7 @@ from gateway.streaming import StreamBroken, send_upload, serve_download, serve_e
 from kit import telemetry
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER
+from kit.settings import refuse_insecure_settings
 from kit.tls import TransportSecurity
 
 log = logging.getLogger("stylestudio.gateway")
@@ -375,5 +376,7 @@ def _health_targets(targets: Mapping[str, str]) -> dict[str, str]:
 
 def create_app(settings: GatewaySettings | None = None) -> Gateway:
     settings = settings or GatewaySettings()
+    # In production, InsecureSettings: a weak or missing secret stops the gateway here.
+    refuse_insecure_settings(settings, log)
     telemetry.setup_telemetry("gateway", settings)
     return Gateway(settings)

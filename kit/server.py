@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
 from kit.interceptors import Authenticator, KitServerInterceptor, access_levels
 from kit.logs import setup_logging
-from kit.settings import ServiceSettings
+from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
 from kit.tokens import users_service_verifier
 
@@ -122,6 +123,8 @@ class RunningService:
 
     async def start(self) -> None:
         d, settings = self.definition, self.definition.settings
+        # Before anything listens or connects: production refuses weak secrets and test switches.
+        refuse_insecure_settings(settings, log)
         security = TransportSecurity.from_settings(settings)  # a wrong file fails before any wait
         telemetry.setup_telemetry(d.name, settings)
         url = database_url(settings)
@@ -293,7 +296,11 @@ def run(definition: ServiceDefinition) -> None:
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(definition))
+        try:
+            runner.run(serve(definition))
+        except InsecureSettings as refusal:
+            log.critical(str(refusal))
+            sys.exit(EXIT_CONFIGURATION)
 
 
 async def _wait_for_database(url: str, settings: ServiceSettings) -> None:

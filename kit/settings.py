@@ -1,11 +1,22 @@
-"""Typed settings, read only from the environment (prefix ``STYLESTUDIO_``)."""
+"""Typed settings, read only from the environment (prefix ``STYLESTUDIO_``).
+
+Secure by default: each settings class declares the secrets production needs
+(``secret_checks``) and the test or demo switches production refuses
+(``development_only``). At start-up ``refuse_insecure_settings`` refuses to start a
+production process naming every offending variable, and lets a development one start
+with a single warning listing them (docs/security.md).
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "production"]
 
 SERVICES = ("users", "billing", "files", "generation", "analytics")
 
@@ -18,6 +29,62 @@ DEFAULT_ADDRESSES = {
 }
 
 
+DEVELOPMENT_SERVICE_SECRET = "dev-only-service-secret-change-me-in-production"
+# A production secret has at least this many bytes: a random 256-bit value, not a word.
+MIN_SECRET_BYTES = 32
+ENVIRONMENT_VARIABLE = "STYLESTUDIO_ENVIRONMENT"
+# sysexits' EX_CONFIG: a process that refused its configuration exits with it (retrying will not help).
+EXIT_CONFIGURATION = 78
+# Values that were published as examples (an older docker-compose.yml): public, so refused.
+PUBLISHED_EXAMPLE_SECRETS = frozenset({"change-me-please-32-characters!!", "change-me-too"})
+
+
+@dataclass(frozen=True)
+class SecretCheck:
+    """A secret that production needs, when ``required`` (the condition, e.g. "a Stripe key is set")."""
+
+    variable: str
+    value: str
+    development_defaults: frozenset[str] = frozenset()
+    required: bool = True
+
+    def problem(self) -> str | None:
+        if not self.required:
+            return None
+        if not self.value:
+            return f"{self.variable} is not set"
+        if self.value in self.development_defaults:
+            return f"{self.variable} is a development default"
+        if len(self.value.encode()) < MIN_SECRET_BYTES:
+            return f"{self.variable} is shorter than {MIN_SECRET_BYTES} bytes"
+        return None
+
+
+@dataclass(frozen=True)
+class DevelopmentOnly:
+    """Something production refuses while ``in_use``: a test switch, a stand-in, a shortcut."""
+
+    variable: str
+    in_use: bool
+    why: str
+
+    def problem(self) -> str | None:
+        return f"{self.variable}: {self.why}" if self.in_use else None
+
+
+class InsecureSettings(Exception):
+    """Production settings that would run with a missing, weak or public secret or a test switch."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"refusing to start with {ENVIRONMENT_VARIABLE}=production: "
+            + "; ".join(problems)
+            + f". Set each (docs/security.md), or {ENVIRONMENT_VARIABLE}=development on a developer's"
+            " machine."
+        )
+
+
 class PlatformSettings(BaseSettings):
     """What every process of the platform shares: where things are, how to reach each other."""
 
@@ -25,7 +92,7 @@ class PlatformSettings(BaseSettings):
 
     # Production unless said otherwise: `make run`, the tests and the benchmarks set
     # "development" explicitly; a deployment that forgets the variable gets the strict checks.
-    environment: Literal["development", "production"] = "production"
+    environment: Environment = "production"
 
     # The admin URL is only used by provisioning; a service connects through its own role.
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/stylestudio"
@@ -41,7 +108,7 @@ class PlatformSettings(BaseSettings):
     analytics_addr: str = DEFAULT_ADDRESSES["analytics"]
 
     # Signs the credentials services present to each other; a user can never obtain it.
-    service_secret: SecretStr = SecretStr("dev-only-service-secret-change-me-in-production")
+    service_secret: SecretStr = SecretStr(DEVELOPMENT_SERVICE_SECRET)
     service_token_ttl_seconds: int = 300
 
     # Transport security of every gRPC port and channel (kit/tls.py; docs/kit.md, "Transport
@@ -85,6 +152,33 @@ class PlatformSettings(BaseSettings):
     def is_production(self) -> bool:
         return self.environment == "production"
 
+    def variable_of(self, field: str) -> str:
+        """The environment variable a field is read from (``STYLESTUDIO_`` + its name)."""
+        return f"{self.model_config.get('env_prefix', '')}{field}".upper()
+
+    def secret_check(
+        self, field: str, *, required: bool = True, also_public: frozenset[str] = frozenset()
+    ) -> SecretCheck:
+        """The check of a secret field: its declared default counts as a development default."""
+        value = getattr(self, field)
+        default = type(self).model_fields[field].default
+        defaults = {_plain(default)} | also_public | PUBLISHED_EXAMPLE_SECRETS
+        return SecretCheck(self.variable_of(field), _plain(value), frozenset(defaults - {""}), required)
+
+    def secret_checks(self) -> list[SecretCheck]:
+        """The secrets production needs; a settings class extends the list (``super()`` first)."""
+        return [self.secret_check("service_secret")]
+
+    def development_only(self) -> list[DevelopmentOnly]:
+        """What production refuses while in use; a settings class extends the list."""
+        return []
+
+    def insecurities(self) -> list[str]:
+        """Every reason production would refuse these settings, naming each variable."""
+        found = [check.problem() for check in self.secret_checks()]
+        found += [switch.problem() for switch in self.development_only()]
+        return [problem for problem in found if problem]
+
     def address_of(self, service: str) -> str:
         return str(getattr(self, f"{service}_addr"))
 
@@ -100,3 +194,28 @@ class ServiceSettings(PlatformSettings):
     @property
     def listen_addr(self) -> str:
         return self.address_of(self.service_name)
+
+
+def _plain(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value or "")
+
+
+_warned: set[tuple[str, ...]] = set()
+
+
+def refuse_insecure_settings(settings: PlatformSettings, log: logging.Logger) -> None:
+    """At start-up: in production raise ``InsecureSettings`` naming every offending variable;
+    in development log one warning listing them (once per process), and go on."""
+    problems = settings.insecurities()
+    if not problems:
+        return
+    if settings.is_production:
+        raise InsecureSettings(problems)
+    if tuple(problems) in _warned:
+        return
+    _warned.add(tuple(problems))
+    log.warning(
+        "insecure settings, allowed only because %s=development: %s",
+        ENVIRONMENT_VARIABLE,
+        "; ".join(problems),
+    )

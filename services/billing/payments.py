@@ -236,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grpc", action="store_true", help="post to the billing service, not the gateway")
     args = parser.parse_args(argv)
     settings = BillingSettings()
+    if settings.is_production and not (settings.offline_payments and settings.offline_payments_enabled):
+        # With Stripe, a confirmation forged here would credit tokens nobody paid for.
+        raise SystemExit(
+            "offline confirmations are refused in production unless offline payments are in use "
+            f"and enabled ({settings.variable_of('offline_payments_enabled')}=true, no Stripe key)"
+        )
     purchase = asyncio.run(_load_purchase(settings, args.purchase_id))
     if args.action == "confirm":
         event = stripe_event("payment_intent.succeeded", payment_intent_object(purchase, "succeeded"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
-from kit.settings import ServiceSettings
+from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
 
 
 class TokenPackage(BaseModel):
@@ -62,8 +62,13 @@ class BillingSettings(ServiceSettings):
     max_page_size: int = 100
 
     # --- Stripe ---
-    # Empty: offline payments mode (local payment intents, confirmations posted as signed webhooks).
+    # Empty: offline payments mode (local payment intents, confirmations posted as signed webhooks),
+    # which production refuses unless offline_payments_enabled says so.
     stripe_api_key: SecretStr = SecretStr("")
+    # Production without a Stripe key: allow offline payments anyway (a demo deployment whose
+    # operator confirms purchases by hand). Anyone holding the webhook secret can then credit
+    # purchases, so production also requires a strong one.
+    offline_payments_enabled: bool = False
     # Stripe's API base; tests point it at a local server that speaks Stripe's REST format.
     stripe_api_base: str = "https://api.stripe.com"
     stripe_webhook_secret: SecretStr = SecretStr("whsec_dev_only_offline_payments_secret")
@@ -76,3 +81,16 @@ class BillingSettings(ServiceSettings):
     @property
     def offline_payments(self) -> bool:
         return not self.stripe_api_key.get_secret_value()
+
+    def secret_checks(self) -> list[SecretCheck]:
+        # Offline or with Stripe, the webhook secret is what makes a purchase paid.
+        return [*super().secret_checks(), self.secret_check("stripe_webhook_secret")]
+
+    def development_only(self) -> list[DevelopmentOnly]:
+        offline = DevelopmentOnly(
+            self.variable_of("offline_payments_enabled"),
+            in_use=self.offline_payments and not self.offline_payments_enabled,
+            why=f"{self.variable_of('stripe_api_key')} is not set, so purchases would be confirmed "
+            "offline (by signed webhooks alone); set the key, or enable offline payments explicitly",
+        )
+        return [*super().development_only(), offline]

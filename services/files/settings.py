@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from kit.migrations import REPO_ROOT
-from kit.settings import ServiceSettings
+from kit.settings import DevelopmentOnly, ServiceSettings
 
 MIB = 1024 * 1024
 
@@ -62,6 +62,14 @@ class FilesSettings(ServiceSettings):
     cloudinary_secure_delivery: bool = True
     cloudinary_folder: str = "stylestudio"
     cloudinary_timeout_seconds: float = 30.0
+
+    def development_only(self) -> list[DevelopmentOnly]:
+        plain_http = DevelopmentOnly(
+            self.variable_of("cloudinary_secure_delivery"),
+            self.storage_backend == "cloudinary" and not self.cloudinary_secure_delivery,
+            "images would be delivered over plain http (a local stand-in's setting)",
+        )
+        return [*super().development_only(), plain_http]
 
     @property
     def files_dir(self) -> Path:

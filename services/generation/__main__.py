@@ -40,8 +40,8 @@ class GenerationService:
         return [sweep_forever(self.saga), self.saga.updates.run()]
 
 
-def definition() -> ServiceDefinition:
-    settings = GenerationSettings()
+def definition(settings: GenerationSettings | None = None) -> ServiceDefinition:
+    settings = settings or GenerationSettings()
     service = GenerationService(settings)
     return ServiceDefinition(
         name="generation",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from kit.settings import ServiceSettings
+from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
 
 
 class StylePreset(BaseModel):
@@ -133,11 +133,13 @@ class GenerationSettings(ServiceSettings):
 
     # Local provider.
     local_provider_latency_seconds: float = 0.0
-    # Share of local calls that fail for good / transiently (demos, chaos).
+    # Share of local calls that fail for good / transiently (demos, chaos; refused in production,
+    # like the latency above and fault injection below).
     local_provider_failure_rate: float = 0.0
     local_provider_transient_failure_rate: float = 0.0
     local_output_format: str = Field(default="JPEG", pattern="^(JPEG|PNG|WEBP)$")
-    # Tests and demos only: honour "[fail:...]", "[latency:...]", "[pause:...]" directives in prompts.
+    # Tests and demos only (refused in production): honour "[fail:...]", "[latency:...]",
+    # "[pause:...]" directives in prompts; off, they are plain prompt text.
     fault_injection: bool = False
 
     # Replicate.
@@ -152,6 +154,39 @@ class GenerationSettings(ServiceSettings):
     replicate_poll_interval_seconds: float = 10.0
     replicate_timeout_seconds: float = 30.0
     max_output_bytes: int = 10 * 1024 * 1024
+
+    def secret_checks(self) -> list[SecretCheck]:
+        with_replicate = bool(self.replicate_api_token.get_secret_value())
+        return [
+            *super().secret_checks(),
+            self.secret_check("replicate_webhook_secret", required=with_replicate),
+        ]
+
+    def development_only(self) -> list[DevelopmentOnly]:
+        """Tests' and demos' knobs: fault directives in prompts, a slow or failing local provider."""
+        switches = [
+            DevelopmentOnly(
+                self.variable_of("fault_injection"),
+                self.fault_injection,
+                "prompts could steer the saga ([fail:...], [pause:...] directives)",
+            ),
+            DevelopmentOnly(
+                self.variable_of("local_provider_latency_seconds"),
+                self.local_provider_latency_seconds > 0,
+                "the local provider would sleep on every image",
+            ),
+            DevelopmentOnly(
+                self.variable_of("local_provider_failure_rate"),
+                self.local_provider_failure_rate > 0,
+                "the local provider would fail generations on purpose",
+            ),
+            DevelopmentOnly(
+                self.variable_of("local_provider_transient_failure_rate"),
+                self.local_provider_transient_failure_rate > 0,
+                "the local provider would fail attempts on purpose",
+            ),
+        ]
+        return [*super().development_only(), *switches]
 
     @model_validator(mode="after")
     def _pool_fits_the_workers(self) -> GenerationSettings:

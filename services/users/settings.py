@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from kit.settings import ServiceSettings
+from kit.settings import SecretCheck, ServiceSettings
 
 
 class UsersSettings(ServiceSettings):
@@ -18,7 +18,8 @@ class UsersSettings(ServiceSettings):
     # Empty and no key in the schema yet: one is generated and stored.
     jwt_signing_keys: SecretStr = SecretStr("")
     # Encrypts the private signing keys stored in the users schema (PKCS#8 with this
-    # passphrase); empty: stored in the clear. Keep it in a secret store, not next to the database.
+    # passphrase); empty: stored in the clear, which only development allows. Keep it in a
+    # secret store, not next to the database.
     signing_key_passphrase: SecretStr = SecretStr("")
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
@@ -67,3 +68,6 @@ class UsersSettings(ServiceSettings):
 
     # --- GetMyStats ---
     stats_rpc_timeout_seconds: float = 3.0
+
+    def secret_checks(self) -> list[SecretCheck]:
+        return [*super().secret_checks(), self.secret_check("signing_key_passphrase")]

@@ -1,0 +1,252 @@
+"""Secure by default: production refuses to start with a weak, missing or public secret, or a
+test switch, naming the variable; development starts and says so once (docs/security.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from kit.server import RunningService, ServiceDefinition
+from kit.settings import (
+    DEVELOPMENT_SERVICE_SECRET,
+    EXIT_CONFIGURATION,
+    MIN_SECRET_BYTES,
+    InsecureSettings,
+    ServiceSettings,
+)
+from services.billing.__main__ import definition as billing_definition
+from services.billing.settings import BillingSettings
+from services.files.__main__ import definition as files_definition
+from services.files.settings import FilesSettings
+from services.generation.__main__ import definition as generation_definition
+from services.generation.settings import GenerationSettings
+from services.users.service import definition as users_definition
+from services.users.settings import UsersSettings
+from tests.harness import SERVICES, Platform, TestDatabase
+from tests.harness.platform import REPO_ROOT
+
+WARNING = "insecure settings"
+
+
+def strong() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def production_env(**variables: str) -> dict[str, str]:
+    """The machine's environment without any STYLESTUDIO_ setting, in production, plus ``variables``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STYLESTUDIO_")}
+    return env | {"STYLESTUDIO_ENVIRONMENT": "production", "STYLESTUDIO_LOG_FORMAT": "text"} | variables
+
+
+def run_to_exit(module: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=REPO_ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# --- real processes: every service and the gateway, out of the box, in production ---
+
+
+@pytest.mark.parametrize("module", [*(f"services.{name}" for name in SERVICES), "gateway"])
+async def test_out_of_the_box_every_process_refuses_production_naming_the_service_secret(module: str) -> None:
+    finished = await asyncio.to_thread(run_to_exit, module, production_env())
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == EXIT_CONFIGURATION, output
+    assert "STYLESTUDIO_SERVICE_SECRET is a development default" in output
+    assert "Traceback" not in output
+    # The message names variables, never a secret's value.
+    assert DEVELOPMENT_SERVICE_SECRET not in output
+
+
+async def test_the_users_service_refuses_production_without_the_signing_key_passphrase() -> None:
+    env = production_env(STYLESTUDIO_SERVICE_SECRET=strong())
+    finished = await asyncio.to_thread(run_to_exit, "services.users", env)
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == EXIT_CONFIGURATION, output
+    assert "STYLESTUDIO_SIGNING_KEY_PASSPHRASE is not set" in output
+    assert "STYLESTUDIO_SERVICE_SECRET" not in output
+
+
+async def test_billing_refuses_offline_payments_in_production_unless_enabled() -> None:
+    env = production_env(STYLESTUDIO_SERVICE_SECRET=strong(), STYLESTUDIO_STRIPE_WEBHOOK_SECRET=strong())
+    finished = await asyncio.to_thread(run_to_exit, "services.billing", env)
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == EXIT_CONFIGURATION, output
+    assert "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED" in output and "STYLESTUDIO_STRIPE_API_KEY" in output
+
+
+async def test_the_offline_confirm_command_is_refused_in_production() -> None:
+    env = production_env(
+        STYLESTUDIO_STRIPE_API_KEY="sk_live_" + strong(), STYLESTUDIO_STRIPE_WEBHOOK_SECRET=strong()
+    )
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "services.billing.payments",
+            "confirm",
+            "00000000-0000-0000-0000-000000000001",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode != 0
+    assert (
+        "refused in production" in finished.stderr
+        and "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED" in finished.stderr
+    )
+
+
+# --- the conditions, on the kit's own start-up path (RunningService refuses before connecting) ---
+
+Build = Callable[[Any], ServiceDefinition]
+
+
+async def refusal(build: Build, settings: ServiceSettings) -> str:
+    # Nothing listens on these settings' database: a start that got past the check would fail
+    # differently (or hang in its retries), not raise InsecureSettings.
+    with pytest.raises(InsecureSettings) as raised:
+        await RunningService(build(settings)).start()
+    return str(raised.value)
+
+
+def base(**values: Any) -> dict[str, Any]:
+    return {
+        "environment": "production",
+        "service_secret": strong(),
+        "database_url": "postgresql+psycopg://x@127.0.0.1:1/none",
+    } | values
+
+
+async def test_a_stripe_key_with_the_public_webhook_secret_is_refused() -> None:
+    settings = BillingSettings(**base(stripe_api_key="sk_live_" + strong()))
+    message = await refusal(billing_definition, settings)
+    assert "STYLESTUDIO_STRIPE_WEBHOOK_SECRET is a development default" in message
+    assert "OFFLINE_PAYMENTS" not in message
+
+
+async def test_enabled_offline_payments_still_need_a_strong_webhook_secret() -> None:
+    settings = BillingSettings(**base(offline_payments_enabled=True, stripe_webhook_secret="whsec_short"))
+    message = await refusal(billing_definition, settings)
+    assert f"STYLESTUDIO_STRIPE_WEBHOOK_SECRET is shorter than {MIN_SECRET_BYTES} bytes" in message
+
+
+async def test_a_replicate_token_needs_its_webhook_secret() -> None:
+    settings = GenerationSettings(**base(replicate_api_token="r8_" + strong()))
+    assert "STYLESTUDIO_REPLICATE_WEBHOOK_SECRET is not set" in await refusal(generation_definition, settings)
+    without_token = GenerationSettings(**base())
+    assert without_token.insecurities() == []
+
+
+@pytest.mark.parametrize(
+    ("switch", "variable"),
+    [
+        ({"fault_injection": True}, "STYLESTUDIO_FAULT_INJECTION"),
+        ({"local_provider_latency_seconds": 0.5}, "STYLESTUDIO_LOCAL_PROVIDER_LATENCY_SECONDS"),
+        ({"local_provider_failure_rate": 0.1}, "STYLESTUDIO_LOCAL_PROVIDER_FAILURE_RATE"),
+        ({"local_provider_transient_failure_rate": 0.1}, "STYLESTUDIO_LOCAL_PROVIDER_TRANSIENT_FAILURE_RATE"),
+    ],
+)
+async def test_generation_test_switches_are_refused_in_production(
+    switch: dict[str, Any], variable: str
+) -> None:
+    assert variable in await refusal(generation_definition, GenerationSettings(**base(**switch)))
+
+
+async def test_plain_http_image_delivery_is_refused_in_production() -> None:
+    cloudinary = {
+        "cloudinary_cloud_name": "demo",
+        "cloudinary_api_key": "1",
+        "cloudinary_api_secret": strong(),
+    }
+    settings = FilesSettings(
+        **base(storage_backend="cloudinary", cloudinary_secure_delivery=False, **cloudinary)
+    )
+    assert "STYLESTUDIO_CLOUDINARY_SECURE_DELIVERY" in await refusal(files_definition, settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "is not set"),
+        ("x" * (MIN_SECRET_BYTES - 1), f"is shorter than {MIN_SECRET_BYTES} bytes"),
+        ("é" * 15 + "x", f"is shorter than {MIN_SECRET_BYTES} bytes"),  # 31 bytes in 16 characters
+        (DEVELOPMENT_SERVICE_SECRET, "is a development default"),
+        ("change-me-please-32-characters!!", "is a development default"),  # the old compose example
+    ],
+)
+async def test_each_kind_of_weak_service_secret_is_refused(value: str, problem: str) -> None:
+    settings = UsersSettings(**base(service_secret=value, signing_key_passphrase=strong()))
+    assert f"STYLESTUDIO_SERVICE_SECRET {problem}" in await refusal(users_definition, settings)
+
+
+def test_thirty_two_random_bytes_are_enough() -> None:
+    settings = UsersSettings(**base(service_secret="x" * MIN_SECRET_BYTES, signing_key_passphrase=strong()))
+    assert settings.insecurities() == []
+
+
+def test_the_gateway_app_refuses_production_with_the_development_secret() -> None:
+    with pytest.raises(InsecureSettings, match="STYLESTUDIO_SERVICE_SECRET is a development default"):
+        create_app(GatewaySettings(environment="production"))
+
+
+# --- development: starts, with one warning ---
+
+
+async def test_in_development_a_service_and_the_gateway_start_with_one_warning(
+    infrastructure: object, redis_url: str, tmp_path: Path
+) -> None:
+    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
+    database.create(services=["billing"])
+    platform = Platform(
+        database, redis_url, tmp_path, extra_env={"STYLESTUDIO_SERVICE_SECRET": DEVELOPMENT_SERVICE_SECRET}
+    )
+    try:
+        platform.start("billing")
+        platform.start("gateway")
+        await platform.wait_serving("billing")
+        async with httpx.AsyncClient(base_url=platform.gateway_url) as client:
+            for _ in range(300):
+                try:
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(platform.logs("gateway"))
+    finally:
+        await platform.close()
+        database.drop()
+    billing = [line for line in platform.logs("billing").splitlines() if WARNING in line]
+    gateway = [line for line in platform.logs("gateway").splitlines() if WARNING in line]
+    assert len(billing) == 1, platform.logs("billing")
+    assert len(gateway) == 1, platform.logs("gateway")
+    for variable in (
+        "STYLESTUDIO_SERVICE_SECRET",
+        "STYLESTUDIO_STRIPE_WEBHOOK_SECRET",
+        "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED",
+    ):
+        assert variable in billing[0]
+    assert "STYLESTUDIO_SERVICE_SECRET" in gateway[0] and "STRIPE" not in gateway[0]
+    assert "WARNING" in billing[0]
+    assert DEVELOPMENT_SERVICE_SECRET not in platform.logs("billing") + platform.logs("gateway")
