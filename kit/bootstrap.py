@@ -3,37 +3,130 @@
 Each service connects as ``stylestudio_<service>``, which owns its schema and has
 no rights on any other: a service cannot read or write another's tables even by
 mistake. Run by the launcher, the test harness and the deploy job with an admin URL.
+
+Each role's password comes from ``STYLESTUDIO_<SERVICE>_DB_PASSWORD``; production
+refuses to provision without them (or with weak ones). In development a missing one
+is generated once and kept in a file of the user's (roles are shared by every
+database of the cluster, so every run on the machine must agree on them). Every
+provisioning sets the role's password again, so a role created with an older
+password gets the current one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import sqlalchemy as sa
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from kit import migrations
-from kit.settings import SERVICES, PlatformSettings
+from kit.settings import (
+    EXIT_CONFIGURATION,
+    SERVICES,
+    InsecureSettings,
+    PlatformSettings,
+    SecretCheck,
+)
+
+log = logging.getLogger("stylestudio.bootstrap")
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+
+
+class ProvisioningSettings(PlatformSettings):
+    """The admin URL (``database_url``) and the password of each service's role."""
+
+    users_db_password: SecretStr = SecretStr("")
+    billing_db_password: SecretStr = SecretStr("")
+    files_db_password: SecretStr = SecretStr("")
+    generation_db_password: SecretStr = SecretStr("")
+    analytics_db_password: SecretStr = SecretStr("")
+    # Development only: where passwords generated for unset variables are kept.
+    development_db_passwords_file: Path = _state_home() / "stylestudio" / "development-db-passwords.json"
+
+    def secret_checks(self) -> list[SecretCheck]:
+        # Provisioning signs nothing: only the passwords of the roles it provisions count.
+        return []
+
+    def db_password_check(self, service: str) -> SecretCheck:
+        return self.secret_check(f"{service}_db_password")
 
 
 def role_name(service: str) -> str:
     return f"stylestudio_{service}"
 
 
-def role_password(service: str, settings: PlatformSettings) -> str:
-    """``STYLESTUDIO_<SERVICE>_DB_PASSWORD`` if set, else one derived from the service secret."""
-    configured = os.environ.get(f"STYLESTUDIO_{service.upper()}_DB_PASSWORD")
-    if configured:
-        return configured
-    secret = settings.service_secret.get_secret_value().encode()
-    return hmac.new(secret, f"db-role:{service}".encode(), hashlib.sha256).hexdigest()[:32]
+def role_passwords(services: Sequence[str], settings: ProvisioningSettings) -> dict[str, str]:
+    """Each role's password: configured, else (development only) generated and kept."""
+    checks = {service: settings.db_password_check(service) for service in services}
+    if settings.is_production:
+        problems = [problem for check in checks.values() if (problem := check.problem())]
+        if problems:
+            raise InsecureSettings(problems)
+        return {service: check.value for service, check in checks.items()}
+    missing = [service for service, check in checks.items() if not check.value]
+    generated = development_passwords(settings.development_db_passwords_file, missing) if missing else {}
+    return {service: check.value or generated[service] for service, check in checks.items()}
+
+
+def development_passwords(path: Path, services: Sequence[str]) -> dict[str, str]:
+    """Random passwords for ``services``, the same for every run of this user on this machine."""
+    kept = _read_passwords(path)
+    if any(service not in kept for service in services):
+        wanted = {service: secrets.token_urlsafe(32) for service in SERVICES if service not in kept}
+        try:
+            _keep_passwords(path, kept | wanted)
+        except OSError as error:  # an unwritable home: this run's passwords only
+            log.warning(
+                "development database passwords not kept", extra={"path": str(path), "error": str(error)}
+            )
+            return kept | wanted
+        kept = _read_passwords(path)  # a concurrent run may have won: its passwords count
+    return {service: kept[service] for service in services}
+
+
+def _read_passwords(path: Path) -> dict[str, str]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return (
+        {str(k): str(v) for k, v in found.items() if isinstance(v, str) and v}
+        if isinstance(found, dict)
+        else {}
+    )
+
+
+def _keep_passwords(path: Path, passwords: Mapping[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(dict(passwords), out)
+    try:
+        # Only the first writer's file stands (link fails if one exists), unless it lacked services.
+        if path.exists():
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def service_url(admin_url: str, service: str, password: str) -> str:
@@ -42,9 +135,13 @@ def service_url(admin_url: str, service: str, password: str) -> str:
 
 
 def provision_sync(
-    admin_url: str, services: Sequence[str] = SERVICES, migrate: bool = True
+    admin_url: str,
+    services: Sequence[str] = SERVICES,
+    migrate: bool = True,
+    settings: ProvisioningSettings | None = None,
 ) -> dict[str, str]:
-    settings = PlatformSettings()
+    # Refused before anything is touched: production without each role's password.
+    passwords = role_passwords(services, settings or ProvisioningSettings())
     engine = sa.create_engine(admin_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     urls: dict[str, str] = {}
     try:
@@ -54,9 +151,8 @@ def provision_sync(
             connection.execute(sa.text(f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC'))
             connection.execute(sa.text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
             for service in services:
-                password = role_password(service, settings)
-                _ensure_role(connection, service, password, database)
-                urls[service] = service_url(admin_url, service, password)
+                _ensure_role(connection, service, passwords[service], database)
+                urls[service] = service_url(admin_url, service, passwords[service])
     finally:
         engine.dispose()
     if migrate:
@@ -89,15 +185,25 @@ def _ensure_role(connection: sa.Connection, service: str, password: str, databas
 
 
 async def provision(
-    admin_url: str, services: Sequence[str] = SERVICES, migrate: bool = True
+    admin_url: str,
+    services: Sequence[str] = SERVICES,
+    migrate: bool = True,
+    settings: ProvisioningSettings | None = None,
 ) -> dict[str, str]:
     """Create roles and schemas (idempotent), migrate, and return each service's own URL."""
-    return await asyncio.to_thread(provision_sync, admin_url, services, migrate)
+    return await asyncio.to_thread(provision_sync, admin_url, services, migrate, settings)
 
 
 def main() -> None:
-    settings = PlatformSettings()
-    urls = provision_sync(settings.database_url)
+    from kit.logs import setup_logging
+
+    settings = ProvisioningSettings()
+    setup_logging("provision", settings.log_level, settings.log_format)
+    try:
+        urls = provision_sync(settings.database_url, settings=settings)
+    except InsecureSettings as refusal:
+        log.critical(str(refusal))
+        sys.exit(EXIT_CONFIGURATION)
     for service, url in urls.items():
         print(f"{service}: {make_url(url).render_as_string(hide_password=True)}")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kit.infra import DATABASE_URL_ENV, REDIS_URL_ENV, Infrastructure, resolve_infrastructure
-from kit.settings import SERVICES, PlatformSettings
+from kit.settings import EXIT_CONFIGURATION, SERVICES, Environment, InsecureSettings, PlatformSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "gateway"
@@ -44,6 +44,8 @@ KILL_MARGIN_SECONDS = 5.0
 class LaunchSettings(PlatformSettings):
     """The kit's settings (shutdown grace among them), plus `STYLESTUDIO_DATA_DIR` and `_GATEWAY_ADDR`."""
 
+    # `make run` is a developer's platform unless STYLESTUDIO_ENVIRONMENT says otherwise
+    environment: Environment = "development"
     # embedded PostgreSQL and Redis, when neither is configured nor on localhost, keep their data here
     data_dir: Path = REPO_ROOT / "data"
     gateway_addr: str = "127.0.0.1:8080"
@@ -247,12 +249,16 @@ async def run_platform(children: Sequence[Child], console: Console, settings: La
         announcement.cancel()
 
 
-def provision_databases(admin_url: str) -> dict[str, str]:
-    """Each service's schema, role and migrations, done by kit.bootstrap; returns each service's own URL."""
-    # imported here: bootstrap brings SQLAlchemy, Alembic and every service's migrations, needed only now
-    from kit.bootstrap import provision
+def provision_databases(admin_url: str, environment: Environment) -> dict[str, str]:
+    """Each service's schema, role and migrations, done by kit.bootstrap; returns each service's own URL.
 
-    return asyncio.run(provision(admin_url, SERVICES))
+    In development the roles' passwords are generated (and kept) unless set; production needs them set.
+    """
+    # imported here: bootstrap brings SQLAlchemy, Alembic and every service's migrations, needed only now
+    from kit.bootstrap import ProvisioningSettings, provision
+
+    settings = ProvisioningSettings(environment=environment)
+    return asyncio.run(provision(admin_url, SERVICES, settings=settings))
 
 
 def platform_children(
@@ -290,7 +296,7 @@ def launch(settings: LaunchSettings, console: Console) -> int:
     try:
         for description in infrastructure.describe():
             console.line(LAUNCHER, description)
-        service_urls = provision_databases(infrastructure.database_url)
+        service_urls = provision_databases(infrastructure.database_url, settings.environment)
         children = platform_children(os.environ, infrastructure, service_urls)
         return asyncio.run(run_platform(children, console, settings))
     finally:
@@ -305,6 +311,9 @@ def main() -> None:
     except KeyboardInterrupt:
         # Ctrl-C before the children were up (while starting PostgreSQL or provisioning) is a normal stop
         code = 0
+    except InsecureSettings as refusal:  # production provisioning without the roles' passwords
+        console.line(LAUNCHER, str(refusal), alarm=True)
+        code = EXIT_CONFIGURATION
     console.line(LAUNCHER, "stopped" if code == 0 else f"stopped with exit code {code}", alarm=code != 0)
     sys.exit(code)
 

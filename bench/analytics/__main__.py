@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from bench.analytics.seed import DAYS, GENERATE, RECORDS
-from kit.bootstrap import provision_sync
+from kit.bootstrap import ProvisioningSettings, provision_sync
 from kit.db import Database
 from kit.events import Event, EventConsumer, stream_key
 from services.analytics import metrics, models, usage_log
@@ -157,7 +157,11 @@ async def main() -> None:
     with psycopg.connect(maintenance, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     try:
-        urls = provision_sync(admin.set(database=name).render_as_string(hide_password=False), ["analytics"])
+        urls = provision_sync(
+            admin.set(database=name).render_as_string(hide_password=False),
+            ["analytics"],
+            settings=ProvisioningSettings(environment="development"),
+        )
         overrides = {"ingest_batch_size": args.batch_size} if args.batch_size else {}
         settings = AnalyticsSettings(redis_prefix=f"bench-analytics-{uuid.uuid4().hex[:8]}", **overrides)
         db = Database(urls["analytics"], "analytics", pool_size=4)

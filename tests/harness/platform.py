@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from kit.auth import ServiceCredentials
-from kit.bootstrap import provision_sync
+from kit.bootstrap import ProvisioningSettings, provision_sync
 from kit.clients import open_channel
 from kit.settings import SERVICES
 from kit.tokens import generate_signing_key, sign_access_token, signing_keys_to_json
@@ -52,10 +52,17 @@ class TestDatabase:
         self.admin_url = base.set(database=self.name).render_as_string(hide_password=False)
         self.service_urls: dict[str, str] = {}
 
-    def create(self, services: Sequence[str] = SERVICES, migrate: bool = True) -> None:
+    def create(
+        self,
+        services: Sequence[str] = SERVICES,
+        migrate: bool = True,
+        settings: ProvisioningSettings | None = None,
+    ) -> None:
+        """Roles' passwords: development's (generated and kept), unless ``settings`` say otherwise."""
         with psycopg.connect(self._maintenance_dsn, autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{self.name}"')
-        self.service_urls = provision_sync(self.admin_url, services, migrate=migrate)
+        settings = settings or ProvisioningSettings(environment="development")
+        self.service_urls = provision_sync(self.admin_url, services, migrate=migrate, settings=settings)
 
     def drop(self) -> None:
         with psycopg.connect(self._maintenance_dsn, autocommit=True) as connection:
