@@ -1,0 +1,123 @@
+"""deploy/: compose carries no usable secret, reads them from a generated .env, fails without one;
+the Kubernetes manifests take theirs from a Secret created out of band."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kit.settings import MIN_SECRET_BYTES
+from tests.harness.platform import REPO_ROOT
+
+COMPOSE = REPO_ROOT / "deploy" / "docker-compose.yml"
+K8S = REPO_ROOT / "deploy" / "k8s"
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, ${NAME:+alt} ...
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<rest>[^}]*)\}")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|PASSPHRASE|TOKEN|_KEY$|_KEYS$")
+REQUIRED = {":?", "?"}
+
+
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def environments() -> dict[str, dict[str, str]]:
+    """Each compose service's environment, merge keys resolved."""
+    found = {}
+    for name, service in compose()["services"].items():
+        env = service.get("environment") or {}
+        assert isinstance(env, dict), f"{name}: environment as a mapping"
+        found[name] = {str(key): str(value) for key, value in env.items()}
+    return found
+
+
+def interpolations() -> list[re.Match[str]]:
+    return list(INTERPOLATION.finditer(COMPOSE.read_text()))
+
+
+def test_the_compose_file_has_no_default_for_any_secret() -> None:
+    secret_uses = [match for match in interpolations() if SECRET_NAME.search(match["name"])]
+    assert len(secret_uses) >= 10, "the service secret, the passphrase and every password are read"
+    for match in secret_uses:
+        assert match["op"] in REQUIRED, f"{match[0]} must be required (${{VAR:?message}}), not defaulted"
+
+
+def test_no_service_gets_a_literal_secret() -> None:
+    checked = 0
+    for service, env in environments().items():
+        for key, value in env.items():
+            if SECRET_NAME.search(key):
+                match = INTERPOLATION.fullmatch(value)
+                assert match and match["op"] in REQUIRED, f"{service}: {key} is not read from .env"
+                checked += 1
+            if "DATABASE_URL" in key:
+                password = re.search(r"://[^:/@]+:(?P<password>[^@]*)@", value)
+                assert password, f"{service}: {key} has no password"
+                match = INTERPOLATION.fullmatch(password["password"])
+                assert match and match["op"] in REQUIRED, f"{service}: {key}'s password is not read from .env"
+                checked += 1
+    assert checked >= 12
+
+
+def test_each_service_connects_with_its_own_role_and_only_provisioning_has_the_admin_password() -> None:
+    envs = environments()
+    for service in ("users", "billing", "files", "generation", "analytics"):
+        url = envs[service]["STYLESTUDIO_SERVICE_DATABASE_URL"]
+        assert f"://stylestudio_{service}:${{STYLESTUDIO_{service.upper()}_DB_PASSWORD:?" in url
+    holders = {
+        name for name, env in envs.items() if any("POSTGRES_PASSWORD" in value for value in env.values())
+    }
+    assert holders == {"postgres", "provision"}
+    assert {name for name, env in envs.items() if "STYLESTUDIO_SIGNING_KEY_PASSPHRASE" in env} == {"users"}
+
+
+def test_make_env_writes_every_variable_compose_requires_with_strong_distinct_values(tmp_path: Path) -> None:
+    target = tmp_path / ".env"
+    run = [sys.executable, str(REPO_ROOT / "scripts" / "make_env.py"), str(target)]
+    subprocess.run(run, check=True, capture_output=True, timeout=60)
+    values = dict(
+        line.split("=", 1) for line in target.read_text().splitlines() if line and not line.startswith("#")
+    )
+    required = {match["name"] for match in interpolations() if match["op"] in REQUIRED}
+    assert required <= set(values), f"missing from the generated .env: {required - set(values)}"
+    secrets = [
+        values[name] for name in required if SECRET_NAME.search(name) and name != "STYLESTUDIO_STRIPE_API_KEY"
+    ]
+    assert len(secrets) >= 8
+    assert all(len(value.encode()) >= MIN_SECRET_BYTES for value in secrets)
+    assert len(set(secrets)) == len(secrets)
+    assert values["STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED"] == "false", "offline payments only when asked for"
+    assert target.stat().st_mode & 0o077 == 0
+
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "exists" in again.stderr, "the current secrets are never overwritten"
+
+
+def test_the_env_file_is_ignored_by_git() -> None:
+    paths = ["deploy/.env", ".env"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", *paths], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert ignored.stdout.split() == paths
+
+
+def test_kubernetes_takes_its_secrets_from_a_secret_created_out_of_band() -> None:
+    documents = [
+        doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc
+    ]
+    assert all(doc["kind"] != "Secret" for doc in documents), "no Secret (with values) in the manifests"
+    workloads = [doc for doc in documents if doc["kind"] in ("Deployment", "Job")]
+    assert len(workloads) >= 7
+    for doc in workloads:
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            refs = [source.get("secretRef", {}).get("name") for source in container.get("envFrom", [])]
+            assert "stylestudio" in refs, f"{doc['metadata']['name']} reads the Secret"
+            for variable in container.get("env", []):
+                assert not SECRET_NAME.search(variable["name"]) or "valueFrom" in variable
