@@ -4,7 +4,6 @@ never derived from the service secret; provisioning gives an existing role the c
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import os
@@ -24,6 +23,7 @@ from kit.bootstrap import ProvisioningSettings, development_passwords, provision
 from kit.settings import EXIT_CONFIGURATION, MIN_SECRET_BYTES, SERVICES, InsecureSettings
 from tests.harness import TestDatabase
 from tests.harness.platform import REPO_ROOT, TEST_SERVICE_SECRET
+from tests.harness.roles import libpq_dsn, password_matches, stored_verifier
 
 
 @pytest.fixture(scope="module")
@@ -35,39 +35,14 @@ def empty_database(infrastructure: object) -> Iterator[TestDatabase]:
     database.drop()
 
 
-def stored_verifier(database: TestDatabase, service: str) -> str:
-    with psycopg.connect(_libpq(database.admin_url)) as connection:
-        row = connection.execute(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [role_name(service)]
-        ).fetchone()
-    assert row is not None and row[0], f"{role_name(service)} has no password"
-    return str(row[0])
-
-
 def set_role_password(database: TestDatabase, service: str, password: str) -> None:
-    with psycopg.connect(_libpq(database.admin_url), autocommit=True) as connection:
+    with psycopg.connect(libpq_dsn(database.admin_url), autocommit=True) as connection:
         connection.execute(f"ALTER ROLE {role_name(service)} PASSWORD '{password}'")
-
-
-def password_matches(verifier: str, password: str) -> bool:
-    """Whether ``password`` is the one PostgreSQL stored as a SCRAM-SHA-256 verifier (RFC 5803)."""
-    scheme, rest = verifier.split("$", 1)
-    assert scheme == "SCRAM-SHA-256", "the server stores SCRAM verifiers (password_encryption)"
-    iterations_salt, keys = rest.split("$")
-    iterations, salt = iterations_salt.split(":")
-    stored_key, _ = keys.split(":")
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    return hmac.compare_digest(hashlib.sha256(client_key).digest(), base64.b64decode(stored_key))
 
 
 def old_derived_password(service: str, service_secret: str) -> str:
     """What kit.bootstrap used to set: anyone with the service secret could compute it."""
     return hmac.new(service_secret.encode(), f"db-role:{service}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def production(**passwords: str) -> ProvisioningSettings:
@@ -96,7 +71,7 @@ def test_production_provisioning_refuses_without_each_services_password(empty_da
         named = f"STYLESTUDIO_{service.upper()}_DB_PASSWORD is not set" in output
         assert named == (service != "billing"), output
     assert "Traceback" not in output
-    with psycopg.connect(_libpq(empty_database.admin_url)) as connection:
+    with psycopg.connect(libpq_dsn(empty_database.admin_url)) as connection:
         schemas = connection.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = ANY(%s)", [list(SERVICES)]
         ).fetchall()
@@ -119,13 +94,13 @@ def test_a_role_created_with_the_old_derived_password_gets_the_configured_one(
         empty_database.admin_url, ["analytics"], migrate=False, settings=production(analytics=configured)
     )
     set_role_password(empty_database, "analytics", old)
-    assert password_matches(stored_verifier(empty_database, "analytics"), old)
+    assert password_matches(stored_verifier(empty_database.admin_url, "analytics"), old)
 
     urls = provision_sync(
         empty_database.admin_url, ["analytics"], migrate=False, settings=production(analytics=configured)
     )
 
-    verifier = stored_verifier(empty_database, "analytics")
+    verifier = stored_verifier(empty_database.admin_url, "analytics")
     assert password_matches(verifier, configured)
     assert not password_matches(verifier, old)
     assert make_url(urls["analytics"]).password == configured
@@ -146,7 +121,7 @@ def test_development_passwords_are_random_kept_and_not_derived(
     assert len(users.encode()) >= MIN_SECRET_BYTES
     assert make_url(again["users"]).password == users, "every run on this machine agrees on the password"
     assert users != old_derived_password("users", ProvisioningSettings().service_secret.get_secret_value())
-    assert password_matches(stored_verifier(empty_database, "users"), users)
+    assert password_matches(stored_verifier(empty_database.admin_url, "users"), users)
     assert kept.stat().st_mode & 0o077 == 0, "only the user can read the kept passwords"
 
 
