@@ -208,6 +208,7 @@ async def test_admins_refund_a_completed_purchase(billing, public) -> None:
 async def test_the_offline_confirm_command_posts_a_signed_success(billing, public) -> None:
     _, token, created = await buy(billing, public, "standard")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STYLESTUDIO_")} | {
+        "STYLESTUDIO_ENVIRONMENT": "development",  # production refuses offline confirmations
         "STYLESTUDIO_SERVICE_DATABASE_URL": billing.settings.service_database_url or "",
         "STYLESTUDIO_BILLING_ADDR": billing.settings.billing_addr,
         "STYLESTUDIO_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
