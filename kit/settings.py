@@ -173,6 +173,13 @@ class PlatformSettings(BaseSettings):
         """What production refuses while in use; a settings class extends the list."""
         return []
 
+    def https_only(self, field: str, *, in_use: bool = True) -> DevelopmentOnly:
+        """A provider URL that carries credentials: plain http is for local stand-ins (tests)."""
+        plain_http = in_use and str(getattr(self, field)).lower().startswith("http://")
+        return DevelopmentOnly(
+            self.variable_of(field), plain_http, "plain http would carry credentials in the clear"
+        )
+
     def insecurities(self) -> list[str]:
         """Every reason production would refuse these settings, naming each variable."""
         found = [check.problem() for check in self.secret_checks()]

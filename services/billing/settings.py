@@ -93,4 +93,4 @@ class BillingSettings(ServiceSettings):
             why=f"{self.variable_of('stripe_api_key')} is not set, so purchases would be confirmed "
             "offline (by signed webhooks alone); set the key, or enable offline payments explicitly",
         )
-        return [*super().development_only(), offline]
+        return [*super().development_only(), offline, self.https_only("stripe_api_base")]

@@ -69,7 +69,12 @@ class FilesSettings(ServiceSettings):
             self.storage_backend == "cloudinary" and not self.cloudinary_secure_delivery,
             "images would be delivered over plain http (a local stand-in's setting)",
         )
-        return [*super().development_only(), plain_http]
+        cloudinary = self.storage_backend == "cloudinary"
+        return [
+            *super().development_only(),
+            plain_http,
+            self.https_only("cloudinary_api_url", in_use=cloudinary),
+        ]
 
     @property
     def files_dir(self) -> Path:

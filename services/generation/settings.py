@@ -186,6 +186,8 @@ class GenerationSettings(ServiceSettings):
                 "the local provider would fail attempts on purpose",
             ),
         ]
+        with_replicate = any(model.provider == "replicate" for model in self.image_models)
+        switches.append(self.https_only("replicate_base_url", in_use=with_replicate))
         return [*super().development_only(), *switches]
 
     @model_validator(mode="after")

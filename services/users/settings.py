@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from kit.settings import SecretCheck, ServiceSettings
+from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
 
 
 class UsersSettings(ServiceSettings):
@@ -71,3 +71,15 @@ class UsersSettings(ServiceSettings):
 
     def secret_checks(self) -> list[SecretCheck]:
         return [*super().secret_checks(), self.secret_check("signing_key_passphrase")]
+
+    def development_only(self) -> list[DevelopmentOnly]:
+        # The back-channel URLs of a configured provider carry its client secret or tokens.
+        google, github = bool(self.google_client_id), bool(self.github_client_id)
+        urls = [
+            *(
+                self.https_only(f, in_use=google)
+                for f in ("google_token_url", "google_userinfo_url", "google_jwks_url")
+            ),
+            *(self.https_only(f, in_use=github) for f in ("github_token_url", "github_api_url")),
+        ]
+        return [*super().development_only(), *urls]

@@ -173,6 +173,46 @@ async def test_generation_test_switches_are_refused_in_production(
     assert variable in await refusal(generation_definition, GenerationSettings(**base(**switch)))
 
 
+@pytest.mark.parametrize(
+    ("settings_type", "values", "variable"),
+    [
+        (
+            BillingSettings,
+            {"stripe_api_key": "sk_live_x", "stripe_api_base": "http://stripe.test"},
+            "STRIPE_API_BASE",
+        ),
+        (
+            GenerationSettings,
+            {"image_models": [{"name": "m", "display_name": "M", "multiplier": 1.0, "provider": "replicate"}]}
+            | {"replicate_base_url": "http://replicate.test"},
+            "REPLICATE_BASE_URL",
+        ),
+        (
+            UsersSettings,
+            {"github_client_id": "id", "github_token_url": "http://github.test/token"},
+            "GITHUB_TOKEN_URL",
+        ),
+        (
+            FilesSettings,
+            {"storage_backend": "cloudinary", "cloudinary_api_url": "http://cloudinary.test"},
+            "CLOUDINARY_API_URL",
+        ),
+    ],
+)
+def test_provider_urls_in_plain_http_are_refused_in_production(
+    settings_type: type[ServiceSettings], values: dict[str, Any], variable: str
+) -> None:
+    settings = settings_type(**base(**values))
+    assert any(
+        problem.startswith(f"STYLESTUDIO_{variable}: plain http") for problem in settings.insecurities()
+    )
+    https = {
+        key: value.replace("http://", "https://") if isinstance(value, str) else value
+        for key, value in values.items()
+    }
+    assert not any(variable in problem for problem in settings_type(**base(**https)).insecurities())
+
+
 async def test_plain_http_image_delivery_is_refused_in_production() -> None:
     cloudinary = {
         "cloudinary_cloud_name": "demo",
