@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
 from urllib.parse import urlsplit
+
+from email_validator import EmailNotValidError, validate_email
 
 from kit.errors import FeatureNotInPlan, ValidationError
 
@@ -17,9 +20,11 @@ NAME_MAX_LENGTH = 100
 EMAIL_MAX_LENGTH = 254
 IMAGE_URL_MAX_LENGTH = 2048
 
-# Deliberately simple: one "@", a dot in the domain, no spaces or control characters. Whether
-# the mailbox exists is for a verification mail to find out, not for a regular expression.
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+# What sign-up accepted before email-validator: one "@", a dot in the domain, no spaces. Such
+# an address can still sign in (it is looked up), though a new account cannot be made with it.
+_LEGACY_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+# Longer input is refused before any Unicode work (NFKC can only grow a string so much).
+_EMAIL_INPUT_MAX_LENGTH = 4 * EMAIL_MAX_LENGTH
 
 
 class Feature(enum.StrEnum):
@@ -49,14 +54,39 @@ def require_feature(plan: str, feature: Feature) -> None:
         )
 
 
+def canonical_email(raw: str) -> str:
+    """The comparable form of what someone typed: trimmed, NFKC (full-width letters, ligatures
+    and other compatibility forms folded into their plain letters), lower case."""
+    return unicodedata.normalize("NFKC", raw.strip()).lower()
+
+
 def normalize_email(raw: str) -> str:
-    """The form an email is stored and looked up in: trimmed, NFC, lower case."""
-    email = unicodedata.normalize("NFC", raw.strip()).lower()
-    if not email:
+    """The form an address is stored and looked up in, for a new account or any address taken
+    in (OAuth, the admin's promote): canonical, then checked by email-validator (syntax only:
+    no DNS look-up) and in its normalised form (the domain's IDNA form, e.g. xn-- as Unicode)."""
+    if not raw.strip():
         raise ValidationError("Email is required", field="email")
-    if len(email) > EMAIL_MAX_LENGTH or not _EMAIL.match(email) or not email.isprintable():
-        raise ValidationError("Email is not a valid address", field="email")
-    return email
+    email = canonical_email(raw) if len(raw) <= _EMAIL_INPUT_MAX_LENGTH else raw
+    if len(email) > EMAIL_MAX_LENGTH:
+        raise ValidationError(f"Email must be at most {EMAIL_MAX_LENGTH} characters", field="email")
+    try:
+        checked = validate_email(email, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise ValidationError(f"Email is not a valid address: {error}", field="email") from None
+    return str(checked.normalized).lower()
+
+
+def email_for_lookup(raw: str) -> str:
+    """The address to look an existing account up by (sign-in, promote): a valid address in its
+    stored form; one only the old, looser rule accepted in its canonical form, so that an account
+    made before can still be found (see migration users_0003); anything else is refused."""
+    try:
+        return normalize_email(raw)
+    except ValidationError:
+        email = canonical_email(raw) if len(raw) <= _EMAIL_INPUT_MAX_LENGTH else raw
+        if len(email) <= EMAIL_MAX_LENGTH and _LEGACY_EMAIL.match(email) and email.isprintable():
+            return email
+        raise
 
 
 def validate_name(raw: str) -> str:
@@ -92,7 +122,7 @@ def validate_role(role: str) -> str:
 
 
 def check_password_policy(password: str, *, min_length: int, max_length: int, email: str = "") -> None:
-    """The minimum policy: long enough, not absurdly long (hashing cost), not the email itself."""
+    """Long enough, not absurdly long (hashing cost), not the email, not a common password."""
     if len(password) < min_length:
         raise ValidationError(f"Password must be at least {min_length} characters", field="password")
     if len(password) > max_length:
@@ -101,3 +131,22 @@ def check_password_policy(password: str, *, min_length: int, max_length: int, em
         raise ValidationError("Password cannot be only spaces", field="password")
     if email and password.strip().lower() == email:
         raise ValidationError("Password cannot be your email address", field="password")
+    if is_common_password(password):
+        raise ValidationError(
+            "This password is one of the most common ones, which are tried first; choose another",
+            field="password",
+        )
+
+
+def is_common_password(password: str) -> bool:
+    """In the list of common passwords, whatever its case, width or surrounding spaces."""
+    return unicodedata.normalize("NFKC", password.strip()).casefold() in common_passwords()
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The 30,000 most common passwords of leaked lists, as zxcvbn ships them (lower case);
+    loaded once per process (about 50 ms), at start-up (see service.py)."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"])

@@ -66,7 +66,7 @@ class Profiles:
 
 async def promote_by_email(db: Database, email: str) -> store.Row:
     """Make the account with this email an admin (the command line's first-admin path)."""
-    email = accounts.normalize_email(email)
+    email = accounts.email_for_lookup(email)
     async with db.transaction() as session:
         user = await store.get_user_by_email(session, email)
         if user is None:

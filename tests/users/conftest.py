@@ -14,9 +14,11 @@ from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
 from tests.harness import Platform, TestDatabase
 from tests.users.oauth_provider import LocalOAuthProvider
 
-# What the tests assume about the brute-force limits.
-MAX_FAILURES_PER_ACCOUNT = 3
-MAX_FAILURES_PER_IP = 6
+# What the tests assume about brute-force protection: three free failures per account, then
+# 1, 2, 4 s between attempts (the cap, lowered from 60 s so the tests can wait for it).
+FREE_FAILURES = 3
+DELAY_CAP_SECONDS = 4
+MAX_FAILURES_PER_ADDRESS = 8
 PASSWORD = "correct horse battery"
 
 
@@ -49,8 +51,10 @@ async def users_platform(
         "STYLESTUDIO_ARGON2_TIME_COST": "1",
         "STYLESTUDIO_ARGON2_MEMORY_COST_KIB": "8192",
         "STYLESTUDIO_ARGON2_PARALLELISM": "1",
-        "STYLESTUDIO_LOGIN_MAX_FAILURES_PER_ACCOUNT": str(MAX_FAILURES_PER_ACCOUNT),
-        "STYLESTUDIO_LOGIN_MAX_FAILURES_PER_IP": str(MAX_FAILURES_PER_IP),
+        "STYLESTUDIO_LOGIN_FREE_FAILURES": str(FREE_FAILURES),
+        "STYLESTUDIO_LOGIN_DELAY_BASE_SECONDS": "1",
+        "STYLESTUDIO_LOGIN_DELAY_MAX_SECONDS": str(DELAY_CAP_SECONDS),
+        "STYLESTUDIO_LOGIN_MAX_FAILURES_PER_ADDRESS": str(MAX_FAILURES_PER_ADDRESS),
         "STYLESTUDIO_SIGNING_KEY_REFRESH_SECONDS": "0.2",
         "STYLESTUDIO_STATS_RPC_TIMEOUT_SECONDS": "2",
     }
@@ -85,6 +89,11 @@ def auth(channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
 @pytest.fixture(scope="package")
 def users(channel: grpc.aio.Channel) -> users_pb2_grpc.UsersServiceStub:
     return users_pb2_grpc.UsersServiceStub(channel)
+
+
+def full_width(text: str) -> str:
+    """``text`` in the full-width forms some keyboards type ("ada" -> U+FF41 U+FF44 U+FF41)."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
 
 
 def new_email() -> str:
