@@ -13,7 +13,7 @@ from kit.auth import UserTokenVerifier
 from kit.errors import ProviderUnavailable
 from kit.server import Registration, Runtime, ServiceDefinition
 from kit.tokens import AccessTokenVerifier, ApiKeyVerifier, bearer_verifier
-from services.users import api, models
+from services.users import accounts, api, models
 from services.users.apikeys import ApiKeys
 from services.users.keys import KeyStore
 from services.users.oauth import OAuthSignIn
@@ -21,7 +21,7 @@ from services.users.passwords import Passwords
 from services.users.profiles import Profiles
 from services.users.settings import UsersSettings
 from services.users.signin import Authentication
-from services.users.throttle import LoginThrottle
+from services.users.throttle import LoginThrottle, SignupLimit
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 
 
@@ -39,6 +39,7 @@ _parts: dict[int, UsersParts] = {}
 def parts(runtime: Runtime) -> UsersParts:
     if id(runtime) not in _parts:
         settings: UsersSettings = runtime.settings  # type: ignore[assignment]
+        accounts.common_passwords()  # loaded now rather than by the first sign-up
         keys = KeyStore(runtime.db, settings)
         auth = Authentication(
             db=runtime.db,
@@ -46,6 +47,7 @@ def parts(runtime: Runtime) -> UsersParts:
             keys=keys,
             passwords=Passwords(settings),
             throttle=LoginThrottle(runtime.redis, settings),
+            signups=SignupLimit(runtime.redis, settings),
             oauth=OAuthSignIn(settings, runtime.redis),
             settings=settings,
         )

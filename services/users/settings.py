@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
 
@@ -39,10 +39,33 @@ class UsersSettings(ServiceSettings):
     argon2_max_concurrent: int = 0
     argon2_max_waiting: int = 64
 
-    # --- brute-force protection (failed logins counted in Redis) ---
-    login_failure_window_seconds: int = 900
-    login_max_failures_per_account: int = 5
-    login_max_failures_per_ip: int = 50
+    # --- brute-force protection (Redis; the policy is in docs/users.md, "Brute force") ---
+    # An account's first failures are free; from the `login_free_failures`-th on, its next
+    # attempt waits a delay after the last one, doubling from the base up to the cap (no hard
+    # lock). Failures are forgotten after the window passes without one.
+    login_free_failures: int = Field(default=3, ge=1)
+    login_delay_base_seconds: float = Field(default=1.0, gt=0)
+    login_delay_max_seconds: float = Field(default=60.0, gt=0)
+    login_failure_window_seconds: int = Field(default=900, ge=1)
+    # A client (address and user agent) that signed in to an account this recently is not
+    # held up by others' failures on it: it has a delay of its own and no address limit.
+    login_known_device_days: float = Field(default=30.0, ge=0)
+    # Failed sign-ins from one address (IPv4, IPv6 /64) per window, whatever the account;
+    # 0: no limit.
+    login_max_failures_per_address: int = Field(default=50, ge=0)
+
+    # --- sign-ups ---
+    # Accounts one address (IPv4, IPv6 /64) may create per window; 0: no limit. Unset: 10 in
+    # production, 10,000 in development (make run, the tests and benchmarks sign up hundreds
+    # of accounts from 127.0.0.1).
+    signup_max_per_address: int | None = Field(default=None, ge=0)
+    signup_window_seconds: int = Field(default=3600, ge=1)
+
+    @property
+    def signup_limit(self) -> int:
+        if self.signup_max_per_address is not None:
+            return self.signup_max_per_address
+        return 10 if self.is_production else 10_000
 
     # --- API keys ---
     api_key_idempotency_seconds: int = 600

@@ -24,9 +24,10 @@ from kit.tokens import sign_access_token
 from services.users import accounts, events, store
 from services.users.keys import KeyStore
 from services.users.oauth import OAuthSignIn, ProviderIdentity
+from services.users.origins import analytics_network
 from services.users.passwords import Passwords
 from services.users.settings import UsersSettings
-from services.users.throttle import LoginThrottle
+from services.users.throttle import LoginThrottle, SignupLimit
 
 PASSWORD = "password"
 _WRONG_PAIR = "Wrong email or password"
@@ -61,12 +62,13 @@ class Authentication:
         keys: KeyStore,
         passwords: Passwords,
         throttle: LoginThrottle,
+        signups: SignupLimit,
         oauth: OAuthSignIn,
         settings: UsersSettings,
     ) -> None:
         self._db, self._outbox, self._keys = db, outbox, keys
-        self._passwords, self._throttle, self._oauth = passwords, throttle, oauth
-        self._settings = settings
+        self._passwords, self._throttle, self._signups = passwords, throttle, signups
+        self._oauth, self._settings = oauth, settings
 
     async def signup(self, email: str, password: str, name: str, client: ClientInfo) -> SignedIn:
         email = accounts.normalize_email(email)
@@ -75,13 +77,19 @@ class Authentication:
         accounts.check_password_policy(
             password, min_length=s.password_min_length, max_length=s.password_max_length, email=email
         )
+        # Counted before the (costly) hash and whatever the outcome: a taken email counts too,
+        # or the limit would not bound probing for registered addresses.
+        await self._signups.count(client.ip)
         password_hash = await self._passwords.hash(password)
         async with self._db.transaction() as session:
             user = await store.insert_user(session, email=email, name=name, password_hash=password_hash)
             if user is None:
                 raise Conflict("An account with this email already exists", details={"field": "email"})
-            await events.user_created(self._outbox, session, user.id, user.plan, PASSWORD)
+            await events.user_created(
+                self._outbox, session, user.id, user.plan, PASSWORD, analytics_network(client.ip)
+            )
             refresh_token, session_id = await self._open_session(session, user, PASSWORD, client)
+        await self._throttle.remember_device(email, client.ip, client.user_agent)
         return await self._signed_in(user, session_id, refresh_token)
 
     async def login(self, email: str, password: str, client: ClientInfo) -> SignedIn:
@@ -89,17 +97,24 @@ class Authentication:
             raise ValidationError(
                 "Email and password are required", field="email" if not email else "password"
             )
-        email = accounts.normalize_email(email)
-        await self._throttle.check(email, client.ip)
-        async with self._db.autocommit() as session:
-            user = await store.get_user_by_email(session, email)
-        stored_hash = user.password_hash if user is not None else None
-        # Always one argon2 verification, against a decoy when there is no account or no
-        # password: the answer takes as long whether or not the email exists.
-        if not await self._passwords.verify(stored_hash, password) or user is None:
-            await self._throttle.record_failure(email, client.ip)
+        email = accounts.email_for_lookup(email)
+        # The failure is counted before the password is checked (see throttle.py).
+        reservation = await self._throttle.reserve(email, client.ip, client.user_agent)
+        try:
+            async with self._db.autocommit() as session:
+                user = await store.get_user_by_email(session, email)
+            stored_hash = user.password_hash if user is not None else None
+            # Always one argon2 verification, against a decoy when there is no account or no
+            # password: the answer takes as long whether or not the email exists.
+            right = await self._passwords.verify(stored_hash, password) and user is not None
+        except BaseException:
+            # No answer about the password reaches the caller (hashing queue full, database
+            # down, call cancelled): not a guess, so the unit goes back.
+            await self._throttle.give_back(reservation, signed_in=False)
+            raise
+        if not right or user is None:
             raise Unauthenticated(_WRONG_PAIR)
-        await self._throttle.record_success(email)
+        await self._throttle.give_back(reservation, signed_in=True)
         async with self._db.transaction() as session:
             if stored_hash and self._passwords.needs_rehash(stored_hash):
                 await store.update_user(session, user.id, password_hash=await self._passwords.hash(password))
@@ -113,12 +128,15 @@ class Authentication:
     async def oauth_complete(self, provider: str, code: str, state: str, client: ClientInfo) -> SignedIn:
         identity = await self._oauth.complete(provider, code, state)
         async with self._db.transaction() as session:
-            user = await self._account_for(session, identity)
+            user = await self._account_for(session, identity, client)
             user = await store.record_login(session, user.id)
             refresh_token, session_id = await self._open_session(session, user, identity.provider, client)
+        await self._throttle.remember_device(user.email, client.ip, client.user_agent)
         return await self._signed_in(user, session_id, refresh_token)
 
-    async def _account_for(self, session: AsyncConnection, identity: ProviderIdentity) -> store.Row:
+    async def _account_for(
+        self, session: AsyncConnection, identity: ProviderIdentity, client: ClientInfo
+    ) -> store.Row:
         """The linked account; else the account with the same verified email; else a new one."""
         user_id = await store.user_id_for_provider(session, identity.provider, identity.subject)
         if user_id is not None:
@@ -132,6 +150,7 @@ class Authentication:
         email = accounts.normalize_email(identity.email)
         user = await store.get_user_by_email(session, email)
         if user is None:
+            await self._signups.count(client.ip)
             image_url = identity.picture if identity.picture.startswith("https://") else ""
             name = (identity.name.strip() or email.split("@")[0])[: accounts.NAME_MAX_LENGTH]
             user = await store.insert_user(
@@ -141,7 +160,10 @@ class Authentication:
                 user = await store.get_user_by_email(session, email)
                 assert user is not None
             else:
-                await events.user_created(self._outbox, session, user.id, user.plan, identity.provider)
+                network = analytics_network(client.ip)
+                await events.user_created(
+                    self._outbox, session, user.id, user.plan, identity.provider, network
+                )
         await store.link_provider(session, identity.provider, identity.subject, user.id)
         return user
 
