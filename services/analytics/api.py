@@ -135,8 +135,15 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
         self, window_text: str, user_id: str | None
     ) -> analytics_pb2.GetSystemAnalyticsResponse:
         window = self._window(window_text, self.settings.system_window_default)
-        rows = await self.store.grouped_counts(window, metrics.SYSTEM_ACTIONS, user_id)
-        found = metrics.system_analytics(window, rows, self.settings.analytics_top_n)
+        top = self.settings.analytics_top_n
+        if user_id is None:
+            rows, networks = await asyncio.gather(
+                self.store.grouped_counts(window, metrics.SYSTEM_ACTIONS),
+                self.store.signup_networks(window, top),
+            )
+        else:  # a user's own analytics: where accounts come from is not theirs to see
+            rows, networks = await self.store.grouped_counts(window, metrics.SYSTEM_ACTIONS, user_id), []
+        found = metrics.system_analytics(window, rows, top)
         return analytics_pb2.GetSystemAnalyticsResponse(
             user_growth=[
                 resources_pb2.UserGrowthPoint(day=p.day.isoformat(), new_users=p.new_users)
@@ -157,6 +164,7 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             ],
             popular_models=[resources_pb2.ModelPopularity(model=m, count=c) for m, c in found.popular_models],
             popular_styles=[resources_pb2.StylePopularity(style=s, count=c) for s, c in found.popular_styles],
+            top_signup_networks=[resources_pb2.SignupNetwork(network=n, count=c) for n, c in networks],
         )
 
     def _window(self, text: str, default: str) -> metrics.Window:

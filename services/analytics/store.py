@@ -146,6 +146,18 @@ _ROLLUP_SQL = """
     ) AS window_records
     GROUP BY GROUPING SETS ((action), (action, day), (action, model), (action, style), (action, reason))
 """
+# The networks most sign-ups came from: the window's sign-up records through the
+# (action, created_at) index; sign-ups are few next to generations.
+_SIGNUP_NETWORKS_SQL = sa.text(
+    """
+    SELECT (metadata ->> :key) COLLATE "C" AS network, count(*) AS n
+    FROM analytics.usage_records
+    WHERE action = :action AND created_at >= :since AND created_at <= :until AND metadata ? :key
+    GROUP BY 1
+    ORDER BY n DESC, network
+    LIMIT :top
+    """
+)
 _REBUILD_SQL = """
     INSERT INTO analytics.usage_daily (day, action, model, style, reason, records, tokens)
     SELECT (created_at AT TIME ZONE 'UTC')::date, action, coalesce(model, ''), coalesce(style, ''),
@@ -303,6 +315,19 @@ class UsageStore:
             rows = (await session.execute(sa.text(sql), params)).all()
         return [grouped for row in rows if (grouped := grouped_count(row)) is not None]
 
+    async def signup_networks(self, window: Window, top: int) -> list[tuple[str, int]]:
+        """The ``top`` networks with the most sign-ups in the window, most first."""
+        params = {
+            "key": usage_log.SIGNUP_NETWORK,
+            "action": usage_log.SIGNUP,
+            "since": window.since,
+            "until": window.until,
+            "top": top,
+        }
+        async with self._db.transaction() as session:
+            rows = (await session.execute(_SIGNUP_NETWORKS_SQL, params)).all()
+        return [(str(row.network), int(row.n)) for row in rows]
+
     async def explain(self, sql: str, params: dict[str, object]) -> str:
         """The plan of a query (tests and the benchmark check that it stays an index/partition scan)."""
         async with self._db.transaction() as session:
@@ -342,3 +367,4 @@ def grouped_count(row: sa.Row) -> GroupedCount | None:  # type: ignore[type-arg]
 METRICS_SQL = _METRICS_SQL.text
 GROUPED_SQL = _GROUPED_SQL
 SYSTEM_SQL = _ROLLUP_SQL
+SIGNUP_NETWORKS_SQL = _SIGNUP_NETWORKS_SQL.text

@@ -84,6 +84,8 @@ _PERSONAL_KEYS = frozenset(
     }
 )
 REDACTED = "[redacted]"
+# The metadata key of a sign-up's network, counted by the system analytics.
+SIGNUP_NETWORK = "signupNetwork"
 MAX_SESSION_ID_LENGTH = 128
 
 
@@ -139,6 +141,8 @@ class EventAction:
 
 def _signup(data: users_events.UserCreated, entry: UsageEntry) -> None:
     entry.metadata = {"plan": data.plan, "signupMethod": data.signup_method}
+    if data.signup_network:  # a truncated network, not an address (users/origins.py)
+        entry.metadata[SIGNUP_NETWORK] = data.signup_network
 
 
 def _login(data: users_events.UserLoggedIn, entry: UsageEntry) -> None:

@@ -20,9 +20,12 @@ USER_PLAN_CHANGED = "user.plan_changed"
 
 
 async def user_created(
-    outbox: Outbox, session: AsyncConnection, user_id: uuid.UUID, plan: str, method: str
+    outbox: Outbox, session: AsyncConnection, user_id: uuid.UUID, plan: str, method: str, network: str
 ) -> None:
-    data = events_pb2.UserCreated(user_id=str(user_id), plan=plan, signup_method=method)
+    """``network``: the sign-up's address truncated (origins.analytics_network), never the address."""
+    data = events_pb2.UserCreated(
+        user_id=str(user_id), plan=plan, signup_method=method, signup_network=network
+    )
     await outbox.add(session, USER_CREATED, data, user_id=str(user_id))
 
 

@@ -36,7 +36,13 @@ def every_action(user_id: str) -> dict[str, tuple[str, Event]]:
     return {
         "signup": (
             "events.users",
-            envelope("user.created", users.UserCreated(user_id=u, plan="free", signup_method="password"), u),
+            envelope(
+                "user.created",
+                users.UserCreated(
+                    user_id=u, plan="free", signup_method="password", signup_network="198.51.100.0/24"
+                ),
+                u,
+            ),
         ),
         "login": (
             "events.users",

@@ -18,6 +18,9 @@ NOW = datetime.now(UTC)
 MODELS = ["stable-diffusion-xl", "dall-e-3", "midjourney"]
 STYLES = ["realistic", "studio", "editorial"]
 REASONS = ["PROVIDER_UNAVAILABLE", "PROCESSING_ERROR"]
+# Where sign-ups came from (networks, as the users service publishes them); "" for a sign-up
+# recorded before sign-ups carried one.
+NETWORKS = [f"198.51.{n}.0/24" for n in range(14)] + ["2001:db8:7::/48", "203.0.113.0/24", ""]
 # The windows the tests ask for start there (from now); no record is seeded that close to them.
 _WINDOW_EDGES = [timedelta(hours=36), timedelta(days=7), timedelta(days=14)]
 _MARGIN = timedelta(minutes=10)
@@ -58,7 +61,9 @@ def _seed_entries(rng: random.Random, users: list[str]) -> list[UsageEntry]:
                 )
             )
         elif kind < 0.7:
-            entries.append(_entry(user, "signup", at))
+            network = rng.choice(NETWORKS[:-2] + NETWORKS[-2:] * 4)  # a few networks stand out
+            metadata = {"signupNetwork": network} if network else {}
+            entries.append(_entry(user, "signup", at, metadata=metadata))
         elif kind < 0.8:
             entries.append(_entry(user, "token_purchase", at, tokens=rng.choice([10, 50, 200])))
         elif kind < 0.9:
@@ -125,7 +130,7 @@ async def test_system_analytics_match_an_independent_count(
     response = await analytics.user_stub().GetSystemAnalytics(
         analytics_pb2.GetSystemAnalyticsRequest(window="7d"), metadata=bearer(token)
     )
-    _assert_analytics_match(response, seeded, NOW - timedelta(days=7))
+    _assert_analytics_match(response, seeded, NOW - timedelta(days=7), system=True)
 
 
 @pytest.mark.parametrize("window", ["7d", "36h", "14d"])
@@ -153,11 +158,15 @@ async def test_system_analytics_over_other_windows_match_an_independent_count(
     )
     amount, unit = int(window[:-1]), window[-1]
     length = timedelta(hours=amount) if unit == "h" else timedelta(days=amount)
-    _assert_analytics_match(response, seeded, NOW - length)
+    _assert_analytics_match(response, seeded, NOW - length, system=True)
 
 
 def _assert_analytics_match(
-    response: analytics_pb2.GetSystemAnalyticsResponse, entries: list[UsageEntry], since: datetime
+    response: analytics_pb2.GetSystemAnalyticsResponse,
+    entries: list[UsageEntry],
+    since: datetime,
+    *,
+    system: bool = False,
 ) -> None:
     window = [e for e in entries if e.created_at >= since]
     days = [
@@ -199,6 +208,12 @@ def _assert_analytics_match(
     assert [(s.style, s.count) for s in response.popular_styles] == sorted(
         styles.items(), key=lambda item: (-item[1], item[0])
     )
+    # The networks most sign-ups came from, the top ten (analytics_top_n): for admins only.
+    networks = Counter(
+        e.metadata["signupNetwork"] for e in window if e.action == "signup" and "signupNetwork" in e.metadata
+    )
+    expected_networks = sorted(networks.items(), key=lambda item: (-item[1], item[0]))[:10] if system else []
+    assert [(n.network, n.count) for n in response.top_signup_networks] == expected_networks
 
 
 async def test_system_analytics_of_an_empty_window_have_zero_days(
@@ -212,6 +227,7 @@ async def test_system_analytics_of_an_empty_window_have_zero_days(
     assert all(p.started == p.completed == p.failed == 0 for p in response.generation_trends)
     assert response.token_usage == analytics_pb2.GetSystemAnalyticsResponse().token_usage
     assert not response.error_rates and not response.popular_models and not response.popular_styles
+    assert not response.top_signup_networks
 
 
 async def test_the_dashboard_summary_counts_a_users_whole_history(

@@ -103,6 +103,24 @@ async def test_system_analytics_read_whole_days_from_the_rollup_and_only_the_edg
     assert "usage_daily" in plan, plan
 
 
+async def test_sign_ups_per_network_read_only_the_windows_sign_ups_through_the_index(
+    million: Analytics,
+) -> None:
+    now = datetime.now(UTC)
+    plan = await million.store.explain(
+        store.SIGNUP_NETWORKS_SQL,
+        {
+            "key": "signupNetwork",
+            "action": "signup",
+            "since": now - timedelta(days=7),
+            "until": now,
+            "top": 10,
+        },
+    )
+    assert "Seq Scan" not in plan and "Index" in plan, plan
+    assert _scanned_partitions(plan) <= _window_months(7), plan
+
+
 async def test_the_rollup_answers_what_the_records_answer(million: Analytics) -> None:
     """Over the million records, the rollup-based analytics equal a direct count of the records."""
     now = datetime.now(UTC)

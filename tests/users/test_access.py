@@ -209,5 +209,8 @@ async def test_sign_up_and_sign_in_publish_their_events_without_personal_data(
     data = events_pb2.UserCreated()
     created.data.Unpack(data)
     assert (data.user_id, data.plan, data.signup_method) == (user_id, "free", "password")
+    # Where it came from, as a network that names no one (the call came from 127.0.0.1).
+    assert data.signup_network == "127.0.0.0/24"
+    assert b"127.0.0.1" not in created.SerializeToString()
     for event in (created, logged_in, logged_out):
         assert email.lower().encode() not in event.SerializeToString()
