@@ -53,4 +53,12 @@ async def test_sign_up_read_me_refresh_and_log_out_over_rest(rest: httpx.AsyncCl
     assert jwks.status_code == 200 and jwks.json()["keys"][0]["kty"] == "EC"
     bad = await rest.post("/v1/auth/signup", json={"email": "x", "password": PASSWORD, "name": "Rest"})
     assert bad.status_code == 400 and bad.json()["error"]["reason"] == "VALIDATION_ERROR"
+    common = await rest.post(
+        "/v1/auth/signup", json={"email": new_email(), "password": "Password123", "name": "Rest"}
+    )
+    assert common.status_code == 400, common.text
+    assert (common.json()["error"]["reason"], common.json()["error"]["details"]["field"]) == (
+        "VALIDATION_ERROR",
+        "password",
+    )
     assert (await rest.get("/v1/users/me")).status_code == 401
