@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
-from tests.users.conftest import new_email, reason_of, signup
+from tests.users.conftest import full_width, new_email, reason_of, signup
 from tests.users.oauth_provider import LocalOAuthProvider, Person
 
 
@@ -66,7 +66,9 @@ async def test_a_verified_provider_email_links_to_the_existing_account(
 ) -> None:
     email = new_email()
     existing = await signup(auth, email)
-    code, state = await _consent(auth, oauth_provider, provider, _person(provider, email.upper()))
+    # The provider's form of the address differs in case and width (NFKC folds both).
+    typed = full_width(email.upper())
+    code, state = await _consent(auth, oauth_provider, provider, _person(provider, typed))
     signed_in = await auth.CompleteOAuthSignIn(
         auth_pb2.CompleteOAuthSignInRequest(provider=provider, code=code, state=state)
     )
