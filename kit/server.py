@@ -32,13 +32,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from kit import migrations, telemetry
 from kit.auth import ServiceCredentials, UserTokenVerifier
 from kit.clients import CHANNEL_OPTIONS, ServiceClients
+from kit.credential_state import CredentialStateStore
 from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
 from kit.interceptors import Authenticator, KitServerInterceptor, access_levels
 from kit.logs import setup_logging
 from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
-from kit.tokens import users_service_verifier
+from kit.tokens import users_service_states, users_service_verifier
 
 log = logging.getLogger("stylestudio.server")
 
@@ -91,7 +92,8 @@ class ServiceDefinition:
     consumers: Callable[[Runtime], Sequence[EventConsumer]] = lambda runtime: ()
     background: Callable[[Runtime], Sequence[Coroutine[Any, Any, None]]] = lambda runtime: ()
     # How user bearer tokens are verified in this process: by default with the users service's
-    # JWKS and API-key lookup (kit.tokens); the users service plugs in its own key store.
+    # JWKS and API-key lookup (kit.tokens), brought up to date with the user's credential state
+    # (kit.credential_state); the users service plugs in its own key store and database.
     user_verifier: Callable[[Runtime], UserTokenVerifier | None] = field(
         default=lambda r: default_user_verifier(r)
     )
@@ -99,7 +101,14 @@ class ServiceDefinition:
 
 
 def default_user_verifier(runtime: Runtime) -> UserTokenVerifier:
-    return users_service_verifier(lambda: runtime.clients.channel("users"))
+    def channel() -> grpc.aio.Channel:
+        return runtime.clients.channel("users")
+
+    s = runtime.settings
+    store = CredentialStateStore(runtime.redis, s.redis_prefix)
+    return users_service_verifier(
+        channel, users_service_states(channel, store, s.credential_state_cache_seconds)
+    )
 
 
 def database_url(settings: ServiceSettings) -> str:

@@ -110,6 +110,9 @@ class PlatformSettings(BaseSettings):
     # Signs the credentials services present to each other; a user can never obtain it.
     service_secret: SecretStr = SecretStr(DEVELOPMENT_SERVICE_SECRET)
     service_token_ttl_seconds: int = 300
+    # How long a process keeps a user's credential state (role, plan, ended sessions) before
+    # reading it again: changes are honoured for calls that start this long after (kit/credential_state.py).
+    credential_state_cache_seconds: float = Field(default=0.5, ge=0.0, le=1.0)
 
     # Transport security of every gRPC port and channel (kit/tls.py; docs/kit.md, "Transport
     # security"). Off: plaintext, as on loopback. On: each process serves and presents its own

@@ -7,12 +7,18 @@ names a key id it has not seen (rotation without downtime; rate-limited so a
 stream of bogus kids cannot hammer the users service) or when they are older than
 five minutes (a key no longer published stops being trusted). API keys ("sk_...") are
 resolved by the users service (AuthService.AuthenticateApiKey), cached briefly.
+
+What a credential says is then brought up to date (kit/credential_state.py): the Caller
+carries the user's current role and plan, tokens of ended sessions and of accounts that
+no longer exist are refused, and a cached API-key answer is asked again as soon as its
+owner's credentials changed (a deleted key, a new plan).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import time
 import uuid
@@ -26,7 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kit.auth import Caller, CallerKind
-from kit.errors import DomainError, Unauthenticated, from_rpc_error
+from kit.credential_state import CredentialState, CredentialStates, CredentialStateStore
+from kit.errors import DomainError, ProviderUnavailable, Unauthenticated, from_rpc_error
 
 ACCESS_TOKEN_ISSUER = "stylestudio-users"
 ACCESS_TOKEN_AUDIENCE = "stylestudio"
@@ -189,45 +196,101 @@ class AccessTokenVerifier:
         return self._keys[kid]
 
 
-ApiKeyResolver = Callable[[str], Awaitable[Caller]]
+ApiKeyResolver = Callable[[str], Awaitable[tuple[Caller, int]]]
+"""A key's Caller (owner, current plan and role, key id) and the owner's credentials version."""
 
 
 class ApiKeyVerifier:
-    """Resolves "sk_..." keys through the users service, caching answers for a few seconds."""
+    """Resolves "sk_..." keys through the users service, caching answers for a few seconds.
+
+    A cached answer stands only while its owner's credential state is no newer than it:
+    deleting a key or changing the owner's plan or role bumps that version, so the next
+    call asks the users service again (within ``credential_state_cache_seconds``).
+    """
 
     def __init__(
         self, resolve: ApiKeyResolver, cache_seconds: float = 10.0, max_entries: int = 10**4
     ) -> None:
         self._resolve = resolve
-        self._cache: dict[str, tuple[Caller, float]] = {}
+        self._cache: dict[str, tuple[Caller, int, float]] = {}
         self._ttl = cache_seconds
         self._max = max_entries
 
-    async def verify(self, secret: str) -> Caller:
-        now = time.monotonic()
+    async def verify(self, secret: str, states: CredentialStates) -> Caller:
         cached = self._cache.get(secret)
-        if cached and cached[1] > now:
-            return cached[0]
-        caller = await self._resolve(secret)
-        if len(self._cache) >= self._max:
-            self._cache.clear()
-        self._cache[secret] = (caller, now + self._ttl)
+        if cached and cached[2] > time.monotonic():
+            caller, version, _ = cached
+            state = await states.current(caller.subject)
+            if state.version <= version:
+                return caller
+        caller, version = await self._resolve(secret)
+        if self._ttl > 0:
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[secret] = (caller, version, time.monotonic() + self._ttl)
         return caller
 
 
 BearerVerifier = Callable[[str], Awaitable[Caller]]
 
 
-def bearer_verifier(access_tokens: AccessTokenVerifier, api_keys: ApiKeyVerifier) -> BearerVerifier:
+def bearer_verifier(
+    access_tokens: AccessTokenVerifier, api_keys: ApiKeyVerifier, states: CredentialStates
+) -> BearerVerifier:
     async def verify(token: str) -> Caller:
         if token.startswith(API_KEY_PREFIX):
-            return await api_keys.verify(token)
-        return await access_tokens.verify(token)
+            return await api_keys.verify(token, states)
+        claimed = await access_tokens.verify(token)
+        return current_caller_for(claimed, await states.current(claimed.subject))
 
     return verify
 
 
-def users_service_verifier(channel_for_users: Callable[[], grpc.aio.Channel]) -> BearerVerifier:
+def current_caller_for(claimed: Caller, state: CredentialState) -> Caller:
+    """The Caller a verified access token stands for now: refused if its session or account
+    ended, with the user's current role and plan instead of those signed into the token."""
+    if not state.exists:
+        raise Unauthenticated("This account no longer exists")
+    if claimed.session_id and claimed.session_id in state.ended_sessions:
+        raise Unauthenticated("This session has ended; sign in again")
+    if claimed.role == state.role and claimed.plan == state.plan:
+        return claimed
+    return dataclasses.replace(claimed, role=state.role, plan=state.plan)
+
+
+def users_service_states(
+    channel_for_users: Callable[[], grpc.aio.Channel], store: CredentialStateStore, cache_seconds: float
+) -> CredentialStates:
+    """Credential states read from Redis; on a miss (or Redis down) asked of the users service."""
+    from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
+
+    async def ask_users_service(user_id: str) -> CredentialState:
+        stub = auth_pb2_grpc.AuthServiceStub(channel_for_users())
+        try:
+            found = await stub.GetCredentialState(auth_pb2.GetCredentialStateRequest(user_id=user_id))
+        except grpc.aio.AioRpcError as error:
+            # Neither Redis nor the users service can tell whether this credential was revoked.
+            raise ProviderUnavailable(
+                "Cannot check your credentials right now; try again shortly", retry_after_seconds=1
+            ) from error
+        return credential_state_from_message(found)
+
+    return CredentialStates(store, ask_users_service, cache_seconds)
+
+
+def credential_state_from_message(message: Any) -> CredentialState:
+    return CredentialState(
+        version=message.version,
+        role=message.role,
+        plan=message.plan,
+        ended_sessions=frozenset(message.ended_session_ids),
+        exists=message.exists,
+    )
+
+
+def users_service_verifier(
+    channel_for_users: Callable[[], grpc.aio.Channel], states: CredentialStates
+) -> BearerVerifier:
     """The verifier of every service but users: JWKS and API keys come from the users service."""
     from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
 
@@ -241,7 +304,7 @@ def users_service_verifier(channel_for_users: Callable[[], grpc.aio.Channel]) ->
             for k in response.keys
         ]
 
-    async def resolve_api_key(secret: str) -> Caller:
+    async def resolve_api_key(secret: str) -> tuple[Caller, int]:
         try:
             found = await stub().AuthenticateApiKey(auth_pb2.AuthenticateApiKeyRequest(secret=secret))
         except grpc.aio.AioRpcError as error:
@@ -249,15 +312,16 @@ def users_service_verifier(channel_for_users: Callable[[], grpc.aio.Channel]) ->
             if isinstance(domain_error, Unauthenticated) or error.code() == grpc.StatusCode.PERMISSION_DENIED:
                 raise domain_error from error
             raise Unauthenticated("Cannot verify API key right now") from error
-        return Caller(
+        caller = Caller(
             kind=CallerKind.USER,
             subject=found.user_id,
             plan=found.plan,
             role=found.role,
             api_key_id=found.key_id,
         )
+        return caller, found.credentials_version
 
-    return bearer_verifier(AccessTokenVerifier(fetch_jwks), ApiKeyVerifier(resolve_api_key))
+    return bearer_verifier(AccessTokenVerifier(fetch_jwks), ApiKeyVerifier(resolve_api_key), states)
 
 
 def _b64(raw: bytes) -> str:

@@ -12,16 +12,24 @@ import argparse
 import asyncio
 import sys
 
+from redis.asyncio import Redis
+
 from kit.db import Database
 from kit.errors import DomainError
 from kit.server import database_url
 from services.users import keys
+from services.users.credentials import Credentials
 from services.users.profiles import promote_by_email
 from services.users.settings import UsersSettings
 
 
-async def _promote(db: Database, email: str) -> str:
-    user = await promote_by_email(db, email)
+async def _promote(db: Database, settings: UsersSettings, email: str) -> str:
+    # The credential state in Redis changes with the role: the user's current tokens are admin's.
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        user = await promote_by_email(db, Credentials(db, redis, settings), email)
+    finally:
+        await redis.aclose()
     return f"user {user.id} is now an admin"
 
 
@@ -41,7 +49,9 @@ async def main(argv: list[str] | None = None) -> int:
     settings = UsersSettings()
     db = Database(database_url(settings), "users", pool_size=1, max_overflow=0)
     try:
-        message = await (_promote(db, args.email) if args.command == "promote" else _rotate(db, settings))
+        message = await (
+            _promote(db, settings, args.email) if args.command == "promote" else _rotate(db, settings)
+        )
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ from kit.origin import client_origin
 from kit.server import Runtime
 from services.users import store
 from services.users.apikeys import ApiKeys
+from services.users.credentials import Credentials
 from services.users.keys import KeyStore
 from services.users.profiles import Profiles, parse_user_id
 from services.users.settings import UsersSettings
@@ -50,10 +51,13 @@ def client_info(context: grpc.aio.ServicerContext) -> ClientInfo:
 class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     """AuthService: sign-up, sign-in, tokens, the JWKS and API-key resolution."""
 
-    def __init__(self, auth: Authentication, keys: KeyStore, api_keys: ApiKeys) -> None:
+    def __init__(
+        self, auth: Authentication, keys: KeyStore, api_keys: ApiKeys, credentials: Credentials
+    ) -> None:
         self.auth = auth
         self.keys = keys
         self.api_keys = api_keys
+        self.credentials = credentials
 
     @staticmethod
     def _pair(signed_in: SignedIn, response_type: type) -> object:
@@ -114,8 +118,26 @@ class AuthApi(auth_pb2_grpc.AuthServiceServicer):
     async def AuthenticateApiKey(
         self, request: auth_pb2.AuthenticateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.AuthenticateApiKeyResponse:
-        user_id, plan, role, key_id = await self.api_keys.authenticate(request.secret)
-        return auth_pb2.AuthenticateApiKeyResponse(user_id=user_id, plan=plan, role=role, key_id=key_id)
+        caller, version = await self.api_keys.authenticate(request.secret)
+        return auth_pb2.AuthenticateApiKeyResponse(
+            user_id=caller.subject,
+            plan=caller.plan,
+            role=caller.role,
+            key_id=caller.api_key_id,
+            credentials_version=version,
+        )
+
+    async def GetCredentialState(
+        self, request: auth_pb2.GetCredentialStateRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.CredentialState:
+        state = await self.credentials.rebuild(request.user_id)
+        return auth_pb2.CredentialState(
+            version=state.version,
+            role=state.role,
+            plan=state.plan,
+            ended_session_ids=sorted(state.ended_sessions),
+            exists=state.exists,
+        )
 
 
 class UsersApi(users_pb2_grpc.UsersServiceServicer):

@@ -2,7 +2,8 @@
 
 The secret is 256 random bits, shown once; only its SHA-256 is stored (a fast hash is
 enough for a secret that cannot be guessed, and lets every request be resolved by one
-indexed lookup). Revoked keys stop working at once.
+indexed lookup). A deleted key stops working here at once, and in every other service
+within a second (the deletion bumps the owner's credential state; services/users/credentials.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kit.db import Database
 from kit.errors import NotFound, Unauthenticated, ValidationError
 from kit.tokens import API_KEY_PREFIX
 from services.users import accounts, store
+from services.users.credentials import Credentials
 
 SECRET_PREFIX = f"{API_KEY_PREFIX}live_"
 # What ListApiKeys shows of a secret: "sk_live_" and four characters of it.
@@ -38,8 +40,9 @@ def hash_secret(secret: str) -> bytes:
 
 
 class ApiKeys:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, credentials: Credentials) -> None:
         self._db = db
+        self._credentials = credentials
 
     async def create(self, user_id: uuid.UUID, plan: str, name: str, idempotency_key: str) -> CreatedKey:
         accounts.require_feature(plan, accounts.Feature.API_ACCESS)
@@ -85,21 +88,27 @@ class ApiKeys:
         async with self._db.transaction() as session:
             if not await store.revoke_api_key(session, user_id, parsed):
                 raise NotFound("API key not found")
+            state = await self._credentials.changed(session, user_id)
+        await self._credentials.publish(user_id, state)
 
-    async def authenticate(self, secret: str) -> tuple[str, str, str, str]:
-        """``(user_id, plan, role, key_id)`` of a live key whose owner's plan includes API access."""
+    async def authenticate(self, secret: str) -> tuple[Caller, int]:
+        """The Caller of a live key whose owner's plan includes API access, and the owner's
+        credentials version (kit.tokens.ApiKeyVerifier keeps the answer until it changes)."""
         if not secret.startswith(API_KEY_PREFIX):
             raise Unauthenticated("Invalid API key")
-        async with self._db.autocommit() as session:
+        async with self._db.transaction() as session:
             owner = await store.api_key_owner(session, hash_secret(secret))
         if owner is None:
             raise Unauthenticated("Invalid or revoked API key")
         accounts.require_feature(owner.plan, accounts.Feature.API_ACCESS)
-        return str(owner.id), owner.plan, owner.role, str(owner.key_id)
-
-    async def caller_for(self, secret: str) -> Caller:
-        user_id, plan, role, key_id = await self.authenticate(secret)
-        return Caller(kind=CallerKind.USER, subject=user_id, plan=plan, role=role, api_key_id=key_id)
+        caller = Caller(
+            kind=CallerKind.USER,
+            subject=str(owner.id),
+            plan=owner.plan,
+            role=owner.role,
+            api_key_id=str(owner.key_id),
+        )
+        return caller, int(owner.credentials_version)
 
 
 def _encode_page_token(row: store.Row) -> str:

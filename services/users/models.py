@@ -29,6 +29,9 @@ users = sa.Table(
     sa.Column("password_hash", sa.Text),
     _created_at(),
     sa.Column("last_login_at", sa.DateTime(timezone=True)),
+    # Bumped with every change of role, plan, sessions or API keys: orders the copies of the
+    # user's credential state in Redis (services/users/credentials.py).
+    sa.Column("credentials_version", sa.BigInteger, nullable=False, server_default="0"),
     sa.CheckConstraint("plan IN ('free', 'basic', 'pro', 'enterprise')", name="plan"),
     sa.CheckConstraint("role IN ('user', 'admin')", name="role"),
 )

@@ -8,6 +8,7 @@ from kit.db import Database
 from kit.errors import NotFound
 from kit.events import Outbox
 from services.users import accounts, events, store
+from services.users.credentials import Credentials
 
 
 def parse_user_id(raw: str, field: str = "userId") -> uuid.UUID:
@@ -18,9 +19,10 @@ def parse_user_id(raw: str, field: str = "userId") -> uuid.UUID:
 
 
 class Profiles:
-    def __init__(self, db: Database, outbox: Outbox) -> None:
+    def __init__(self, db: Database, outbox: Outbox, credentials: Credentials) -> None:
         self._db = db
         self._outbox = outbox
+        self._credentials = credentials
 
     async def get(self, user_id: uuid.UUID) -> store.Row:
         async with self._db.autocommit() as session:
@@ -61,14 +63,20 @@ class Profiles:
                 await events.user_plan_changed(
                     self._outbox, session, user_id, before.plan, after.plan, changed_by
                 )
-            return after
+            state = await self._credentials.changed(session, user_id)
+        # Every service honours the new plan and role from here on, tokens signed before included.
+        await self._credentials.publish(user_id, state)
+        return after
 
 
-async def promote_by_email(db: Database, email: str) -> store.Row:
+async def promote_by_email(db: Database, credentials: Credentials, email: str) -> store.Row:
     """Make the account with this email an admin (the command line's first-admin path)."""
     email = accounts.email_for_lookup(email)
     async with db.transaction() as session:
         user = await store.get_user_by_email(session, email)
         if user is None:
             raise NotFound("No account with this email")
-        return await store.update_user(session, user.id, role="admin")
+        promoted = await store.update_user(session, user.id, role="admin")
+        state = await credentials.changed(session, user.id)
+    await credentials.publish(user.id, state)
+    return promoted

@@ -15,6 +15,7 @@ from kit.server import Registration, Runtime, ServiceDefinition
 from kit.tokens import AccessTokenVerifier, ApiKeyVerifier, bearer_verifier
 from services.users import accounts, api, models
 from services.users.apikeys import ApiKeys
+from services.users.credentials import Credentials
 from services.users.keys import KeyStore
 from services.users.oauth import OAuthSignIn
 from services.users.passwords import Passwords
@@ -31,6 +32,7 @@ class UsersParts:
     auth: Authentication
     profiles: Profiles
     api_keys: ApiKeys
+    credentials: Credentials
 
 
 _parts: dict[int, UsersParts] = {}
@@ -41,6 +43,7 @@ def parts(runtime: Runtime) -> UsersParts:
         settings: UsersSettings = runtime.settings  # type: ignore[assignment]
         accounts.common_passwords()  # loaded now rather than by the first sign-up
         keys = KeyStore(runtime.db, settings)
+        credentials = Credentials(runtime.db, runtime.redis, settings)
         auth = Authentication(
             db=runtime.db,
             outbox=runtime.outbox,
@@ -49,10 +52,15 @@ def parts(runtime: Runtime) -> UsersParts:
             throttle=LoginThrottle(runtime.redis, settings),
             signups=SignupLimit(runtime.redis, settings),
             oauth=OAuthSignIn(settings, runtime.redis),
+            credentials=credentials,
             settings=settings,
         )
         _parts[id(runtime)] = UsersParts(
-            keys, auth, Profiles(runtime.db, runtime.outbox), ApiKeys(runtime.db)
+            keys,
+            auth,
+            Profiles(runtime.db, runtime.outbox, credentials),
+            ApiKeys(runtime.db, credentials),
+            credentials,
         )
     return _parts[id(runtime)]
 
@@ -61,7 +69,7 @@ def registrations(runtime: Runtime) -> Sequence[Registration]:
     p = parts(runtime)
     return [
         Registration(
-            api.AuthApi(p.auth, p.keys, p.api_keys),
+            api.AuthApi(p.auth, p.keys, p.api_keys, p.credentials),
             auth_pb2_grpc.add_AuthServiceServicer_to_server,
             auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
         ),
@@ -74,7 +82,8 @@ def registrations(runtime: Runtime) -> Sequence[Registration]:
 
 
 def local_user_verifier(runtime: Runtime) -> UserTokenVerifier:
-    """Access tokens checked against the key store, API keys against the table: no self-call."""
+    """Access tokens checked against the key store, API keys against the table, credential
+    states rebuilt from the database when Redis has none: no self-call."""
     p = parts(runtime)
 
     async def published_keys() -> list[dict[str, str]]:
@@ -86,7 +95,8 @@ def local_user_verifier(runtime: Runtime) -> UserTokenVerifier:
     # API keys are not cached here: a revoked key or a downgraded plan takes effect at once.
     return bearer_verifier(
         AccessTokenVerifier(published_keys, min_refresh_seconds=1.0),
-        ApiKeyVerifier(p.api_keys.caller_for, cache_seconds=0.0),
+        ApiKeyVerifier(p.api_keys.authenticate, cache_seconds=0.0),
+        p.credentials.states,
     )
 
 

@@ -27,6 +27,9 @@ class UsersSettings(ServiceSettings):
     signing_key_refresh_seconds: float = 30.0
     # Allowance for clocks and for replicas still signing with a just-retired key.
     key_retirement_margin_seconds: int = 120
+    # How long Redis keeps a user's credential state after its last change or rebuild (a
+    # missing one is rebuilt from the database on the next call; see kit/credential_state.py).
+    credential_state_ttl_seconds: int = 24 * 3600
 
     # --- passwords (argon2id) ---
     password_min_length: int = 8

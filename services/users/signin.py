@@ -22,6 +22,7 @@ from kit.errors import Conflict, Unauthenticated, ValidationError
 from kit.events import Outbox
 from kit.tokens import sign_access_token
 from services.users import accounts, events, store
+from services.users.credentials import Credentials
 from services.users.keys import KeyStore
 from services.users.oauth import OAuthSignIn, ProviderIdentity
 from services.users.origins import analytics_network
@@ -64,11 +65,13 @@ class Authentication:
         throttle: LoginThrottle,
         signups: SignupLimit,
         oauth: OAuthSignIn,
+        credentials: Credentials,
         settings: UsersSettings,
     ) -> None:
         self._db, self._outbox, self._keys = db, outbox, keys
         self._passwords, self._throttle, self._signups = passwords, throttle, signups
         self._oauth, self._settings = oauth, settings
+        self._credentials = credentials
 
     async def signup(self, email: str, password: str, name: str, client: ClientInfo) -> SignedIn:
         email = accounts.normalize_email(email)
@@ -177,8 +180,10 @@ class Authentication:
             if found is None or found.revoked_at is not None or found.expires_at <= _now():
                 raise Unauthenticated("Refresh token is invalid or expired")
             if found.used_at is not None:
-                # Someone else has (or had) this token: end the session for both of them.
+                # Someone else has (or had) this token: end the session for both of them,
+                # and with it every access token it issued.
                 await store.revoke_session(session, found.session_id, "refresh_reuse")
+                ended = await self._credentials.changed(session, found.user_id)
                 reused = True
             else:
                 await store.mark_refresh_token_used(session, token_hash)
@@ -186,6 +191,8 @@ class Authentication:
                 user = await store.get_user(session, found.user_id)
                 if user is None:
                     raise Unauthenticated("Refresh token is invalid or expired")
+        if reused:
+            await self._credentials.publish(found.user_id, ended)
         if reused or user is None:
             raise Unauthenticated("Refresh token was already used; the session has been ended")
         return await self._signed_in(user, found.session_id, new_token)
@@ -196,8 +203,12 @@ class Authentication:
             raise ValidationError("Refresh token is required", field="refreshToken")
         async with self._db.transaction() as session:
             found = await store.refresh_token_for_update(session, hash_refresh_token(refresh_token))
-            if found is not None and await store.revoke_session(session, found.session_id, "logout"):
-                await events.user_logged_out(self._outbox, session, found.user_id, found.session_id)
+            if found is None or not await store.revoke_session(session, found.session_id, "logout"):
+                return
+            await events.user_logged_out(self._outbox, session, found.user_id, found.session_id)
+            ended = await self._credentials.changed(session, found.user_id)
+        # The session's access tokens are refused from here on, not only its refresh token.
+        await self._credentials.publish(found.user_id, ended)
 
     async def _open_session(
         self, session: AsyncConnection, user: store.Row, method: str, client: ClientInfo

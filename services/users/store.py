@@ -58,6 +58,37 @@ async def count_admins(session: AsyncConnection) -> int:
     )
 
 
+# --- credential state ---
+
+
+async def bump_credentials_version(session: AsyncConnection, user_id: uuid.UUID) -> Row | None:
+    """Role, plan and the new version of a user whose credentials change in this transaction."""
+    query = (
+        sa.update(users)
+        .where(users.c.id == user_id)
+        .values(credentials_version=users.c.credentials_version + 1)
+        .returning(users.c.role, users.c.plan, users.c.credentials_version)
+    )
+    return (await session.execute(query)).first()
+
+
+async def credentials_of(session: AsyncConnection, user_id: uuid.UUID) -> Row | None:
+    query = sa.select(users.c.role, users.c.plan, users.c.credentials_version).where(users.c.id == user_id)
+    return (await session.execute(query)).first()
+
+
+async def sessions_ended_since(
+    session: AsyncConnection, user_id: uuid.UUID, since: dt.timedelta
+) -> list[uuid.UUID]:
+    """Sessions of the user ended less than ``since`` ago (older ones' tokens have expired)."""
+    query = sa.select(sessions.c.id).where(
+        sessions.c.user_id == user_id,
+        sessions.c.revoked_at.is_not(None),
+        sessions.c.revoked_at > sa.func.now() - since,
+    )
+    return list((await session.execute(query)).scalars())
+
+
 # --- provider accounts ---
 
 
@@ -206,7 +237,10 @@ async def revoke_api_key(session: AsyncConnection, user_id: uuid.UUID, key_id: u
 
 
 async def api_key_owner(session: AsyncConnection, secret_hash: bytes) -> Row | None:
-    """The live key with its owner's plan and role; records that it was used."""
+    """The live key with its owner's plan, role and credentials version; records that it was used.
+
+    Run in a transaction: the key's row stays locked until it ends, so a concurrent deletion
+    commits (and bumps the owner's version) after the version read here."""
     query = (
         sa.update(api_keys)
         .where(api_keys.c.secret_hash == secret_hash, api_keys.c.revoked_at.is_(None))
@@ -216,7 +250,11 @@ async def api_key_owner(session: AsyncConnection, secret_hash: bytes) -> Row | N
     key = (await session.execute(query)).first()
     if key is None:
         return None
-    owner = sa.select(users.c.id, users.c.plan, users.c.role, sa.literal(key.id).label("key_id")).where(
-        users.c.id == key.user_id
-    )
+    owner = sa.select(
+        users.c.id,
+        users.c.plan,
+        users.c.role,
+        users.c.credentials_version,
+        sa.literal(key.id).label("key_id"),
+    ).where(users.c.id == key.user_id)
     return (await session.execute(owner)).first()

@@ -18,6 +18,7 @@ from typing import TypeVar
 import grpc
 import httpx
 import psycopg
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
@@ -25,6 +26,7 @@ from sqlalchemy.engine import make_url
 from kit.auth import ServiceCredentials
 from kit.bootstrap import ProvisioningSettings, provision_sync
 from kit.clients import open_channel
+from kit.credential_state import CredentialState, state_key
 from kit.settings import SERVICES
 from kit.tokens import generate_signing_key, sign_access_token, signing_keys_to_json
 from tests.harness.pki import PlatformCertificates
@@ -174,9 +176,19 @@ class Platform:
         """``(user_id, access token)`` for a user, signed with the users service's key.
 
         For tests of a service's own behaviour; tests of sign-up go through the users service.
+        The user exists only in Redis: the harness stores its credential state (role and plan)
+        the way the users service would, so the services' token check accepts it.
         """
         user_id = user_id or str(uuid.uuid4())
+        self.store_credential_state(user_id, CredentialState(version=0, role=role, plan=plan))
         return user_id, sign_access_token(self.signing_key, user_id=user_id, plan=plan, role=role)
+
+    def store_credential_state(self, user_id: str, state: CredentialState) -> None:
+        with redis.Redis.from_url(self.redis_url) as client:
+            client.hset(
+                state_key(self.redis_prefix, user_id), mapping={"v": state.version, "state": state.to_json()}
+            )
+            client.expire(state_key(self.redis_prefix, user_id), 24 * 3600)
 
     @staticmethod
     def bearer(token: str) -> tuple[tuple[str, str]]:
