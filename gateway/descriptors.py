@@ -44,6 +44,8 @@ class ApiMethod:
     server_streaming: bool
     access: int
     bindings: tuple[HttpBinding, ...]
+    # Refuses API keys: only an access token of a signed-in session may call it.
+    session_only: bool = False
 
     @property
     def full_name(self) -> str:
@@ -104,6 +106,7 @@ class ApiDescriptors:
                     server_streaming=method_proto.server_streaming,
                     access=options.Extensions[access_pb2.access],
                     bindings=tuple(_bindings(options.Extensions[annotations_pb2.http])),
+                    session_only=options.Extensions[access_pb2.session_only],
                 )
 
 

@@ -189,6 +189,10 @@ def _operation(route: ApiRoute, schemas: _Schemas) -> dict[str, Any]:
         "parameters": _parameters(route, schemas),
         "responses": {"200": _success_response(route, schemas), "default": _error_response()},
     }
+    if method.session_only:
+        operation["x-session-only"] = True
+        refused = "Needs an access token: API keys are refused (403)."
+        comment = f"{comment}\n\n{refused}" if comment else refused
     if comment:
         operation["description"] = comment
     body = _request_body(route, schemas)

@@ -43,7 +43,12 @@ class Caller:
 
     @property
     def is_admin(self) -> bool:
-        return self.kind is CallerKind.USER and self.role == "admin"
+        # An admin's API key is not an admin credential: a leaked key must not reach admin powers.
+        return self.kind is CallerKind.USER and self.role == "admin" and not self.api_key_id
+
+    @property
+    def is_api_key(self) -> bool:
+        return self.kind is CallerKind.USER and bool(self.api_key_id)
 
     @property
     def is_service(self) -> bool:

@@ -8,6 +8,8 @@ method handler on every call and cost more than the whole rest of this wrapper.
 Each RPC's access level comes from its ``(stylestudio.common.v1.access)`` method
 option in protos/, so the rule lives next to the contract:
 PUBLIC needs nothing, USER a signed-in user, ADMIN an admin, INTERNAL a service.
+An API key is never an admin credential, and a method marked
+``(stylestudio.common.v1.session_only)`` refuses API keys altogether.
 A ``DomainError`` raised by a handler becomes its gRPC status with ErrorInfo; any
 other exception becomes INTERNAL with no detail leaked to the caller.
 """
@@ -90,6 +92,16 @@ def access_levels(services: Iterable[descriptor.ServiceDescriptor]) -> dict[str,
     return levels
 
 
+def session_only_methods(services: Iterable[descriptor.ServiceDescriptor]) -> frozenset[str]:
+    """``/package.Service/Method`` of every method declared ``(stylestudio.common.v1.session_only)``."""
+    return frozenset(
+        f"/{service.full_name}/{method.name}"
+        for service in services
+        for method in service.methods
+        if method.GetOptions().Extensions[access_pb2.session_only]
+    )
+
+
 class Authenticator:
     """Turns the ``authorization`` metadata into a Caller."""
 
@@ -113,7 +125,7 @@ class Authenticator:
         return await self._verify_user(token)
 
 
-def authorize(level: Access, caller: Caller) -> None:
+def authorize(level: Access, caller: Caller, session_only: bool = False) -> None:
     if level == access_pb2.ACCESS_PUBLIC:
         return
     if level == access_pb2.ACCESS_INTERNAL:
@@ -122,16 +134,26 @@ def authorize(level: Access, caller: Caller) -> None:
         return
     if caller is ANONYMOUS:
         raise Unauthenticated("Sign in first: missing credentials")
+    if level == access_pb2.ACCESS_ADMIN and caller.is_api_key:
+        raise Forbidden("API keys cannot be used for admin routes; sign in and use an access token")
     if level == access_pb2.ACCESS_ADMIN and not caller.is_admin:
         raise Forbidden("Admins only")
+    if session_only and caller.is_api_key:
+        raise Forbidden("API keys cannot be used for this; sign in and use an access token")
     if level == access_pb2.ACCESS_USER and caller.is_service:
         raise Forbidden("This method acts for a signed-in user")
 
 
 class KitServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, levels: Mapping[str, Access]) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        levels: Mapping[str, Access],
+        session_only: frozenset[str] = frozenset(),
+    ) -> None:
         self._authenticator = authenticator
         self._levels = levels
+        self._session_only = session_only
         # Wrapped handlers are built once per method: nothing per call but the call itself.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -153,7 +175,7 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         level = self._levels.get(method, access_pb2.ACCESS_INTERNAL)  # undeclared: safest level
-        call = _Call(self._authenticator, method, level)
+        call = _Call(self._authenticator, method, level, method in self._session_only)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 call.wrap_unary(handler.unary_unary),
@@ -182,8 +204,9 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
 class _Call:
     """The per-method wrapper: binds context, checks access, maps errors, logs one line."""
 
-    def __init__(self, authenticator: Authenticator, method: str, level: Access) -> None:
+    def __init__(self, authenticator: Authenticator, method: str, level: Access, session_only: bool) -> None:
         self._authenticator, self._method, self._level = authenticator, method, level
+        self._session_only = session_only
         self._attributes = telemetry.rpc_attributes(method)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -282,7 +305,7 @@ class _Call:
             self._level != access_pb2.ACCESS_PUBLIC or not isinstance(auth_error, DomainError)
         ):
             raise auth_error
-        authorize(self._level, current_caller())
+        authorize(self._level, current_caller(), self._session_only)
 
     def _exit(self, state: _CallState, started: float, code: grpc.StatusCode) -> None:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)

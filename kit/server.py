@@ -35,7 +35,7 @@ from kit.clients import CHANNEL_OPTIONS, ServiceClients
 from kit.credential_state import CredentialStateStore
 from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
-from kit.interceptors import Authenticator, KitServerInterceptor, access_levels
+from kit.interceptors import Authenticator, KitServerInterceptor, access_levels, session_only_methods
 from kit.logs import setup_logging
 from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
@@ -167,8 +167,9 @@ class RunningService:
         registrations = d.register(runtime)
         authenticator = Authenticator(credentials, d.user_verifier(runtime))
         levels = access_levels(r.service for r in registrations)
+        session_only = session_only_methods(r.service for r in registrations)
         server = grpc.aio.server(
-            interceptors=[KitServerInterceptor(authenticator, levels)],
+            interceptors=[KitServerInterceptor(authenticator, levels, session_only)],
             options=CHANNEL_OPTIONS,
         )
         for registration in registrations:
