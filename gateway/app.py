@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.api import Api, ApiRoute, CallKind
 from gateway.channels import Backends
+from gateway.client_address import client_address, parse_networks
 from gateway.dashboard import Dashboard
 from gateway.descriptors import ApiDescriptors
 from gateway.docs import docs_assets
@@ -74,6 +75,7 @@ _READ_HEADERS = frozenset(
         "access-control-request-headers",
     )
 )
+_FORWARDED_FOR = b"x-forwarded-for"  # the HTTP header proxies append to
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +[A-Za-z0-9\-._~+/]+=*")
 _METADATA_VALUE = re.compile(r"[\x20-\x7e]{0,8192}")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -95,6 +97,7 @@ class Gateway:
         health_targets: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        self._trusted_proxies = parse_networks(settings.gateway_trusted_proxies)
         descriptors = descriptors or ApiDescriptors.from_file(settings.descriptor_set)
         self.api = Api(descriptors)
         if targets is None:
@@ -288,17 +291,18 @@ class Gateway:
         await exchange.respond(200, route.mapping.encode_response(response))
 
     def _add_client_origin(self, exchange: Exchange, metadata: list[tuple[str, str]]) -> None:
-        """Who is behind the call, for sessions, lockouts and the usage log (kit.origin).
-
-        The peer's address is always the last hop; a client's own X-Forwarded-For is
-        believed only behind a trusted proxy (STYLESTUDIO_GATEWAY_TRUST_FORWARDED_FOR)."""
+        """Who is behind the call, for sessions, limits and the usage log (kit.origin): exactly
+        one address, the peer's or, behind trusted proxies (STYLESTUDIO_GATEWAY_TRUSTED_PROXIES),
+        the right-most X-Forwarded-For hop that is not one of them (gateway/client_address.py)."""
         client = exchange.scope.get("client")
-        hops = [str(client[0])] if client else []
-        incoming = exchange.headers.get(CLIENT_ADDRESS_HEADER, "")
-        if self.settings.gateway_trust_forwarded_for and incoming and _METADATA_VALUE.fullmatch(incoming):
-            hops.insert(0, incoming.strip())
-        if hops:
-            metadata.append((CLIENT_ADDRESS_HEADER, ", ".join(hops)))
+        forwarded = (
+            [value.decode("latin-1") for name, value in exchange.scope["headers"] if name == _FORWARDED_FOR]
+            if self._trusted_proxies
+            else []
+        )
+        address = client_address(str(client[0]) if client else None, forwarded, self._trusted_proxies)
+        if address is not None:
+            metadata.append((CLIENT_ADDRESS_HEADER, address))
         agent = exchange.headers.get("user-agent", "")
         if agent and _METADATA_VALUE.fullmatch(agent):
             metadata.append((CLIENT_USER_AGENT_HEADER, agent[:512]))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
+from gateway.client_address import parse_networks
 from kit.settings import SERVICES, PlatformSettings
 
 DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "stylestudio" / "descriptor_set.binpb"
@@ -14,7 +15,12 @@ DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "stylestudio" 
 class GatewaySettings(PlatformSettings):
     gateway_addr: str = "127.0.0.1:8080"
     readiness_timeout_seconds: float = 1.0
-    # Behind a load balancer that sets X-Forwarded-For: believe the client address it reports.
+    # The networks of the proxies in front of the gateway (load balancer, ingress), as CIDRs
+    # (JSON list: '["10.0.0.0/8", "192.0.2.7/32"]'). X-Forwarded-For is believed only from
+    # them, and only up to the right-most hop that is not one of them (gateway/client_address.py).
+    # Empty: the client's address is the TCP peer's, whatever the headers say.
+    gateway_trusted_proxies: list[str] = []
+    # Replaced by gateway_trusted_proxies: "trust any peer" let every client choose its address.
     gateway_trust_forwarded_for: bool = False
     # uvicorn worker processes; 1 keeps one process (and one set of channels).
     gateway_workers: int = 1
@@ -55,6 +61,25 @@ class GatewaySettings(PlatformSettings):
                 "STYLESTUDIO_GATEWAY_TLS_CERT_FILE and STYLESTUDIO_GATEWAY_TLS_KEY_FILE go together"
             )
         return self
+
+    @field_validator("gateway_trusted_proxies")
+    @classmethod
+    def _networks(cls, cidrs: list[str]) -> list[str]:
+        try:
+            parse_networks(cidrs)
+        except ValueError as error:
+            raise ValueError(f"STYLESTUDIO_GATEWAY_TRUSTED_PROXIES: {error}") from None
+        return cidrs
+
+    @field_validator("gateway_trust_forwarded_for")
+    @classmethod
+    def _no_blanket_trust(cls, trust: bool) -> bool:
+        if trust:
+            raise ValueError(
+                "STYLESTUDIO_GATEWAY_TRUST_FORWARDED_FOR is no longer supported: list the networks of "
+                "your proxies in STYLESTUDIO_GATEWAY_TRUSTED_PROXIES instead (e.g. '[\"10.0.0.0/8\"]')"
+            )
+        return trust
 
     @property
     def host(self) -> str:

@@ -72,7 +72,10 @@ async def run_gateway(
     telemetry.setup_telemetry("gateway", settings or gateway_settings())
     gateway = Gateway(settings or gateway_settings(), ApiDescriptors.from_file(descriptor_set), targets)
     port = free_port()
-    config = uvicorn.Config(gateway, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    # As gateway/__main__.py: the gateway decides itself whom to believe about client addresses.
+    config = uvicorn.Config(
+        gateway, host="127.0.0.1", port=port, log_config=None, access_log=False, proxy_headers=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

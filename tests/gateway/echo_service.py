@@ -44,6 +44,7 @@ _INTERESTING_METADATA = (
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "x-forwarded-for",
 )
 
 
