@@ -1,0 +1,67 @@
+"""The users service's side of credential states (services/users/credentials.py): a change
+that cannot reach Redis is refused and rolled back, never made without every service knowing;
+GetCredentialState rebuilds from the database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from redis.asyncio import Redis
+
+from kit.db import Database
+from kit.errors import ProviderUnavailable
+from kit.events import Outbox
+from services.users import models, store
+from services.users.credentials import Credentials
+from services.users.profiles import Profiles
+from services.users.settings import UsersSettings
+from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
+from tests.harness import Platform, TestDatabase
+from tests.harness.platform import free_port
+from tests.users.conftest import signup
+
+
+@pytest.fixture
+async def users_db(users_database: TestDatabase) -> AsyncIterator[Database]:
+    db = Database(users_database.service_urls["users"], "users", pool_size=2, max_overflow=0)
+    yield db
+    await db.dispose()
+
+
+async def test_a_change_redis_cannot_hear_of_is_refused_and_rolled_back(users_db: Database) -> None:
+    async with users_db.transaction() as session:
+        user = await store.insert_user(
+            session, email=f"redis.down.{uuid.uuid4().hex[:8]}@example.com", name="R", password_hash=None
+        )
+    assert user is not None
+    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    try:
+        credentials = Credentials(users_db, dead, UsersSettings())
+        profiles = Profiles(users_db, Outbox("users", models.outbox), credentials)
+        with pytest.raises(ProviderUnavailable):
+            await profiles.set_plan_and_role(user.id, plan="pro", role="admin", changed_by="test")
+    finally:
+        await dead.aclose()
+    after = await profiles.get(user.id)
+    assert (after.plan, after.role, after.credentials_version) == ("free", "user", 0)
+
+
+async def test_get_credential_state_reads_the_database(users_platform: Platform, auth: object) -> None:
+    signed_up = await signup(auth)  # type: ignore[arg-type]
+    internal = auth_pb2_grpc.AuthServiceStub(users_platform.channel("users"))
+    state = await internal.GetCredentialState(auth_pb2.GetCredentialStateRequest(user_id=signed_up.user.id))
+    assert (state.exists, state.role, state.plan, list(state.ended_session_ids)) == (True, "user", "free", [])
+    for unknown in (str(uuid.uuid4()), "not-a-uuid"):
+        missing = await internal.GetCredentialState(auth_pb2.GetCredentialStateRequest(user_id=unknown))
+        assert not missing.exists
+    # Internal: a user's own token does not get an answer.
+    as_user = auth_pb2_grpc.AuthServiceStub(users_platform.user_channel("users"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await as_user.GetCredentialState(
+            auth_pb2.GetCredentialStateRequest(user_id=signed_up.user.id),
+            metadata=Platform.bearer(signed_up.access_token),
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
