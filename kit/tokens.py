@@ -20,6 +20,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kit.auth import Caller, CallerKind
 from kit.credential_state import CredentialState, CredentialStates, CredentialStateStore
 from kit.errors import DomainError, ProviderUnavailable, Unauthenticated, from_rpc_error
+
+log = logging.getLogger("stylestudio.tokens")
 
 ACCESS_TOKEN_ISSUER = "stylestudio-users"
 ACCESS_TOKEN_AUDIENCE = "stylestudio"
@@ -270,6 +273,7 @@ def users_service_states(
             found = await stub.GetCredentialState(auth_pb2.GetCredentialStateRequest(user_id=user_id))
         except grpc.aio.AioRpcError as error:
             # Neither Redis nor the users service can tell whether this credential was revoked.
+            log.warning("credential state unavailable", extra={"code": error.code().name})
             raise ProviderUnavailable(
                 "Cannot check your credentials right now; try again shortly", retry_after_seconds=1
             ) from error
