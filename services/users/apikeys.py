@@ -96,7 +96,7 @@ class ApiKeys:
         credentials version (kit.tokens.ApiKeyVerifier keeps the answer until it changes)."""
         if not secret.startswith(API_KEY_PREFIX):
             raise Unauthenticated("Invalid API key")
-        async with self._db.transaction() as session:
+        async with self._db.autocommit() as session:
             owner = await store.api_key_owner(session, hash_secret(secret))
         if owner is None:
             raise Unauthenticated("Invalid or revoked API key")

@@ -239,22 +239,23 @@ async def revoke_api_key(session: AsyncConnection, user_id: uuid.UUID, key_id: u
 async def api_key_owner(session: AsyncConnection, secret_hash: bytes) -> Row | None:
     """The live key with its owner's plan, role and credentials version; records that it was used.
 
-    Run in a transaction: the key's row stays locked until it ends, so a concurrent deletion
-    commits (and bumps the owner's version) after the version read here."""
+    One statement: the key's row is locked while the owner's row is read, so a deletion
+    either committed before (the key is not live) or commits after, bumping the version
+    past the one returned here (kit.tokens.ApiKeyVerifier then asks again)."""
     query = (
         sa.update(api_keys)
-        .where(api_keys.c.secret_hash == secret_hash, api_keys.c.revoked_at.is_(None))
+        .where(
+            api_keys.c.secret_hash == secret_hash,
+            api_keys.c.revoked_at.is_(None),
+            users.c.id == api_keys.c.user_id,
+        )
         .values(last_used_at=sa.func.now())
-        .returning(api_keys.c.id, api_keys.c.user_id)
+        .returning(
+            users.c.id,
+            users.c.plan,
+            users.c.role,
+            users.c.credentials_version,
+            api_keys.c.id.label("key_id"),
+        )
     )
-    key = (await session.execute(query)).first()
-    if key is None:
-        return None
-    owner = sa.select(
-        users.c.id,
-        users.c.plan,
-        users.c.role,
-        users.c.credentials_version,
-        sa.literal(key.id).label("key_id"),
-    ).where(users.c.id == key.user_id)
-    return (await session.execute(owner)).first()
+    return (await session.execute(query)).first()
