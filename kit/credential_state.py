@@ -40,6 +40,9 @@ log = logging.getLogger("stylestudio.credentials")
 
 # A state is only worth caching for a moment: this bounds how stale any process can be.
 DEFAULT_CACHE_SECONDS = 0.5
+# The version of "this account does not exist": newer than any live state, since a user id is
+# never given again, so no copy of a live state can replace it.
+GONE_VERSION = 2**62
 _MAX_CACHED = 100_000
 
 # Replace the stored state only with one at least as new (KEYS[1]; ARGV: version, JSON, ttl).
@@ -88,8 +91,8 @@ class CredentialState:
         )
 
     @classmethod
-    def gone(cls, version: int = 0) -> CredentialState:
-        return cls(version=version, exists=False)
+    def gone(cls) -> CredentialState:
+        return cls(version=GONE_VERSION, exists=False)
 
 
 def state_key(prefix: str, user_id: str) -> str:

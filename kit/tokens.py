@@ -224,7 +224,7 @@ class ApiKeyVerifier:
         if cached and cached[2] > time.monotonic():
             caller, version, _ = cached
             state = await states.current(caller.subject)
-            if state.version <= version:
+            if state.exists and state.version <= version:
                 return caller
         caller, version = await self._resolve(secret)
         if self._ttl > 0:
