@@ -2,6 +2,7 @@
 
     python -m services.users.admin promote --email ada@example.com   # make an account admin
     python -m services.users.admin rotate-keys                       # new signing key, old one retired
+    python -m services.users.admin end-sessions --email ada@example.com   # sign an account out everywhere
 
 They read the same ``STYLESTUDIO_*`` environment as the service (database URL first of all).
 """
@@ -15,12 +16,13 @@ import sys
 from redis.asyncio import Redis
 
 from kit.db import Database
-from kit.errors import DomainError
+from kit.errors import DomainError, NotFound
 from kit.server import database_url
-from services.users import keys
+from services.users import accounts, keys, store
 from services.users.credentials import Credentials
 from services.users.profiles import promote_by_email
 from services.users.settings import UsersSettings
+from services.users.signin import end_all_sessions
 
 
 async def _promote(db: Database, settings: UsersSettings, email: str) -> str:
@@ -31,6 +33,19 @@ async def _promote(db: Database, settings: UsersSettings, email: str) -> str:
     finally:
         await redis.aclose()
     return f"user {user.id} is now an admin"
+
+
+async def _end_sessions(db: Database, settings: UsersSettings, email: str) -> str:
+    async with db.autocommit() as session:
+        user = await store.get_user_by_email(session, accounts.normalize_email(email))
+    if user is None:
+        raise NotFound("No account with this email")
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        ended = await end_all_sessions(db, Credentials(db, redis, settings), user.id, "ended_by_operator")
+    finally:
+        await redis.aclose()
+    return f"user {user.id}: {ended} session(s) ended; their access tokens are refused within a second"
 
 
 async def _rotate(db: Database, settings: UsersSettings) -> str:
@@ -44,14 +59,19 @@ async def main(argv: list[str] | None = None) -> int:
     promote = commands.add_parser("promote", help="give the account with this email the admin role")
     promote.add_argument("--email", required=True)
     commands.add_parser("rotate-keys", help="sign new access tokens with a fresh key")
+    end_sessions = commands.add_parser("end-sessions", help="sign the account with this email out everywhere")
+    end_sessions.add_argument("--email", required=True)
     args = parser.parse_args(argv)
 
     settings = UsersSettings()
     db = Database(database_url(settings), "users", pool_size=1, max_overflow=0)
     try:
-        message = await (
-            _promote(db, settings, args.email) if args.command == "promote" else _rotate(db, settings)
-        )
+        if args.command == "promote":
+            message = await _promote(db, settings, args.email)
+        elif args.command == "end-sessions":
+            message = await _end_sessions(db, settings, args.email)
+        else:
+            message = await _rotate(db, settings)
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 1

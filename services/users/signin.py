@@ -241,5 +241,16 @@ class Authentication:
         return SignedIn(user=user, access_token=access_token, refresh_token=refresh_token, expires_in=ttl)
 
 
+async def end_all_sessions(db: Database, credentials: Credentials, user_id: uuid.UUID, reason: str) -> int:
+    """Sign the account out everywhere: every session, its refresh tokens at once and its access
+    tokens within a second, in every service. The operator's `end-sessions` command today; the
+    planned password change and reset and account deletion end sessions the same way."""
+    async with db.transaction() as session:
+        ended = await store.revoke_sessions_of(session, user_id, reason)
+        state = await credentials.changed(session, user_id)
+    await credentials.publish(user_id, state)
+    return len(ended)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)

@@ -177,6 +177,17 @@ async def revoke_session(session: AsyncConnection, session_id: uuid.UUID, reason
     return (await session.execute(query)).first() is not None
 
 
+async def revoke_sessions_of(session: AsyncConnection, user_id: uuid.UUID, reason: str) -> list[uuid.UUID]:
+    """End every active session of the user; the ids of those that were active until now."""
+    query = (
+        sa.update(sessions)
+        .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
+        .values(revoked_at=sa.func.now(), revoked_reason=reason)
+        .returning(sessions.c.id)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 async def get_session(session: AsyncConnection, session_id: uuid.UUID) -> Row | None:
     return (await session.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
 

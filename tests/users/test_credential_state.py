@@ -4,6 +4,9 @@ GetCredentialState rebuilds from the database."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,10 +21,16 @@ from services.users import models, store
 from services.users.credentials import Credentials
 from services.users.profiles import Profiles
 from services.users.settings import UsersSettings
-from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
+from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 from tests.harness import Platform, TestDatabase
-from tests.harness.platform import free_port
-from tests.users.conftest import signup
+from tests.harness.platform import REPO_ROOT, free_port
+from tests.users.conftest import PASSWORD, new_email, signup
+
+
+def _admin_command(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "services.users.admin", *args]
+    env = platform.env("users")
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -65,3 +74,32 @@ async def test_get_credential_state_reads_the_database(users_platform: Platform,
             metadata=Platform.bearer(signed_up.access_token),
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_ending_every_session_refuses_all_earlier_tokens_of_the_account(
+    users_platform: Platform, auth: auth_pb2_grpc.AuthServiceStub, users: users_pb2_grpc.UsersServiceStub
+) -> None:
+    email = new_email()
+    first = await signup(auth, email)
+    second = await auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD))
+    bystander = await signup(auth)
+    for token in (first.access_token, second.access_token, bystander.access_token):
+        await users.GetMe(users_pb2.GetMeRequest(), metadata=Platform.bearer(token))
+
+    ended = _admin_command(users_platform, "end-sessions", "--email", email)
+    assert ended.returncode == 0, ended.stderr
+    assert "2 session(s) ended" in ended.stdout
+    await asyncio.sleep(1.0)  # the rule: honoured by calls that start a second after
+    for token in (first.access_token, second.access_token):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await users.GetMe(users_pb2.GetMeRequest(), metadata=Platform.bearer(token))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await auth.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=second.refresh_token))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Another account is untouched, and the account itself can sign in again.
+    await users.GetMe(users_pb2.GetMeRequest(), metadata=Platform.bearer(bystander.access_token))
+    again = await auth.Login(auth_pb2.LoginRequest(email=email, password=PASSWORD))
+    await users.GetMe(users_pb2.GetMeRequest(), metadata=Platform.bearer(again.access_token))
+    unknown = _admin_command(users_platform, "end-sessions", "--email", new_email())
+    assert unknown.returncode == 1 and "No account" in unknown.stderr
