@@ -40,7 +40,13 @@ from gateway.metrics import UNMATCHED, GatewayMetrics
 from gateway.openapi import build_openapi
 from gateway.readiness import Readiness
 from gateway.settings import GatewaySettings
-from gateway.streaming import StreamBroken, send_upload, serve_download, serve_event_stream
+from gateway.streaming import (
+    DOWNLOAD_HEADERS,
+    StreamBroken,
+    send_upload,
+    serve_download,
+    serve_event_stream,
+)
 from kit import telemetry
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER
@@ -255,9 +261,8 @@ class Gateway:
             if kind is CallKind.UNARY:
                 await exchange.respond(200, route.mapping.encode_response(response))
             else:
-                await exchange.respond(
-                    200, response.data, (response.content_type or "application/octet-stream").encode()
-                )
+                content_type = (response.content_type or "application/octet-stream").encode()
+                await exchange.respond(200, response.data, content_type, DOWNLOAD_HEADERS)
             return
         call = route.call(payload, metadata=metadata, timeout=settings.stream_deadline_seconds)
         if kind is CallKind.DOWNLOAD:

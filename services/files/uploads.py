@@ -27,8 +27,7 @@ from kit.db import Database
 from kit.errors import FailedPrecondition, FileTooLarge, QuotaExceeded, ValidationError
 from kit.events import Outbox
 from services.files import events, store
-from services.files.images import ImageFacts, inspect_image
-from services.files.location import strip_location
+from services.files.images import ImageFacts, prepare_image
 from services.files.models import ACTIVE
 from services.files.settings import FilesSettings
 from services.files.storage import FileStorage, StoredObject
@@ -76,8 +75,7 @@ class Uploads:
     def _prepare_sync(self, content: bytes) -> PreparedImage:
         if not content:
             raise ValidationError("The file is empty", field="file")
-        facts = inspect_image(content, self.settings.max_image_pixels)
-        stored = strip_location(content, facts.format)
+        facts, stored = prepare_image(content, self.settings.max_image_pixels)
         return PreparedImage(stored, facts, hashlib.sha256(stored).hexdigest())
 
     # Uploads by users ----------------------------------------------------------------------------
