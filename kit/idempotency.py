@@ -24,10 +24,9 @@ class IdempotencyKeyReused(Conflict):
     """The Idempotency-Key was first used with a different request."""
 
     def __init__(self, key: str) -> None:
-        super().__init__(
-            "This Idempotency-Key was used with a different request",
-            details={"idempotency_key": key[:64]},
-        )
+        # The key itself is not echoed: the client has it, and a derived key is not the client's.
+        super().__init__("This Idempotency-Key was used with a different request")
+        self.key = key
 
 
 def request_fingerprint(request: Message, *parts: bytes | str) -> str:

@@ -118,9 +118,39 @@ async def test_a_stream_without_metadata_first_is_refused(new_user):
 async def test_the_same_idempotency_key_returns_the_first_file(new_user, files_database: FilesDatabase):
     user = new_user()
     first = await user.upload(image_bytes("PNG"), idempotency_key="upload-1")
-    again = await user.upload(image_bytes("JPEG"), idempotency_key="upload-1")
+    again = await user.upload(image_bytes("PNG"), idempotency_key="upload-1")
     assert again.id == first.id and again.format == "png"
     assert files_database.file_rows(user.user_id) == 1
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"content": image_bytes("JPEG")},
+        {"content": image_bytes("PNG"), "filename": "other.png"},
+        {"content": image_bytes("PNG"), "category": "avatar"},
+    ],
+    ids=["other-bytes", "other-name", "other-category"],
+)
+async def test_the_same_idempotency_key_with_another_upload_is_a_conflict(
+    new_user, files_database: FilesDatabase, other: dict[str, object]
+):
+    user = new_user()
+    await user.upload(image_bytes("PNG"), idempotency_key="upload-2")
+    fields = {name: str(value) for name, value in other.items() if name != "content"}
+    content = other["content"]
+    assert isinstance(content, bytes)
+    error = await domain_error_of(user.upload(content, idempotency_key="upload-2", **fields))
+    assert (error.reason, error.code) == (Reason.CONFLICT, grpc.StatusCode.ALREADY_EXISTS)
+    assert files_database.file_rows(user.user_id) == 1
+
+
+async def test_a_key_whose_file_was_deleted_is_a_conflict_not_a_second_file(new_user):
+    user = new_user()
+    first = await user.upload(image_bytes("PNG"), idempotency_key="upload-3")
+    await user.stub.DeleteFile(files_pb2.DeleteFileRequest(id=first.id), metadata=user.metadata)
+    error = await domain_error_of(user.upload(image_bytes("PNG"), idempotency_key="upload-3"))
+    assert error.reason == Reason.CONFLICT
 
 
 async def test_uploads_need_a_signed_in_user(user_files_channel):
