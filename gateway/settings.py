@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 
 from kit.settings import SERVICES, PlatformSettings
 
@@ -42,6 +43,14 @@ class GatewaySettings(PlatformSettings):
     # Origins allowed to call the API from a browser; ["*"] allows any. Empty: no CORS headers.
     cors_allow_origins: list[str] = []
     cors_max_age_seconds: int = 600
+
+    # Who may read /metrics (request counts by route are business figures): a bearer token
+    # (`Authorization: Bearer <token>`) and/or client networks (CIDRs, matched against the TCP
+    # peer; a request that came through a proxy, with X-Forwarded-For or Forwarded, is then
+    # refused, since its peer is the proxy). Both set: both must match. Neither set: open in
+    # development, 403 in production.
+    metrics_bearer_token: SecretStr = SecretStr("")
+    metrics_allow_networks: list[IPv4Network | IPv6Network] = []
 
     # Retry-After for a RATE_LIMITED error whose status carries no RetryInfo.
     default_retry_after_seconds: int = 60
