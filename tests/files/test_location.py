@@ -44,7 +44,7 @@ def gps_exif(make: str = "TestCam") -> Image.Exif:
     return exif
 
 
-def encoded(fmt: str, image: Image.Image | None = None, **options: object) -> bytes:
+def encoded(fmt: str, image: Image.Image | None = None, /, **options: object) -> bytes:
     out = io.BytesIO()
     (image or picture()).save(out, fmt, **options)
     return out.getvalue()
