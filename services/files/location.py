@@ -29,6 +29,8 @@ from typing import Any
 
 from PIL import ExifTags, Image
 
+from kit.errors import ValidationError
+
 # EXIF tags dropped with the GPS IFD: each can carry a whole other metadata block.
 DROPPED_EXIF_TAGS = (
     ExifTags.IFD.GPSInfo,
@@ -65,7 +67,10 @@ def strip_location(image: Image.Image, fmt: str, content: bytes) -> bytes:
         options.update(lossless=lossless, quality=100 if lossless else WEBP_QUALITY, exact=True)
         options["save_all"] = getattr(image, "n_frames", 1) > 1
     out = io.BytesIO()
-    image.save(out, fmt.upper(), **options)
+    try:
+        image.save(out, fmt.upper(), **options)
+    except (OSError, ValueError, SyntaxError) as error:  # an image Pillow decoded but cannot write back
+        raise ValidationError("The image cannot be stored in its format", field="file") from error
     return out.getvalue()
 
 
