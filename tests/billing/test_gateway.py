@@ -277,3 +277,17 @@ async def test_admin_grants_to_unknown_users_are_404_and_huge_grants_are_400(
         assert huge.status_code == 400, huge.text
         assert huge.json()["error"]["reason"] == "VALIDATION_ERROR"
     assert (await balance(gateway, token))["balance"] == WELCOME_TOKENS
+
+
+async def test_a_grant_idempotency_key_reused_with_another_amount_is_409(
+    gateway: httpx.AsyncClient, admin_token: str
+) -> None:
+    user_id, _, token = await sign_up(gateway)
+    await wait_for_balance(gateway, token, WELCOME_TOKENS)
+    route = f"/v1/admin/users/{user_id}/tokens:grant"
+    key = bearer(admin_token) | {"Idempotency-Key": f"once-{user_id}"}
+    assert (await gateway.post(route, headers=key, json={"amount": 5, "reason": "x"})).status_code == 200
+    for other in ({"amount": 6, "reason": "x"}, {"amount": 5, "reason": "y"}):
+        conflict = await gateway.post(route, headers=key, json=other)
+        assert conflict.status_code == 409 and conflict.json()["error"]["reason"] == "CONFLICT"
+    assert (await balance(gateway, token))["balance"] == WELCOME_TOKENS + 5

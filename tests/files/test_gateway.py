@@ -138,3 +138,27 @@ async def test_a_png_html_polyglot_is_stored_and_served_only_as_a_png(
     assert b"<html" not in downloaded.content and b"<script" not in downloaded.content
     with Image.open(io.BytesIO(downloaded.content)) as image:
         assert (image.format, image.size) == ("PNG", (40, 30))
+
+
+async def test_an_upload_idempotency_key_reused_with_another_file_is_409(
+    files_platform: Platform, rest: httpx.AsyncClient
+):
+    _, token = files_platform.user_token()
+    headers = _auth(token) | {"Idempotency-Key": "upload-once"}
+
+    async def upload(content: bytes) -> httpx.Response:
+        return await rest.post(
+            "/v1/files",
+            headers=headers,
+            data={"category": "product_image"},
+            files={"file": ("shoe.png", content, "image/png")},
+        )
+
+    first = await upload(image_bytes("PNG", (30, 20)))
+    again = await upload(image_bytes("PNG", (30, 20)))
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json()["id"] == first.json()["id"]
+    other = await upload(image_bytes("PNG", (31, 20)))
+    assert other.status_code == 409 and other.json()["error"]["reason"] == "CONFLICT"
+    listed = (await rest.get("/v1/files", headers=_auth(token))).json()
+    assert [f["id"] for f in listed["files"]] == [first.json()["id"]]
