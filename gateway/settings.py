@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import SecretStr, model_validator
 
-from kit.settings import SERVICES, PlatformSettings
+from kit.settings import SERVICES, PlatformSettings, SecretCheck
 
 DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "stylestudio" / "descriptor_set.binpb"
 
@@ -56,6 +56,13 @@ class GatewaySettings(PlatformSettings):
     default_retry_after_seconds: int = 60
     # How many recent generations, usage records and purchases /v1/dashboard shows.
     dashboard_recent_items: int = 5
+
+    def secret_checks(self) -> list[SecretCheck]:
+        # A metrics token, when used, is a secret like any other: no short or guessable one.
+        token = self.secret_check(
+            "metrics_bearer_token", required=bool(self.metrics_bearer_token.get_secret_value())
+        )
+        return [*super().secret_checks(), token]
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:

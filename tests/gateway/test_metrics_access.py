@@ -100,3 +100,10 @@ async def test_token_and_networks_together_both_must_hold(echo_build, echo_serve
 def test_a_malformed_network_is_refused_at_start_up() -> None:
     with pytest.raises(ValueError, match="metrics_allow_networks"):
         gateway_settings(metrics_allow_networks=["10.0.0.300/8"])
+
+
+def test_production_refuses_a_short_metrics_token_at_start_up() -> None:
+    weak = gateway_settings(environment="production", metrics_bearer_token="short")
+    assert any("STYLESTUDIO_METRICS_BEARER_TOKEN" in problem for problem in weak.insecurities())
+    strong = gateway_settings(environment="production", metrics_bearer_token=TOKEN)
+    assert not any("METRICS" in problem for problem in strong.insecurities())
