@@ -37,11 +37,17 @@ from gateway.errors import (
     unauthenticated,
 )
 from gateway.exchange import ClientDisconnected, Exchange, Headers, Receive, Scope, Send
-from gateway.metrics import UNMATCHED, GatewayMetrics
+from gateway.metrics import UNMATCHED, GatewayMetrics, MetricsAccess
 from gateway.openapi import build_openapi
 from gateway.readiness import Readiness
 from gateway.settings import GatewaySettings
-from gateway.streaming import StreamBroken, send_upload, serve_download, serve_event_stream
+from gateway.streaming import (
+    DOWNLOAD_HEADERS,
+    StreamBroken,
+    send_upload,
+    serve_download,
+    serve_event_stream,
+)
 from kit import telemetry
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER
@@ -71,6 +77,7 @@ _READ_HEADERS = frozenset(
         "tracestate",
         "user-agent",
         "x-forwarded-for",
+        "forwarded",
         "access-control-request-method",
         "access-control-request-headers",
     )
@@ -115,6 +122,11 @@ class Gateway:
             settings.default_retry_after_seconds,
         )
         self.metrics = GatewayMetrics()
+        self.metrics_access = MetricsAccess(
+            settings.metrics_bearer_token.get_secret_value(),
+            settings.metrics_allow_networks,
+            settings.is_production,
+        )
         self.tracer = trace.get_tracer("stylestudio.gateway")
         openapi = build_openapi(self.api, "Style Studio API", "v1", self.dashboard.available)
         self.openapi_json = orjson.dumps(openapi)
@@ -258,9 +270,8 @@ class Gateway:
             if kind is CallKind.UNARY:
                 await exchange.respond(200, route.mapping.encode_response(response))
             else:
-                await exchange.respond(
-                    200, response.data, (response.content_type or "application/octet-stream").encode()
-                )
+                raw_type = (response.content_type or "application/octet-stream").encode()
+                await exchange.respond(200, response.data, raw_type, DOWNLOAD_HEADERS)
             return
         call = route.call(payload, metadata=metadata, timeout=settings.stream_deadline_seconds)
         if kind is CallKind.DOWNLOAD:
@@ -343,6 +354,10 @@ class Gateway:
         await exchange.respond(200 if ready else 503, orjson.dumps({"ready": ready, "services": services}))
 
     async def _metrics(self, exchange: Exchange, _: list[tuple[str, str]]) -> None:
+        client = exchange.scope.get("client")
+        refusal = self.metrics_access.refusal(str(client[0]) if client else None, exchange.headers)
+        if refusal is not None:
+            raise refusal
         await exchange.respond(200, self.metrics.render(), self.metrics.content_type)
 
     async def _openapi(self, exchange: Exchange, _: list[tuple[str, str]]) -> None:

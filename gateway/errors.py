@@ -91,6 +91,10 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(401, "UNAUTHENTICATED", Reason.UNAUTHORIZED, message)
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "PERMISSION_DENIED", Reason.FORBIDDEN, message)
+
+
 def not_found(message: str = "No such route") -> ApiError:
     return ApiError(404, "NOT_FOUND", Reason.NOT_FOUND, message)
 

@@ -79,10 +79,11 @@ async def serve_event_stream(
 async def serve_download(exchange: Exchange, call: Any, default_retry_after: int) -> None:
     first = await _first_message(call, default_retry_after)
     if first is grpc.aio.EOF:
-        await exchange.respond(200, b"", OCTET_STREAM.encode())
+        await exchange.respond(200, b"", OCTET_STREAM.encode(), DOWNLOAD_HEADERS)
         return
     content_type = first.content_type if _is_header_safe(first.content_type) else OCTET_STREAM
-    await exchange.start_stream(200, content_type.encode(), await _caching_headers(call))
+    headers = await _passed_headers(call) + DOWNLOAD_HEADERS
+    await exchange.start_stream(200, content_type.encode(), headers)
     disconnected = asyncio.Event()
     watcher = watch_disconnect(exchange, _stop(disconnected, call))
     try:
@@ -104,15 +105,21 @@ async def serve_download(exchange: Exchange, call: Any, default_retry_after: int
 
 
 # Response metadata a download's service may set, passed on as HTTP headers of the same name.
-_CACHING_HEADERS = ("cache-control", "etag", "last-modified")
+_PASSED_HEADERS = ("cache-control", "etag", "last-modified", "content-disposition")
+# Every download: the browser must take the content type as given (a PNG that is also HTML
+# stays a PNG), and a document opened from it runs nothing and loads nothing.
+DOWNLOAD_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; sandbox"),
+]
 
 
-async def _caching_headers(call: Any) -> list[tuple[bytes, bytes]]:
+async def _passed_headers(call: Any) -> list[tuple[bytes, bytes]]:
     metadata = await call.initial_metadata() or ()
     return [
         (key.encode(), value.encode())
         for key, value in metadata
-        if key in _CACHING_HEADERS and isinstance(value, str) and _is_header_safe(value)
+        if key in _PASSED_HEADERS and isinstance(value, str) and _is_header_safe(value)
     ]
 
 

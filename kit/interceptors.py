@@ -77,6 +77,8 @@ def idempotency_key(context: grpc.aio.ServicerContext) -> str:
         raise ValidationError(
             f"Idempotency-Key may be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters", field="Idempotency-Key"
         )
+    if not key.isascii() or not key.isprintable():  # kit.idempotency.item_key relies on it
+        raise ValidationError("Idempotency-Key must be printable ASCII", field="Idempotency-Key")
     return key
 
 

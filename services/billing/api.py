@@ -114,7 +114,12 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         admin = current_caller().user_id
         key = idempotency_key(context) or str(uuid.uuid4())
         grant = await self.ledger.grant_tokens(
-            request.user_id, request.amount, request.reason, f"admin-grant:{admin}:{key}", granted_by=admin
+            request.user_id,
+            request.amount,
+            request.reason,
+            f"admin-grant:{admin}:{key}",
+            granted_by=admin,
+            known_users_only=True,
         )
         return billing_pb2.AdminGrantTokensResponse(
             balance=grant.balance, transaction=transaction_proto(grant.transfer)

@@ -109,7 +109,10 @@ class WelcomeGrant:
         created = unpack(event, users_events_pb2.UserCreated)
         user_id = created.user_id or event.user_id  # type: ignore[attr-defined]
         settings = self.ledger.settings
-        if not user_id or settings.welcome_grant_tokens <= 0:
+        if not user_id:
+            return
+        if settings.welcome_grant_tokens <= 0:
+            await self.ledger.open_wallet(session, user_id)  # admins can grant to known users only
             return
         await self.ledger.grant_in(
             session,

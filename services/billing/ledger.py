@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from kit.db import Database
 from kit.errors import Conflict, FailedPrecondition, InsufficientTokens, NotFound, ValidationError
 from kit.events import Outbox
+from kit.idempotency import IdempotencyKeyReused
 from services.billing import events, store
 from services.billing.models import GRANTS_ACCOUNT
 from services.billing.settings import BillingSettings
@@ -227,25 +228,67 @@ class Ledger:
     # --- credits ---
 
     async def grant_tokens(
-        self, user_id: str, amount: int, reason: str, idempotency_key: str, granted_by: str = ""
+        self,
+        user_id: str,
+        amount: int,
+        reason: str,
+        idempotency_key: str,
+        granted_by: str = "",
+        *,
+        known_users_only: bool = False,
     ) -> Grant:
+        """A GRANT, once per key. ``known_users_only``: NOT_FOUND, and no wallet created, for a
+        user billing has not seen sign up (every user's wallet is opened on ``user.created``)."""
         _require(user_id, "user_id")
         _require(reason, "reason")
         _require(idempotency_key, "idempotency_key")
         _positive(amount, "amount")
+        limit = self.settings.max_grant_tokens
+        if amount > limit:
+            raise ValidationError(f"amount may be at most {limit}", field="amount", details={"max": limit})
         async with self.db.transaction() as session:
-            return await self.grant_in(session, user_id, amount, reason, idempotency_key, granted_by)
+            grant = await self.grant_in(
+                session,
+                user_id,
+                amount,
+                reason,
+                idempotency_key,
+                granted_by,
+                open_wallet=not known_users_only,
+            )
+        if grant.transfer["reason"] != reason:
+            raise IdempotencyKeyReused(idempotency_key)
+        return grant
 
     async def grant_in(
-        self, session: AsyncConnection, user_id: str, amount: int, reason: str, key: str, granted_by: str = ""
+        self,
+        session: AsyncConnection,
+        user_id: str,
+        amount: int,
+        reason: str,
+        key: str,
+        granted_by: str = "",
+        *,
+        open_wallet: bool = True,
     ) -> Grant:
         """A GRANT inside the caller's transaction (the user.created consumer runs in its inbox's)."""
         transfer, fresh = await credit_wallet(
-            session, user_id, amount, kind="GRANT", source=GRANTS_ACCOUNT, key=key, reason=reason
+            session,
+            user_id,
+            amount,
+            kind="GRANT",
+            source=GRANTS_ACCOUNT,
+            key=key,
+            reason=reason,
+            open_wallet=open_wallet,
         )
         if fresh:
             await events.tokens_granted(self.outbox, session, transfer, granted_by)
         return Grant(transfer["balance_after"], transfer)
+
+    async def open_wallet(self, session: AsyncConnection, user_id: str) -> None:
+        """The user's wallet, empty, if it has none yet: billing knows the user from now on."""
+        await store.ensure_wallet(session, user_id)
 
 
 async def credit_wallet(
@@ -258,15 +301,19 @@ async def credit_wallet(
     key: str,
     reason: str,
     purchase_id: uuid.UUID | None = None,
+    open_wallet: bool = True,
 ) -> tuple[Row, bool]:
     """Credits a wallet once per key: ``(transfer, True)``, or ``(first transfer, False)`` on a retry.
 
     The wallet row is locked first, so concurrent calls with the same key queue on it and
-    the second one finds the first one's transfer.
+    the second one finds the first one's transfer. Without ``open_wallet``, a user with no
+    wallet is NOT_FOUND.
     """
-    await store.ensure_wallet(session, user_id)
+    if open_wallet:
+        await store.ensure_wallet(session, user_id)
     wallet = await store.wallet(session, user_id, for_update=True)
-    assert wallet is not None
+    if wallet is None:
+        raise NotFound(f"User {user_id[:64]} not found", details={"user_id": user_id[:64]})
     existing = await store.transfer_by_key(session, key)
     if existing is not None:
         if (existing["user_id"], existing["amount"], existing["kind"]) != (user_id, amount, kind):

@@ -9,27 +9,29 @@ a success leaves the credit alone, a success after a refund credits nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
-import stripe
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
-from kit.errors import Conflict, FailedPrecondition, NotFound, ValidationError
+from kit.errors import FailedPrecondition, NotFound
 from kit.events import Outbox
+from kit.idempotency import IdempotencyKeyReused
 from services.billing import events, store
 from services.billing.ledger import credit_wallet, debit_available
 from services.billing.models import PURCHASES_ACCOUNT, REFUNDS_ACCOUNT
 from services.billing.payments import OfflinePayments, Payments, StripePayments
 from services.billing.pricing import PriceList
 from services.billing.settings import BillingSettings
+from services.billing.stripe_events import Charge, PaymentIntent, StripeEvent, verified_event
 
 log = logging.getLogger("stylestudio.billing.purchases")
 
 Row = store.Row
+# failure_code of a purchase whose PaymentIntent succeeded for less than its price.
+UNDERPAID = "underpaid"
 
 
 class Purchases:
@@ -58,10 +60,8 @@ class Purchases:
             if purchase is None:
                 purchase = await store.purchase_by_key(session, user_id, key)
                 assert purchase is not None
-                if purchase["package_name"] != package.name:
-                    raise Conflict(
-                        "This Idempotency-Key was used for another purchase", details={"idempotency_key": key}
-                    )
+                if purchase["package_name"] != package.name:  # the package is the whole request
+                    raise IdempotencyKeyReused(key)
         # Outside the transaction: no row lock is held while Stripe answers. If Stripe fails the
         # purchase stays PENDING without an intent and a retry with the same key completes it.
         intent = await self.payments.create_payment_intent(purchase)
@@ -99,83 +99,59 @@ class Purchases:
     # --- webhooks ---
 
     async def handle_webhook(self, payload: bytes, signature: str) -> None:
-        event = self._verified(payload, signature)
-        data_object = event["data"]["object"]
-        async with self.db.transaction() as session:
-            if not await store.record_stripe_event(session, event["id"], event["type"], None, "received"):
-                log.info("duplicate stripe event ignored", extra={"stripe_event_id": event["id"]})
-                return
-            purchase = await self._purchase_of(session, event["type"], data_object)
-            handler = {
-                "payment_intent.succeeded": self._succeeded,
-                "payment_intent.payment_failed": self._failed,
-                "charge.refunded": self._refunded,
-            }.get(event["type"])
-            if handler is None:
-                outcome = "ignored: event type not handled"
-            elif purchase is None:
-                outcome = "ignored: unknown purchase"
-                log.warning("stripe event for an unknown purchase", extra={"stripe_event_id": event["id"]})
-            else:
-                outcome = await handler(session, purchase, data_object)
-            purchase_id = None if purchase is None else purchase["id"]
-            await store.set_stripe_event_outcome(session, event["id"], outcome, purchase_id)
-        log.info(
-            "stripe event", extra={"stripe_event_id": event["id"], "type": event["type"], "outcome": outcome}
-        )
-
-    def _verified(self, payload: bytes, signature: str) -> dict[str, Any]:
-        if not signature:
-            raise ValidationError("Missing Stripe-Signature header", field="stripe-signature")
         s = self.settings
-        try:
-            stripe.Webhook.construct_event(
-                payload,
-                signature,
-                s.stripe_webhook_secret.get_secret_value(),
-                tolerance=s.stripe_webhook_tolerance_seconds,
+        event = verified_event(
+            payload, signature, s.stripe_webhook_secret.get_secret_value(), s.stripe_webhook_tolerance_seconds
+        )
+        async with self.db.transaction() as session:
+            if not await store.record_stripe_event(session, event.id, event.type, None, "received"):
+                log.info("duplicate stripe event ignored", extra={"stripe_event_id": event.id})
+                return
+            purchase = await self._purchase_of(session, event)
+            outcome = await self._apply(session, event, purchase)
+            purchase_id = None if purchase is None else purchase["id"]
+            await store.set_stripe_event_outcome(session, event.id, outcome, purchase_id)
+        log.info("stripe event", extra={"stripe_event_id": event.id, "type": event.type, "outcome": outcome})
+
+    async def _apply(self, session: AsyncConnection, event: StripeEvent, purchase: Row | None) -> str:
+        if event.object is None:
+            return "ignored: event type not handled"
+        if purchase is None:
+            log.warning("stripe event for an unknown purchase", extra={"stripe_event_id": event.id})
+            return "ignored: unknown purchase"
+        if event.payment_intent_id != purchase["payment_intent_id"]:
+            # Metadata is the customer-facing side's to set; only the PaymentIntent this service
+            # created for the purchase can pay for it (or fail, or refund it).
+            log.error(
+                "stripe event's payment intent is not the purchase's",
+                extra={"stripe_event_id": event.id, "purchase_id": str(purchase["id"])},
             )
-            event = json.loads(payload)
-        except stripe.SignatureVerificationError:
-            raise ValidationError(
-                "Stripe signature verification failed (bad signature or stale timestamp)",
-                field="stripe-signature",
-            ) from None
-        except (ValueError, TypeError, AttributeError, KeyError):  # not UTF-8, not JSON, not an object
-            raise ValidationError("The body is not a Stripe event", field="body") from None
-        if not (
-            isinstance(event, dict)
-            and isinstance(event.get("id"), str)
-            and isinstance(event.get("type"), str)
-            and isinstance(event.get("data"), dict)
-            and isinstance(event["data"].get("object"), dict)
-        ):
-            raise ValidationError("The body is not a Stripe event", field="body")
-        return event
+            return "ignored: payment intent is not the purchase's"
+        if isinstance(event.object, PaymentIntent):
+            if event.type == "payment_intent.succeeded":
+                return await self._succeeded(session, purchase, event.object)
+            return await self._failed(session, purchase, event.object)
+        return await self._refunded(session, purchase, event.object)
 
-    async def _purchase_of(
-        self, session: AsyncConnection, event_type: str, data_object: dict[str, Any]
-    ) -> Row | None:
-        metadata = data_object.get("metadata") or {}
-        parsed = _purchase_uuid(metadata.get("purchase_id") if isinstance(metadata, dict) else None)
+    async def _purchase_of(self, session: AsyncConnection, event: StripeEvent) -> Row | None:
+        """The purchase named in the object's metadata, else the one holding its PaymentIntent."""
+        parsed = _purchase_uuid(event.purchase_id)
         if parsed is not None:
-            found = await store.purchase(session, parsed, for_update=True)
-            if found is not None:
-                return found
-        intent = data_object.get("id") if event_type.startswith("payment_intent.") else None
-        intent = intent or data_object.get("payment_intent")
-        return await store.purchase_by_payment_intent(session, intent) if isinstance(intent, str) else None
+            return await store.purchase(session, parsed, for_update=True)
+        intent = event.payment_intent_id
+        return await store.purchase_by_payment_intent(session, intent) if intent else None
 
-    async def _succeeded(self, session: AsyncConnection, purchase: Row, intent: dict[str, Any]) -> str:
+    async def _succeeded(self, session: AsyncConnection, purchase: Row, intent: PaymentIntent) -> str:
         if purchase["status"] not in ("PENDING", "FAILED"):
             return f"ignored: purchase already {purchase['status']}"
-        received = intent.get("amount_received") or intent.get("amount") or 0
-        if (
-            str(intent.get("currency", "")).lower() != purchase["currency"]
-            or received < purchase["amount_cents"]
-        ):
-            log.error("payment does not cover the purchase", extra={"purchase_id": str(purchase["id"])})
-            return "ignored: amount or currency does not match the purchase"
+        if intent.currency != purchase["currency"] or intent.amount_received < purchase["amount_cents"]:
+            # The package is what was bought: less money than its price buys nothing (see docs/billing.md).
+            log.error(
+                "payment does not cover the purchase",
+                extra={"purchase_id": str(purchase["id"]), "amount_received": intent.amount_received},
+            )
+            await self._mark_failed(session, purchase, UNDERPAID)
+            return f"underpaid: received {intent.amount_received} {intent.currency or ''}".rstrip()
         await credit_wallet(
             session,
             purchase["user_id"],
@@ -186,26 +162,27 @@ class Purchases:
             reason=f"Purchase of the {purchase['package_name']} package",
             purchase_id=purchase["id"],
         )
-        values: dict[str, Any] = {"status": "COMPLETED", "failure_code": None}
-        if not purchase["payment_intent_id"] and isinstance(intent.get("id"), str):
-            values["payment_intent_id"] = intent["id"]
-        completed = await store.update_purchase(session, purchase["id"], **values)
+        completed = await store.update_purchase(
+            session, purchase["id"], status="COMPLETED", failure_code=None
+        )
         await events.purchase_completed(self.outbox, session, completed)
         return "credited"
 
-    async def _failed(self, session: AsyncConnection, purchase: Row, intent: dict[str, Any]) -> str:
+    async def _failed(self, session: AsyncConnection, purchase: Row, intent: PaymentIntent) -> str:
         if purchase["status"] != "PENDING":
             return f"ignored: purchase already {purchase['status']}"
-        error = intent.get("last_payment_error") or {}
-        code = (error.get("decline_code") or error.get("code")) if isinstance(error, dict) else None
-        failed = await store.update_purchase(
-            session, purchase["id"], status="FAILED", failure_code=str(code or "payment_failed")
-        )
-        await events.purchase_failed(self.outbox, session, failed)
+        error = intent.last_payment_error
+        code = (error.decline_code or error.code) if error is not None else None
+        await self._mark_failed(session, purchase, code or "payment_failed")
         return "failed"
 
-    async def _refunded(self, session: AsyncConnection, purchase: Row, charge: dict[str, Any]) -> str:
-        if not charge.get("refunded"):
+    async def _mark_failed(self, session: AsyncConnection, purchase: Row, code: str) -> None:
+        failed = await store.update_purchase(session, purchase["id"], status="FAILED", failure_code=code)
+        if purchase["status"] != "FAILED":
+            await events.purchase_failed(self.outbox, session, failed)
+
+    async def _refunded(self, session: AsyncConnection, purchase: Row, charge: Charge) -> str:
+        if not charge.refunded:
             return "ignored: partial refund"
         if purchase["status"] == "REFUNDED":
             return "ignored: purchase already REFUNDED"

@@ -52,6 +52,9 @@ class BillingSettings(ServiceSettings):
     # --- ledger ---
     welcome_grant_tokens: int = 10
     welcome_grant_reason: str = "Welcome grant"
+    # The most tokens one grant (admin or internal) may give: a typo or a hostile number is
+    # refused (VALIDATION_ERROR) long before the ledger's 64-bit balances could overflow.
+    max_grant_tokens: int = Field(default=1_000_000, gt=0, le=10**12)
     # A hold nobody captured or released is voided after this long (ReserveTokens may ask otherwise).
     hold_default_ttl_seconds: int = 3600
     hold_max_ttl_seconds: int = 24 * 3600

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 from google.api import httpbody_pb2
@@ -13,6 +14,7 @@ from kit.auth import current_caller, user_id_for
 from kit.errors import ValidationError
 from kit.interceptors import idempotency_key
 from kit.server import Registration, Runtime
+from services.files.images import content_type_of
 from services.files.library import FileLibrary
 from services.files.settings import FilesSettings
 from services.files.storage import FileStorage
@@ -62,7 +64,8 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         file, chunks = await self.library.content(current_caller().user_id, request.id)
         first = await anext(aiter(chunks), b"")
-        # Caching hints for the gateway: the bytes of a file id never change, but are private.
+        # For the gateway: caching (the bytes of a file id never change, but are private) and the
+        # name to save it under. The content type is the validated format's, never the client's.
         await context.send_initial_metadata(
             (
                 (
@@ -70,9 +73,10 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
                     f"private, max-age={self.settings.download_cache_max_age_seconds}, immutable",
                 ),
                 ("etag", f'"{file["sha256"]}"'),
+                ("content-disposition", content_disposition(file["filename"])),
             )
         )
-        yield httpbody_pb2.HttpBody(content_type=file["content_type"], data=first)
+        yield httpbody_pb2.HttpBody(content_type=content_type_of(file["format"]), data=first)
         async for chunk in chunks:
             yield httpbody_pb2.HttpBody(data=chunk)
 
@@ -134,6 +138,14 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
         self, request: files_pb2.GetStorageSummaryRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.StorageUsage:
         return usage_message(await self.library.usage(user_id_for(request.user_id), None))
+
+
+def content_disposition(filename: str) -> str:
+    """``inline`` with the stored name (RFC 6266): an ASCII fallback and the UTF-8 original."""
+    fallback = "".join(
+        ch if ch.isascii() and ch.isprintable() and ch not in '"\\%;' else "_" for ch in filename
+    )
+    return f"inline; filename=\"{fallback or 'file'}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def file_message(file: Mapping[str, Any]) -> resources_pb2.File:

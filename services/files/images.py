@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from kit.errors import FileTooLarge, InvalidFileType, ValidationError
+from services.files.location import strip_location
 
 # Pillow format name -> (our format name, content type).
 ACCEPTED_FORMATS = {
@@ -22,6 +25,9 @@ ACCEPTED_FORMATS = {
     "PNG": ("png", "image/png"),
     "WEBP": ("webp", "image/webp"),
 }
+# What Pillow may call an accepted file: a JPEG with secondary images (phones' depth maps,
+# MPF) opens as MPO; it is stored as a plain JPEG of its primary image.
+PILLOW_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,18 @@ class ImageFacts:
 
 def inspect_image(content: bytes, max_pixels: int) -> ImageFacts:
     """The image's facts, or the domain error saying why these bytes are not an acceptable image."""
+    with _decoded(content, max_pixels) as (_, facts):
+        return facts
+
+
+def prepare_image(content: bytes, max_pixels: int) -> tuple[ImageFacts, bytes]:
+    """The image's facts and the bytes to store: a new file of it with no location data."""
+    with _decoded(content, max_pixels) as (image, facts):
+        return facts, strip_location(image, facts.format, content)
+
+
+@contextmanager
+def _decoded(content: bytes, max_pixels: int) -> Iterator[tuple[Image.Image, ImageFacts]]:
     with warnings.catch_warnings():
         # Pillow's own bomb check only warns below twice its limit; ours decides instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -59,8 +77,15 @@ def inspect_image(content: bytes, max_pixels: int) -> ImageFacts:
                 raise ValidationError(
                     "The image is truncated or corrupt and cannot be decoded", field="file"
                 ) from error
-            fmt, content_type = ACCEPTED_FORMATS[str(image.format)]
-    return ImageFacts(format=fmt, content_type=content_type, width=width, height=height)
+            fmt, content_type = ACCEPTED_FORMATS[PILLOW_FORMATS[str(image.format)]]
+            yield image, ImageFacts(format=fmt, content_type=content_type, width=width, height=height)
+
+
+def content_type_of(fmt: str) -> str:
+    """The content type a stored file is served with: from its validated format, nothing else."""
+    return {ours: content_type for ours, content_type in ACCEPTED_FORMATS.values()}.get(
+        fmt, "application/octet-stream"
+    )
 
 
 def _bomb(width: int, height: int, max_pixels: int) -> FileTooLarge:

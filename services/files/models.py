@@ -36,6 +36,8 @@ files = sa.Table(
     sa.Column("image_order", sa.Integer),
     sa.Column("is_primary", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("idempotency_key", sa.Text),
+    # kit.idempotency's fingerprint of the upload (its metadata and the digest of its bytes).
+    sa.Column("request_hash", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("deleted_at", sa.DateTime(timezone=True)),
     sa.Column("purged_at", sa.DateTime(timezone=True)),

@@ -57,9 +57,8 @@ async def active_files(
 
 
 async def file_by_idempotency_key(session: AsyncConnection, user_id: str, key: str) -> FileRow | None:
-    query = sa.select(files).where(
-        files.c.user_id == user_id, files.c.idempotency_key == key, files.c.status == ACTIVE
-    )
+    """The file this user's key created, deleted or not (a key is spent once used)."""
+    query = sa.select(files).where(files.c.user_id == user_id, files.c.idempotency_key == key)
     return (await session.execute(query)).first()
 
 

@@ -24,11 +24,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from kit.db import Database
-from kit.errors import FailedPrecondition, FileTooLarge, QuotaExceeded, ValidationError
+from kit.errors import Conflict, FailedPrecondition, FileTooLarge, QuotaExceeded, ValidationError
 from kit.events import Outbox
+from kit.idempotency import ensure_same_request, request_fingerprint
 from services.files import events, store
-from services.files.images import ImageFacts, inspect_image
-from services.files.location import strip_location
+from services.files.images import ImageFacts, prepare_image
 from services.files.models import ACTIVE
 from services.files.settings import FilesSettings
 from services.files.storage import FileStorage, StoredObject
@@ -76,8 +76,7 @@ class Uploads:
     def _prepare_sync(self, content: bytes) -> PreparedImage:
         if not content:
             raise ValidationError("The file is empty", field="file")
-        facts = inspect_image(content, self.settings.max_image_pixels)
-        stored = strip_location(content, facts.format)
+        facts, stored = prepare_image(content, self.settings.max_image_pixels)
         return PreparedImage(stored, facts, hashlib.sha256(stored).hexdigest())
 
     # Uploads by users ----------------------------------------------------------------------------
@@ -99,8 +98,9 @@ class Uploads:
         if idempotency_key:
             async with self.db.transaction() as session:
                 earlier = await store.file_by_idempotency_key(session, user_id, idempotency_key)
-            if earlier is not None:
-                return dict(earlier._mapping)
+            if earlier is not None:  # a retry, if it sends the same file: read it, store nothing
+                digest = await self._digest_of(requests)
+                return _replayed(earlier, idempotency_key, request_fingerprint(metadata, digest))
         file_id = uuid.uuid4()
         key = self.storage.key_for(file_id)
         quota = self.settings.quota_for_plan(plan)
@@ -109,11 +109,13 @@ class Uploads:
             await store.create_reservation(session, file_id, user_id, self.storage.name, key)
         try:
             content = await self._receive_within_quota(file_id, user_id, quota, requests)
+            fingerprint = request_fingerprint(metadata, hashlib.sha256(content).hexdigest())
             prepared = await self.prepare(content)
             del content
             stored = await self.storage.save(key, prepared.content, prepared.facts.format)
             row = _file_values(file_id, user_id, category, filename, prepared, stored, self.storage.name)
             row["idempotency_key"] = idempotency_key or None
+            row["request_hash"] = fingerprint if idempotency_key else None
             return await self._record_upload(row, quota, idempotency_key)
         except BaseException:
             await self._abandon(file_id, key)
@@ -150,6 +152,18 @@ class Uploads:
             spool.seek(0)
             return spool.read()
 
+    async def _digest_of(self, requests: AsyncIterator[files_pb2.UploadFileRequest]) -> str:
+        """The SHA-256 of an upload's bytes, read within the size limit and kept nowhere."""
+        limit, received, digest = self.settings.max_file_bytes, 0, hashlib.sha256()
+        async for request in requests:
+            if request.WhichOneof("payload") != "chunk":
+                raise ValidationError("Only the first message may carry metadata", field="metadata")
+            received += len(request.chunk)
+            if received > limit:
+                raise FileTooLarge(f"The file is larger than {limit} bytes", details={"max_bytes": limit})
+            digest.update(request.chunk)
+        return digest.hexdigest()
+
     async def _reserve(self, file_id: uuid.UUID, user_id: str, amount: int, quota: int) -> None:
         async with self.db.transaction() as session:
             if await store.reserve_bytes(session, file_id, user_id, amount, quota):
@@ -181,7 +195,7 @@ class Uploads:
                 earlier = await store.file_by_idempotency_key(session, row["user_id"], idempotency_key)
             if earlier is None:
                 raise
-            return dict(earlier._mapping)
+            return _replayed(earlier, idempotency_key, row["request_hash"])
         return row
 
     async def _abandon(self, file_id: uuid.UUID, key: str) -> None:
@@ -258,6 +272,17 @@ async def _first_metadata(
     if first is None or first.WhichOneof("payload") != "metadata":
         raise ValidationError("The first message must carry the file's metadata", field="metadata")
     return first.metadata
+
+
+def _replayed(earlier: Any, idempotency_key: str, fingerprint: str) -> dict[str, Any]:
+    """The file a key first stored, if this is the same upload (kit.idempotency's rule)."""
+    ensure_same_request(idempotency_key, earlier.request_hash, fingerprint)
+    if earlier.status != ACTIVE:
+        raise Conflict(
+            "The file stored with this Idempotency-Key was deleted; send it with a new key",
+            details={"file_id": str(earlier.id)},
+        )
+    return dict(earlier._mapping)
 
 
 def _discarded(generation_id: str) -> FailedPrecondition:

@@ -10,12 +10,13 @@ from google.protobuf import empty_pb2
 
 from kit.auth import current_caller, user_id_for
 from kit.errors import DomainError, FeatureNotInPlan, NotFound, ValidationError
+from kit.idempotency import IdempotencyKeyReused, item_key, request_fingerprint
 from kit.interceptors import idempotency_key
 from kit.server import Registration, Runtime
 from services.generation import progress, store
 from services.generation.lifecycle import Status
 from services.generation.saga import Generation, Saga
-from services.generation.starting import start_generation
+from services.generation.starting import batch_conflicts, start_generation
 from services.generation.webhooks import handle_replicate_webhook
 from stylestudio.common.v1 import error_pb2
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
@@ -91,13 +92,25 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                 field="requests",
                 details={"max": settings.batch_max_requests},
             )
-        key = idempotency_key(context) or None
+        key = idempotency_key(context)
+        batch_fingerprint = request_fingerprint(request)
+        # Item keys live apart from single-create keys (kit.idempotency.item_key); each item's
+        # fingerprint includes the whole batch's, so a key reused for another batch is a 409.
+        item_keys = [item_key(key, "batch", index) for index in range(len(request.requests))] if key else []
+        if item_keys:
+            fingerprints = [request_fingerprint(item, batch_fingerprint) for item in request.requests]
+            if await batch_conflicts(self.saga, caller.user_id, item_keys, fingerprints):
+                raise IdempotencyKeyReused(key)
         results = []
         # One after the other, so a wallet that can pay for some gets the first ones.
         for index, item in enumerate(request.requests):
             try:
                 generation = await start_generation(
-                    self.saga, caller, item, f"{key}:{index}" if key else None, batch=True
+                    self.saga,
+                    caller,
+                    item,
+                    item_keys[index] if item_keys else None,
+                    batch_fingerprint=batch_fingerprint,
                 )
             except DomainError as error:
                 results.append(

@@ -8,7 +8,6 @@ hold, so a crash between the hold and QUEUED leaves a trace the sweeper undoes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from google.protobuf import duration_pb2
 from kit import telemetry
 from kit.auth import Caller
 from kit.errors import Conflict, NotFound
+from kit.idempotency import ensure_same_request, request_fingerprint
 from services.generation import events, store
 from services.generation.prompts import enhance_prompt
 from services.generation.saga import Generation, Saga, call, hold_key
@@ -44,20 +44,19 @@ def parse_request(saga: Saga, request: generation_pb2.CreateGenerationRequest) -
     )
 
 
-def request_hash(request: generation_pb2.CreateGenerationRequest) -> str:
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-
-
 async def start_generation(
     saga: Saga,
     caller: Caller,
     request: generation_pb2.CreateGenerationRequest,
     idempotency_key: str | None,
     *,
-    batch: bool = False,
+    batch_fingerprint: str | None = None,
 ) -> Generation:
+    """Starts one generation; a batch's items pass the fingerprint of the whole batch, which
+    becomes part of each item's, so a batch key reused with any other batch conflicts."""
     user_id = caller.user_id
-    fingerprint = request_hash(request)
+    batch = batch_fingerprint is not None
+    fingerprint = request_fingerprint(request, *([batch_fingerprint] if batch_fingerprint else []))
     if idempotency_key:
         async with saga.db.autocommit() as session:
             earlier = await store.find_by_idempotency_key(session, user_id, idempotency_key)
@@ -210,8 +209,15 @@ def _row(
 
 
 def _replay(earlier: Generation, fingerprint: str) -> Generation:
-    if earlier.request_hash != fingerprint:
-        raise Conflict("This Idempotency-Key was used with a different request")
+    ensure_same_request(earlier.idempotency_key or "", earlier.request_hash, fingerprint)
     if earlier.status == "STARTING":
         raise Conflict("A request with this Idempotency-Key is being processed; retry shortly")
     return earlier
+
+
+async def batch_conflicts(saga: Saga, user_id: str, item_keys: list[str], fingerprints: list[str]) -> bool:
+    """True if any of a batch's item keys was first used by another batch."""
+    async with saga.db.autocommit() as session:
+        earlier = await store.find_by_idempotency_keys(session, user_id, item_keys)
+    expected = dict(zip(item_keys, fingerprints, strict=True))
+    return any(row.request_hash != expected[row.idempotency_key] for row in earlier)

@@ -52,6 +52,13 @@ async def find_by_idempotency_key(session: AsyncConnection, user_id: str, key: s
     ).first()
 
 
+async def find_by_idempotency_keys(
+    session: AsyncConnection, user_id: str, keys: list[str]
+) -> list[Generation]:
+    query = sa.select(g).where(g.c.user_id == user_id, g.c.idempotency_key.in_(keys))
+    return list((await session.execute(query)).all())
+
+
 async def insert_starting(session: AsyncConnection, values: dict[str, Any]) -> Generation | None:
     """Insert a STARTING generation (returned); None if the user's idempotency key is taken already."""
     statement = pg_insert(g).values(status=Status.STARTING.value, **values)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from kit.auth import Caller, CallerKind
 from kit.db import Database
 from kit.errors import NotFound, Unauthenticated, ValidationError
+from kit.idempotency import IdempotencyKeyReused
 from kit.tokens import API_KEY_PREFIX
 from services.users import accounts, store
 from services.users.credentials import Credentials
@@ -67,6 +68,8 @@ class ApiKeys:
             if key is None:
                 earlier = await store.api_key_by_idempotency_key(session, user_id, idempotency_key)
                 assert earlier is not None
+                if earlier.name != name:  # the name is the whole request (kit.idempotency's rule)
+                    raise IdempotencyKeyReused(idempotency_key)
                 return CreatedKey(earlier, "")
         return CreatedKey(key, secret)
 

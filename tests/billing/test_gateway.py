@@ -224,3 +224,70 @@ async def test_only_admins_grant_tokens_and_a_retried_grant_counts_once(
         route, headers=bearer(admin_token) | {"Idempotency-Key": uuid.uuid4().hex}, json={"amount": -5}
     )
     assert negative.status_code == 400 and negative.json()["error"]["reason"] == "VALIDATION_ERROR"
+
+
+async def _post_signed(gateway: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    secret = BillingSettings.model_fields["stripe_webhook_secret"].default.get_secret_value()
+    headers = {"Content-Type": "application/json", "Stripe-Signature": sign_payload(body, secret)}
+    return await gateway.post("/webhooks/stripe", content=body, headers=headers)
+
+
+@pytest.mark.parametrize("amount_received", ['"999"', "[999]", '{"v": 999}', "999.5", "-999", "1" + "0" * 40])
+async def test_signed_stripe_events_with_wrong_types_answer_400_through_the_gateway(
+    gateway: httpx.AsyncClient, amount_received: str
+) -> None:
+    intent = {"id": "pi_typed", "object": "payment_intent", "amount": 999, "currency": "usd"}
+    event = stripe_event("payment_intent.succeeded", intent)
+    body = httpx.Request("POST", "/", json=event).content.replace(
+        b'"amount":999', b'"amount":999,"amount_received":' + amount_received.encode()
+    )
+    assert b"amount_received" in body
+    response = await _post_signed(gateway, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["reason"] == "VALIDATION_ERROR" and "amount_received" in error["message"]
+
+
+@pytest.mark.parametrize("body", [b'{"id": "evt_\\u0000", "type": "x", "data": {"object": {}}}', b"[" * 5000])
+async def test_a_signed_stripe_event_with_a_nul_id_or_5000_levels_answers_400(
+    gateway: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await _post_signed(gateway, body + b"]" * body.count(b"["))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["reason"] == "VALIDATION_ERROR"
+
+
+async def test_admin_grants_to_unknown_users_are_404_and_huge_grants_are_400(
+    gateway: httpx.AsyncClient, admin_token: str
+) -> None:
+    def grant(user_id: str, amount: int) -> Any:
+        return gateway.post(
+            f"/v1/admin/users/{user_id}/tokens:grant",
+            headers=bearer(admin_token) | {"Idempotency-Key": uuid.uuid4().hex},
+            json={"amount": str(amount), "reason": "support"},
+        )
+
+    unknown = await grant(str(uuid.uuid4()), 5)
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error"]["reason"] == "NOT_FOUND"
+    user_id, _, token = await sign_up(gateway)
+    await wait_for_balance(gateway, token, WELCOME_TOKENS)
+    for amount in (9223372036854775807, 1_000_001):
+        huge = await grant(user_id, amount)
+        assert huge.status_code == 400, huge.text
+        assert huge.json()["error"]["reason"] == "VALIDATION_ERROR"
+    assert (await balance(gateway, token))["balance"] == WELCOME_TOKENS
+
+
+async def test_a_grant_idempotency_key_reused_with_another_amount_is_409(
+    gateway: httpx.AsyncClient, admin_token: str
+) -> None:
+    user_id, _, token = await sign_up(gateway)
+    await wait_for_balance(gateway, token, WELCOME_TOKENS)
+    route = f"/v1/admin/users/{user_id}/tokens:grant"
+    key = bearer(admin_token) | {"Idempotency-Key": f"once-{user_id}"}
+    assert (await gateway.post(route, headers=key, json={"amount": 5, "reason": "x"})).status_code == 200
+    for other in ({"amount": 6, "reason": "x"}, {"amount": 5, "reason": "y"}):
+        conflict = await gateway.post(route, headers=key, json=other)
+        assert conflict.status_code == 409 and conflict.json()["error"]["reason"] == "CONFLICT"
+    assert (await balance(gateway, token))["balance"] == WELCOME_TOKENS + 5

@@ -11,8 +11,10 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from services.billing import store
 from stylestudio.billing.v1 import billing_pb2, resources_pb2
 from tests.billing.conftest import bearer, fund
+from tests.billing.test_welcome_grant import user_created
 
 
 def reserve(
@@ -243,13 +245,73 @@ async def test_a_forged_page_token_is_a_validation_error(billing, public) -> Non
 
 async def test_admins_grant_tokens_with_an_idempotency_key(billing, public) -> None:
     _, admin = billing.token(role="admin")
-    user_id = str(uuid.uuid4())
+    user_id = await _known_user(billing)
     request = billing_pb2.AdminGrantTokensRequest(user_id=user_id, amount=5, reason="support")
     metadata = (*bearer(admin), ("idempotency-key", "grant-1"))
     first = await public.AdminGrantTokens(request, metadata=metadata)
     second = await public.AdminGrantTokens(request, metadata=metadata)
-    assert first.balance == second.balance == 5
+    assert first.balance == second.balance == 5 + 10
     _, user = billing.token()
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await public.AdminGrantTokens(request, metadata=bearer(user))
     assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def _known_user(billing) -> str:  # type: ignore[no-untyped-def]
+    """A user billing has seen sign up: its wallet was opened by the user.created consumer."""
+    user_id = str(uuid.uuid4())
+    await billing.publish("events.users", user_created(user_id))
+    _, token = billing.token(user_id)
+    for _ in range(100):
+        answer = await billing.user_stub().GetBalance(billing_pb2.GetBalanceRequest(), metadata=bearer(token))
+        if answer.balance:
+            return user_id
+        await asyncio.sleep(0.05)
+    raise AssertionError("the welcome grant never arrived")
+
+
+async def test_a_grant_to_a_user_billing_never_saw_is_not_found_and_opens_no_wallet(billing, public) -> None:
+    _, admin = billing.token(role="admin")
+    stranger = str(uuid.uuid4())
+    for user_id in (stranger, "not-a-user-id"):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await public.AdminGrantTokens(
+                billing_pb2.AdminGrantTokensRequest(user_id=user_id, amount=5, reason="support"),
+                metadata=(*bearer(admin), ("idempotency-key", uuid.uuid4().hex)),
+            )
+        assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    async with billing.service.runtime.db.transaction() as session:  # type: ignore[union-attr]
+        assert await store.wallet(session, stranger) is None
+
+
+@pytest.mark.parametrize("amount", [1_000_001, 2**31, 9223372036854775807])
+async def test_a_grant_above_the_limit_is_a_validation_error(billing, public, amount: int) -> None:
+    _, admin = billing.token(role="admin")
+    user_id = await _known_user(billing)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await public.AdminGrantTokens(
+            billing_pb2.AdminGrantTokensRequest(user_id=user_id, amount=amount, reason="support"),
+            metadata=(*bearer(admin), ("idempotency-key", uuid.uuid4().hex)),
+        )
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1000000" in failure.value.details()
+    at_the_limit = await public.AdminGrantTokens(
+        billing_pb2.AdminGrantTokensRequest(user_id=user_id, amount=1_000_000, reason="support"),
+        metadata=(*bearer(admin), ("idempotency-key", uuid.uuid4().hex)),
+    )
+    assert at_the_limit.balance == 1_000_000 + 10
+
+
+async def test_a_grant_key_reused_for_another_grant_is_a_conflict(billing, public) -> None:
+    _, admin = billing.token(role="admin")
+    user_id = await _known_user(billing)
+    metadata = (*bearer(admin), ("idempotency-key", f"grant-{user_id}"))
+    first = billing_pb2.AdminGrantTokensRequest(user_id=user_id, amount=5, reason="support")
+    await public.AdminGrantTokens(first, metadata=metadata)
+    for other in (
+        billing_pb2.AdminGrantTokensRequest(user_id=user_id, amount=6, reason="support"),
+        billing_pb2.AdminGrantTokensRequest(user_id=user_id, amount=5, reason="another reason"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await public.AdminGrantTokens(other, metadata=metadata)
+        assert failure.value.code() == grpc.StatusCode.ALREADY_EXISTS

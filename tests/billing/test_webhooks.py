@@ -13,6 +13,7 @@ import uuid
 import grpc
 import pytest
 
+from services.billing import store
 from services.billing.payments import (
     charge_refunded_event,
     payment_intent_object,
@@ -223,3 +224,124 @@ async def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedP
     return await asyncio.to_thread(
         subprocess.run, command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
+
+
+# --- what a signed event must be to move money ---
+
+
+def _signed_succeeded(purchase: resources_pb2.Purchase, **intent_changes: object) -> dict[str, object]:
+    intent = payment_intent_object(as_row(purchase), "succeeded") | intent_changes
+    return stripe_event("payment_intent.succeeded", intent)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"amount_received": "299"},
+        {"amount_received": [299]},
+        {"amount_received": {"value": 299}},
+        {"amount_received": True},
+        {"amount_received": 299.5},
+        {"amount_received": -1},
+        {"amount_received": 10**30},
+        {"id": "pi_\u0000nul"},
+        {"currency": ["usd"]},
+        {"metadata": {"purchase_id": 7}},
+        {"metadata": "not an object"},
+        {"last_payment_error": {"code": "a\u0000b"}},
+    ],
+    ids=lambda changes: f"{next(iter(changes))}={next(iter(changes.values()))!r}"[:40],
+)
+async def test_a_signed_event_with_the_wrong_json_types_is_a_validation_error(
+    billing, public, changes: dict[str, object]
+) -> None:
+    _, token, created = await buy(billing, public)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await billing.webhook(_signed_succeeded(created.purchase, **changes))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    field = next(iter(changes))
+    assert f"data.object.{field}" in failure.value.details()
+    assert await state(public, token) == (0, ["PENDING"])
+
+
+@pytest.mark.parametrize(
+    "envelope_changes",
+    [{"id": "evt_\u0000nul"}, {"id": 12345}, {"type": "payment_intent.\u0000"}, {"data": []}, {"data": {}}],
+    ids=["id-nul", "id-int", "type-nul", "data-list", "data-no-object"],
+)
+async def test_a_signed_event_envelope_with_the_wrong_types_is_a_validation_error(
+    billing, public, envelope_changes: dict[str, object]
+) -> None:
+    _, token, created = await buy(billing, public)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await billing.webhook(_signed_succeeded(created.purchase) | envelope_changes)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await state(public, token) == (0, ["PENDING"])
+
+
+@pytest.mark.parametrize("where", ["data.object.metadata", "an unknown field", "the body itself"])
+async def test_a_signed_event_nested_5000_levels_deep_is_refused_not_a_crash(billing, public, where) -> None:
+    _, token, created = await buy(billing, public)
+    deep = "[" * 5000 + "]" * 5000
+    event = json.dumps(_signed_succeeded(created.purchase))
+    if where == "data.object.metadata":
+        body = event.replace('"metadata": {', f'"metadata": {{"deep": {deep}, ', 1)
+    elif where == "an unknown field":
+        body = event[:-1] + f', "extra": {deep}}}'
+    else:
+        body = deep
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await billing.webhook(body.encode())
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nested" in failure.value.details()
+    assert await state(public, token) == (0, ["PENDING"])
+
+
+async def test_a_success_for_another_payment_intent_credits_nothing(billing, public) -> None:
+    _, token, created = await buy(billing, public)
+    # The metadata names the purchase, but the PaymentIntent is not the one recorded for it.
+    await billing.webhook(_signed_succeeded(created.purchase, id="pi_someone_else_s_intent"))
+    assert await state(public, token) == (0, ["PENDING"])
+    # And the purchase's own intent, with the metadata of another purchase, credits neither.
+    _, other_token, other = await buy(billing, public)
+    borrowed = {"purchase_id": other.purchase.id, "package_name": "starter"}
+    await billing.webhook(_signed_succeeded(created.purchase, metadata=borrowed))
+    assert await state(public, token) == (0, ["PENDING"])
+    assert await state(public, other_token) == (0, ["PENDING"])
+    # The real one still credits.
+    await billing.webhook(succeeded(created.purchase))
+    assert await state(public, token) == (10, ["COMPLETED"])
+
+
+async def test_a_failure_or_refund_for_another_payment_intent_changes_nothing(billing, public) -> None:
+    _, token, created = await buy(billing, public)
+    intent = payment_intent_object(as_row(created.purchase), "requires_payment_method", "card_declined")
+    await billing.webhook(stripe_event("payment_intent.payment_failed", intent | {"id": "pi_not_this_one"}))
+    assert await state(public, token) == (0, ["PENDING"])
+    await billing.webhook(succeeded(created.purchase))
+    refund = charge_refunded_event(as_row(created.purchase))
+    refund["data"]["object"]["payment_intent"] = "pi_not_this_one"  # type: ignore[index]
+    await billing.webhook(refund)
+    assert await state(public, token) == (10, ["COMPLETED"])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"amount_received": 0}, {"amount_received": 298}, {"currency": "eur"}],
+    ids=["nothing-received", "one-cent-short", "other-currency"],
+)
+async def test_a_success_that_did_not_receive_the_price_credits_nothing_and_fails_the_purchase(
+    billing, public, changes: dict[str, object]
+) -> None:
+    _, token, created = await buy(billing, public)  # starter: 299 usd
+    await billing.webhook(_signed_succeeded(created.purchase, **changes))
+    assert await state(public, token) == (0, ["FAILED"])
+    async with billing.service.runtime.db.transaction() as session:  # type: ignore[union-attr]
+        row = await store.purchase(session, uuid.UUID(created.purchase.id))
+    assert row is not None and row["failure_code"] == "underpaid"
+
+
+async def test_a_success_that_received_the_price_credits_the_package_once(billing, public) -> None:
+    _, token, created = await buy(billing, public)
+    await billing.webhook(_signed_succeeded(created.purchase, amount_received=299))
+    assert await state(public, token) == (10, ["COMPLETED"])

@@ -8,6 +8,8 @@ import zlib
 
 from PIL import Image
 
+from services.files.images import prepare_image
+
 GPS_IFD = 0x8825
 
 
@@ -38,6 +40,16 @@ def noisy_jpeg(size: tuple[int, int]) -> bytes:
     return out.getvalue()
 
 
+def noisy_png(size: tuple[int, int]) -> bytes:
+    """A PNG that does not compress, and that the service stores unchanged (its own encoding)."""
+    import os
+
+    image = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
 def decompression_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     """A tiny PNG whose header claims a huge bitmap."""
     small = image_bytes("PNG", (1, 1))
@@ -58,3 +70,8 @@ def location_of(content: bytes) -> dict[int, object]:
 def make_of(content: bytes) -> object:
     with Image.open(io.BytesIO(content)) as image:
         return image.getexif().get(0x010F)
+
+
+def stored_form(content: bytes) -> bytes:
+    """What the service stores for ``content``: Pillow's re-encoding without location (deterministic)."""
+    return prepare_image(content, 50_000_000)[1]

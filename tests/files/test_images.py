@@ -6,9 +6,8 @@ import pytest
 
 from kit.errors import FileTooLarge, InvalidFileType, ValidationError
 from services.files.images import inspect_image
-from services.files.location import strip_location
 from services.files.uploads import sanitise_filename
-from tests.files.samples import decompression_bomb, image_bytes, location_of, make_of
+from tests.files.samples import decompression_bomb, image_bytes
 
 MAX_PIXELS = 50_000_000
 
@@ -50,22 +49,6 @@ def test_a_decompression_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(FileTooLarge) as refused:
         inspect_image(decompression_bomb(), MAX_PIXELS)
     assert refused.value.details["max_pixels"] == str(MAX_PIXELS)
-
-
-@pytest.mark.parametrize(("pil_format", "fmt"), [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp")])
-def test_location_is_stripped_and_other_exif_kept(pil_format: str, fmt: str) -> None:
-    content = image_bytes(pil_format, gps=True)
-    assert location_of(content)
-    stripped = strip_location(content, fmt)
-    assert location_of(stripped) == {}
-    assert make_of(stripped) == "TestCam"
-    assert inspect_image(stripped, MAX_PIXELS).format == fmt
-
-
-@pytest.mark.parametrize(("pil_format", "fmt"), [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp")])
-def test_images_without_location_are_stored_byte_for_byte(pil_format: str, fmt: str) -> None:
-    content = image_bytes(pil_format)
-    assert strip_location(content, fmt) is content
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """Per-plan quotas, reserved in PostgreSQL before bytes are accepted: exact under concurrency.
 
-The package's platform gives the "basic" plan a 300 KiB quota (see conftest.FILES_ENV).
+The package's platform gives the "basic" plan a 300 KiB quota (see conftest.FILES_ENV). The
+images are PNGs Pillow wrote, which the service's own re-encoding stores byte for byte, so sizes
+uploaded are sizes stored.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import grpc
 from kit.errors import Reason
 from stylestudio.files.v1 import files_pb2
 from tests.files.conftest import BASIC_QUOTA_BYTES, FilesDatabase, domain_error_of, stored_files
-from tests.files.samples import image_bytes, noisy_jpeg
+from tests.files.samples import image_bytes, noisy_png
 
 
 def filler_leaving_room_for(room: int) -> bytes:
-    """A random JPEG whose whole copies leave at least `room` bytes of the quota free (its size varies)."""
+    """A random PNG whose whole copies leave at least `room` bytes of the quota free (its size varies)."""
     while True:
-        content = noisy_jpeg((160, 160))
+        content = noisy_png((100, 100))
         if BASIC_QUOTA_BYTES % len(content) >= room:
             return content
 
@@ -52,7 +54,7 @@ async def test_the_upload_that_would_exceed_the_quota_is_refused(
 
 async def test_usage_stays_exact_under_concurrent_uploads(new_user, files_database: FilesDatabase):
     user = new_user(plan="basic")
-    content = noisy_jpeg((120, 120))
+    content = noisy_png((80, 75))
     attempts = BASIC_QUOTA_BYTES // len(content) + 4
     results = await asyncio.gather(*(user.upload(content) for _ in range(attempts)), return_exceptions=True)
     accepted = [r for r in results if not isinstance(r, BaseException)]
@@ -68,7 +70,7 @@ async def test_usage_stays_exact_under_concurrent_uploads(new_user, files_databa
 
 async def test_deleting_frees_quota_at_once(new_user):
     user = new_user(plan="basic")
-    content = noisy_jpeg((160, 160))
+    content = noisy_png((100, 100))
     files = [await user.upload(content) for _ in range(BASIC_QUOTA_BYTES // len(content))]
     assert (await domain_error_of(user.upload(content))).reason == Reason.QUOTA_EXCEEDED
     await user.stub.DeleteFile(files_pb2.DeleteFileRequest(id=files[0].id), metadata=user.metadata)

@@ -11,7 +11,7 @@ import pytest
 from kit.errors import Reason
 from stylestudio.files.v1 import files_pb2
 from tests.files.conftest import FilesDatabase, domain_error_of, stored_files, upload_stream
-from tests.files.samples import decompression_bomb, image_bytes, location_of, make_of
+from tests.files.samples import decompression_bomb, image_bytes, location_of, make_of, stored_form
 
 MIB = 1024 * 1024
 
@@ -25,12 +25,13 @@ async def test_a_valid_image_is_stored_with_metadata_read_from_it(new_user, pil_
     content = image_bytes(pil_format, (120, 80))
     file = await user.upload(content, filename=f"look.{fmt}", category="model_image")
     assert (file.format, file.content_type, file.width, file.height) == (fmt, content_type, 120, 80)
-    assert (file.filename, file.category, file.size) == (f"look.{fmt}", "model_image", len(content))
-    assert file.sha256 == hashlib.sha256(content).hexdigest()
+    stored = stored_form(content)
+    assert (file.filename, file.category, file.size) == (f"look.{fmt}", "model_image", len(stored))
+    assert file.sha256 == hashlib.sha256(stored).hexdigest()
     assert file.created_at.seconds > 0
 
     served_type, body, headers = await user.download(file.id)
-    assert (served_type, body) == (content_type, content)
+    assert (served_type, body) == (content_type, stored)
     assert headers["etag"] == f'"{file.sha256}"'
     assert "private" in headers["cache-control"]
 
@@ -117,9 +118,39 @@ async def test_a_stream_without_metadata_first_is_refused(new_user):
 async def test_the_same_idempotency_key_returns_the_first_file(new_user, files_database: FilesDatabase):
     user = new_user()
     first = await user.upload(image_bytes("PNG"), idempotency_key="upload-1")
-    again = await user.upload(image_bytes("JPEG"), idempotency_key="upload-1")
+    again = await user.upload(image_bytes("PNG"), idempotency_key="upload-1")
     assert again.id == first.id and again.format == "png"
     assert files_database.file_rows(user.user_id) == 1
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"content": image_bytes("JPEG")},
+        {"content": image_bytes("PNG"), "filename": "other.png"},
+        {"content": image_bytes("PNG"), "category": "avatar"},
+    ],
+    ids=["other-bytes", "other-name", "other-category"],
+)
+async def test_the_same_idempotency_key_with_another_upload_is_a_conflict(
+    new_user, files_database: FilesDatabase, other: dict[str, object]
+):
+    user = new_user()
+    await user.upload(image_bytes("PNG"), idempotency_key="upload-2")
+    fields = {name: str(value) for name, value in other.items() if name != "content"}
+    content = other["content"]
+    assert isinstance(content, bytes)
+    error = await domain_error_of(user.upload(content, idempotency_key="upload-2", **fields))
+    assert (error.reason, error.code) == (Reason.CONFLICT, grpc.StatusCode.ALREADY_EXISTS)
+    assert files_database.file_rows(user.user_id) == 1
+
+
+async def test_a_key_whose_file_was_deleted_is_a_conflict_not_a_second_file(new_user):
+    user = new_user()
+    first = await user.upload(image_bytes("PNG"), idempotency_key="upload-3")
+    await user.stub.DeleteFile(files_pb2.DeleteFileRequest(id=first.id), metadata=user.metadata)
+    error = await domain_error_of(user.upload(image_bytes("PNG"), idempotency_key="upload-3"))
+    assert error.reason == Reason.CONFLICT
 
 
 async def test_uploads_need_a_signed_in_user(user_files_channel):

@@ -136,3 +136,45 @@ async def test_rest_errors_for_generations(gen_platform: Platform, rest: httpx.A
     assert (await rest.post("/v1/generations", json=body)).status_code == 401
     batch = await rest.post("/v1/generations:batch", json={"requests": [body]}, headers=auth)
     assert (batch.status_code, batch.json()["error"]["reason"]) == (403, "FEATURE_NOT_IN_PLAN")
+
+
+async def test_idempotency_keys_of_singles_and_batches_through_the_gateway(
+    gen_platform: Platform, rest: httpx.AsyncClient
+) -> None:
+    shopper = Shopper(gen_platform, plan="pro")
+    await shopper.grant(10)
+    auth = {"Authorization": f"Bearer {shopper.token}"}
+    product = await shopper.upload()
+
+    def body(prompt: str) -> dict[str, object]:
+        return {"productImageFiles": [product], "prompt": prompt, "parameters": {"quality": "draft"}}
+
+    single = await rest.post("/v1/generations", json=body("a hat"), headers=auth | {"Idempotency-Key": "s-1"})
+    assert single.status_code == 200, single.text
+    other = await rest.post("/v1/generations", json=body("a cap"), headers=auth | {"Idempotency-Key": "s-1"})
+    assert (other.status_code, other.json()["error"]["reason"]) == (409, "CONFLICT")
+
+    batch_key = {"Idempotency-Key": "b-1"}
+    batch = {"requests": [body("a scarf"), body("a glove")]}
+    first = await rest.post("/v1/generations:batch", json=batch, headers=auth | batch_key)
+    assert first.status_code == 200, first.text
+    ids = [r["generation"]["id"] for r in first.json()["results"]]
+    again = await rest.post("/v1/generations:batch", json=batch, headers=auth | batch_key)
+    assert [r["generation"]["id"] for r in again.json()["results"]] == ids
+    for changed in (
+        {"requests": [body("a scarf"), body("a mitten")]},
+        {"requests": [body("a scarf")]},
+        {"requests": [body("a scarf"), body("a glove"), body("a sock")]},
+    ):
+        refused = await rest.post("/v1/generations:batch", json=changed, headers=auth | batch_key)
+        assert (refused.status_code, refused.json()["error"]["reason"]) == (409, "CONFLICT"), refused.text
+
+    # A single create whose key looks like a batch item's is its own generation, never item 0.
+    for key in ("b-1:0", "batch:0:b-1", "b-1"):
+        alone = await rest.post(
+            "/v1/generations", json=body("a scarf"), headers=auth | {"Idempotency-Key": key}
+        )
+        assert alone.status_code == 200, alone.text
+        assert alone.json()["id"] not in ids
+    listed = (await rest.get("/v1/generations", params={"pageSize": 100}, headers=auth)).json()
+    assert len(listed["generations"]) == 1 + 2 + 3

@@ -62,3 +62,30 @@ async def test_sign_up_read_me_refresh_and_log_out_over_rest(rest: httpx.AsyncCl
         "password",
     )
     assert (await rest.get("/v1/users/me")).status_code == 401
+
+
+async def test_an_api_key_idempotency_key_reused_with_another_name_is_409(
+    users_platform: Platform, rest: httpx.AsyncClient
+) -> None:
+    signed_up = await rest.post(
+        "/v1/auth/signup", json={"email": new_email(), "password": PASSWORD, "name": "Keys"}
+    )
+    user = signed_up.json()
+    _, admin = users_platform.user_token(role="admin")
+    promoted = await rest.patch(
+        f"/v1/admin/users/{user['user']['id']}",
+        headers={"Authorization": f"Bearer {admin}"},
+        json={"plan": "pro"},
+    )
+    assert promoted.status_code == 200, promoted.text
+    refreshed = await rest.post("/v1/auth/refresh", json={"refreshToken": user["refreshToken"]})
+    headers = {"Authorization": f"Bearer {refreshed.json()['accessToken']}", "Idempotency-Key": "key-once"}
+    first = await rest.post("/v1/users/me/api-keys", headers=headers, json={"name": "ci"})
+    assert first.status_code == 200, first.text
+    again = await rest.post("/v1/users/me/api-keys", headers=headers, json={"name": "ci"})
+    assert again.status_code == 200 and again.json()["apiKey"]["id"] == first.json()["apiKey"]["id"]
+    other = await rest.post("/v1/users/me/api-keys", headers=headers, json={"name": "deploy"})
+    assert other.status_code == 409, other.text
+    assert other.json()["error"]["reason"] == "CONFLICT"
+    listed = await rest.get("/v1/users/me/api-keys", headers=headers)
+    assert [key["name"] for key in listed.json()["apiKeys"]] == ["ci"]
