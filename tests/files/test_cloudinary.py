@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from kit.clients import open_channel
+from kit.credential_state import CredentialState
 from kit.errors import Reason
 from kit.server import RunningService
 from services.files.__main__ import definition
@@ -124,6 +125,10 @@ async def test_the_service_stores_serves_and_deletes_through_cloudinary(
     channel = open_channel(cloudinary_files)
     try:
         user_id, token = files_platform.user_token()
+        # This files service keeps its Redis keys under a prefix of its own: its token check
+        # reads the user's credential state there.
+        state = CredentialState(version=0, role="user", plan="free")
+        files_platform.store_credential_state(user_id, state, f"{files_platform.redis_prefix}:cloudinary")
         user = FilesUser(user_id, token, files_pb2_grpc.FilesServiceStub(channel))
         content = image_bytes("WEBP", (40, 20))
         file = await user.upload(content, filename="dress.webp")

@@ -183,12 +183,13 @@ class Platform:
         self.store_credential_state(user_id, CredentialState(version=0, role=role, plan=plan))
         return user_id, sign_access_token(self.signing_key, user_id=user_id, plan=plan, role=role)
 
-    def store_credential_state(self, user_id: str, state: CredentialState) -> None:
+    def store_credential_state(self, user_id: str, state: CredentialState, prefix: str = "") -> None:
+        """Store ``state`` under this platform's Redis prefix, or ``prefix`` (a service started
+        beside the platform on a prefix of its own)."""
+        key = state_key(prefix or self.redis_prefix, user_id)
         with redis.Redis.from_url(self.redis_url) as client:
-            client.hset(
-                state_key(self.redis_prefix, user_id), mapping={"v": state.version, "state": state.to_json()}
-            )
-            client.expire(state_key(self.redis_prefix, user_id), 24 * 3600)
+            client.hset(key, mapping={"v": state.version, "state": state.to_json()})
+            client.expire(key, 24 * 3600)
 
     @staticmethod
     def bearer(token: str) -> tuple[tuple[str, str]]:
