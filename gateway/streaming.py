@@ -28,7 +28,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.errors import bad_request, from_rpc_error, payload_too_large, unsupported_media_type
 from gateway.exchange import ClientDisconnected, Exchange, watch_disconnect
-from gateway.transcoding import QueryField, parse_strings, string_fields, to_json
+from gateway.transcoding import QueryField, check_request, parse_strings, string_fields, to_json
 from kit.errors import Reason
 
 log = logging.getLogger("stylestudio.gateway")
@@ -194,6 +194,7 @@ class UploadMapping:
         request = self.request_class()
         request.MergeFrom(bound)
         parse_strings(self.fields, pairs, request)
+        check_request(request)
         return request.SerializeToString()
 
     def chunk(self, data: bytes) -> bytes:

@@ -21,6 +21,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from gateway.descriptors import HTTP_BODY, ApiMethod, HttpBinding
 from gateway.errors import bad_request
 from gateway.routes import PathParams, PathTemplate, TemplateError
+from kit import validation
+from kit.errors import ValidationError
 
 # Well-known types written as one JSON string or number, so they can be a query parameter.
 SCALAR_MESSAGES = frozenset(
@@ -65,6 +67,7 @@ class RequestMapping:
         self.method = method
         self.request_class = method.request_class
         request = method.descriptor.input_type
+        validation.prepare(request)
         self.path_fields = {
             variable.field_path: _field_at(request, variable.field_path, binding.template)
             for variable in template.variables
@@ -103,6 +106,7 @@ class RequestMapping:
             for path, raw in params:
                 _put(values, path, _scalar(self.path_fields[path], raw, ".".join(path)), False)
             _parse_into(values, request)
+        check_request(request)
         return request
 
     def _apply_query(self, request: message.Message, query: bytes) -> None:
@@ -138,6 +142,15 @@ class RequestMapping:
     def _encode_response_field(self, response: message.Message) -> bytes:
         document = to_json(response)
         return orjson.dumps(document.get(_json_name(response.DESCRIPTOR, self.response_body)))
+
+
+def check_request(request: message.Message) -> None:
+    """The services' own checks of a request (kit.validation: control characters, enum
+    numbers, integer bounds, nesting), answered as a 400 before any call is made."""
+    try:
+        validation.check(request)
+    except ValidationError as error:
+        raise bad_request(error.message, error.details.get("field")) from None
 
 
 def string_fields(
