@@ -3,7 +3,8 @@
 It serves the analytics contract's internal ``GetUserActivitySummary`` RPC and,
 in its handler, changes state (a row in ``kit_notes``) and writes an event in the
 same transaction, or sleeps (``NOTE_SERVICE_DELAY``) to be an in-flight RPC, or
-fails after writing (``user_id == "rollback"``). Run as a process with
+fails after writing (``user_id == "rollback"``), or runs a statement the database refuses
+with the text in its message (``user_id`` starting with ``"not-a-number:"``). Run as a process with
 ``python -m tests.kit.note_service`` (SIGTERM test) or in-process.
 """
 
@@ -42,6 +43,9 @@ class NoteApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             await asyncio.sleep(self.delay)
         async with self.runtime.db.transaction() as session:
             await session.execute(sa.insert(notes).values(text=request.user_id))
+            if request.user_id.startswith("not-a-number:"):
+                # PostgreSQL quotes the value it cannot read; SQLAlchemy adds the statement.
+                await session.execute(sa.select(sa.cast(sa.literal(request.user_id), sa.Integer)))
             await self.runtime.outbox.add(
                 session, NOTE_EVENT, wrappers_pb2.StringValue(value=request.user_id), user_id=request.user_id
             )
