@@ -22,7 +22,7 @@ from gateway.descriptors import HTTP_BODY, ApiMethod, HttpBinding
 from gateway.errors import bad_request
 from gateway.routes import PathParams, PathTemplate, TemplateError
 from kit import validation
-from kit.errors import ValidationError
+from kit.errors import ValidationError, excerpt
 
 # Well-known types written as one JSON string or number, so they can be a query parameter.
 SCALAR_MESSAGES = frozenset(
@@ -42,6 +42,7 @@ SCALAR_MESSAGES = frozenset(
     }
 )
 _MAX_QUERY_DEPTH = 3
+_MAX_PARSE_ERROR_CHARS = 120
 _FIELD_IN_ERROR = re.compile(r'(?:Failed to parse (\S+) field|has no field named "([^"]+)")')
 
 
@@ -173,7 +174,7 @@ def parse_strings(
     for name, raw in pairs:
         query_field = fields.get(name)
         if query_field is None:
-            raise bad_request(f"Unknown parameter {name!r}", name)
+            raise bad_request(f"Unknown parameter {excerpt(name)!r}", name)
         _put(values, query_field.path, _scalar(query_field.field, raw, name), query_field.repeated)
     _parse_into(values, request)
 
@@ -193,6 +194,7 @@ def _parse_into(values: dict[str, object], request: message.Message) -> None:
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as error:
         text = str(error).split("\n", 1)[0]
         found = _FIELD_IN_ERROR.search(text)
+        text = excerpt(text, _MAX_PARSE_ERROR_CHARS)  # protobuf's text quotes the value
         raise bad_request(text, (found.group(1) or found.group(2)) if found else None) from error
 
 
@@ -223,7 +225,7 @@ def _scalar(field: FieldDescriptor, raw: str, name: str) -> object:
             return True
         if lowered in ("false", "0"):
             return False
-        raise bad_request(f"{name!r} must be true or false", name)
+        raise bad_request(f"{excerpt(name)!r} must be true or false", name)
     if field.type == FieldDescriptor.TYPE_ENUM and raw.lstrip("-").isdigit():
         return int(raw)
     return raw

@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
-from kit.errors import Conflict, FailedPrecondition, InsufficientTokens, NotFound, ValidationError
+from kit.errors import (
+    Conflict,
+    FailedPrecondition,
+    InsufficientTokens,
+    NotFound,
+    ValidationError,
+    excerpt,
+)
 from kit.events import Outbox
 from kit.idempotency import IdempotencyKeyReused
 from kit.logs import describe_error
@@ -401,4 +408,4 @@ def _uuid(value: str, field: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"{field} {value!r} not found", details={field: value}) from None
+        raise NotFound(f"{field} {excerpt(value)!r} not found", details={field: excerpt(value)}) from None
