@@ -266,6 +266,8 @@ def _checks_of(
     special = _WELL_KNOWN.get(message_type.full_name)
     if special is not None:
         return [(special, None)]
+    if message_type.full_name == "google.protobuf.Value":
+        return [(_json_value_check(message_type, built), None)]
     transparent = message_type.full_name in _JSON_VALUES
     texts: dict[bool, list[tuple[descriptor.FieldDescriptor, str]]] = {False: [], True: []}
     checks: list[tuple[Check, _Plan | None]] = []
@@ -396,6 +398,35 @@ def _map_checks(
 
     # Kept whatever the value type checks when the keys or scalar values need checking.
     return [(entries, None if key_problem is not None or value_problem is not None else target)]
+
+
+def _json_value_check(value_type: descriptor.Descriptor, built: dict[descriptor.Descriptor, _Plan]) -> Check:
+    """google.protobuf.Value by the one kind it holds (JSON objects hold many of them)."""
+    struct_type = value_type.fields_by_name["struct_value"].message_type
+    list_type = value_type.fields_by_name["list_value"].message_type
+    struct_plan = built.get(struct_type) or _plans[struct_type]
+    list_plan = built.get(list_type) or _plans[list_type]
+    assert struct_plan is not None and list_plan is not None  # JSON values hold text: always checked
+    text_problem = _text_problem(multiline=False)
+
+    def check(value: Any, depth: int) -> None:
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            problem = text_problem(value.string_value)
+        elif kind == "number_value":
+            problem = _float_problem(value.number_value)
+        elif kind == "struct_value":
+            _run(struct_plan, value.struct_value, depth + 1)
+            return
+        elif kind == "list_value":
+            _run(list_plan, value.list_value, depth + 1)
+            return
+        else:
+            return
+        if problem is not None:
+            raise _Refused(problem, "")
+
+    return check
 
 
 def _quoted(key: object) -> str:
