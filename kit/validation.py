@@ -6,7 +6,8 @@ to check costs nothing per call). The rules, from the field's type and its
 ``(stylestudio.common.v1.input)`` option (protos/stylestudio/common/v1/input.proto):
 
 - strings hold no control character (Unicode Cc: NUL, C0, DEL, C1); ``multiline``
-  allows tab, line feed and carriage return; ``raw_text`` opts the field out;
+  allows tab, line feed and carriage return; ``raw_text`` opts the field out (text the
+  handler cleans itself, such as an uploaded file's name);
 - an enum holds one of its declared numbers (proto3 keeps whatever number it is sent);
 - integers stay within the field's ``min``/``max``; 64-bit integers that declare no
   bound stay within +-(2^53 - 1), so JSON clients read them exactly and no sum of them
