@@ -112,6 +112,8 @@ class TextFormatter(logging.Formatter):
         entry: dict[str, object] = dict(_extras(record))
         _add_correlation(entry)
         record.correlation = "".join(f" {key}={value}" for key, value in entry.items())
+        # logging caches the traceback text on the record: make sure it is the scrubbed one.
+        record.exc_text = self.formatException(record.exc_info) if record.exc_info else None
         return super().format(record)
 
     def formatException(self, ei: ExcInfo) -> str:
