@@ -225,7 +225,8 @@ class _Call:
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
-            except Exception as error:
+            except Exception as failure:
+                error = validation.database_refusal(failure)
                 code = _code_for(error)
                 if code is grpc.StatusCode.INTERNAL:
                     telemetry.record_error(state.span, error)
@@ -251,7 +252,8 @@ class _Call:
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
-            except Exception as error:
+            except Exception as failure:
+                error = validation.database_refusal(failure)
                 code = _code_for(error)
                 if code is grpc.StatusCode.INTERNAL:
                     telemetry.record_error(state.span, error)

@@ -25,6 +25,7 @@ from JSON (``check``), so a bad request is refused before any call.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import operator
 import re
@@ -35,7 +36,10 @@ import grpc
 from google.protobuf import descriptor, descriptor_pool, message
 
 from kit.errors import ValidationError, excerpt
+from kit.logs import describe_error
 from stylestudio.common.v1 import input_pb2
+
+log = logging.getLogger("stylestudio.rpc")
 
 # Nesting levels of messages (map entries count, as protobuf's decoder counts them); the
 # decoder's own limit is 100, and a deeper message is refused here before it is sent on.
@@ -205,6 +209,27 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return MALFORMED
 
     return parse
+
+
+# SQLSTATEs of PostgreSQL's "data exception" class that a value sent by a client causes: a
+# string or number past its column, text that is not a uuid or a date, a character the
+# database cannot hold.
+_STORED_VALUE_ERRORS = frozenset({"22001", "22003", "22007", "22008", "22021", "22P02", "22P05"})
+
+
+def database_refusal(error: Exception) -> Exception:
+    """``error``, or the 400 it should have been when the database refused a value that a
+    request carried past the checks above (text inside a webhook's JSON, say): the class
+    stays closed for what the descriptors cannot see. Logged, scrubbed, as a warning."""
+    original = getattr(error, "orig", None)
+    if original is None:
+        return error
+    sqlstate = getattr(original, "sqlstate", None)
+    nul_in_text = sqlstate is None and type(original).__name__ == "DataError"  # psycopg's own check
+    if sqlstate not in _STORED_VALUE_ERRORS and not nul_in_text:
+        return error
+    log.warning("the database refused a value of the request", extra={"error": describe_error(error)})
+    return ValidationError("A value of the request cannot be stored as it is")
 
 
 # --- planning ---------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """What a service built from the kit does with bad requests and failed statements, over gRPC.
 
 A request breaking kit.validation's rules, or bytes protobuf cannot decode, is refused as
-INVALID_ARGUMENT before the handler runs; a handler whose SQL fails answers INTERNAL, and its
-log line and span carry the error's class and SQLSTATE, never the statement, its parameters
-or the value PostgreSQL quotes.
+INVALID_ARGUMENT before the handler runs; a value PostgreSQL cannot take is a 400 too; a
+handler whose SQL fails otherwise answers INTERNAL, and its log line and span carry the
+error's class and SQLSTATE, never the statement, its parameters or the value PostgreSQL quotes.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ async def test_access_is_checked_before_the_request(note_service: RunningService
 async def test_a_failed_statement_leaves_its_parameters_out_of_the_log_and_the_span(
     channel: grpc.aio.Channel, captured_logs: io.StringIO
 ) -> None:
-    secret = "not-a-number: grace@example.com 203.0.113.7 a prompt about a red dress"
+    secret = "duplicate: grace@example.com 203.0.113.7 a prompt about a red dress"
     spans.clear()
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await analytics_pb2_grpc.AnalyticsServiceStub(channel).GetUserActivitySummary(
@@ -167,9 +167,26 @@ async def test_a_failed_statement_leaves_its_parameters_out_of_the_log_and_the_s
     (span,) = server
     (event,) = [event for event in span.events if event.name == "exception"]
     recorded = " ".join(str(value) for value in (*span.attributes.values(), *event.attributes.values()))  # type: ignore[union-attr]
-    assert "InvalidTextRepresentation" in recorded and "SQLSTATE 22P02" in recorded
+    assert "UniqueViolation" in recorded and "SQLSTATE 23505" in recorded
     log = captured_logs.getvalue()
-    assert "unhandled error" in log and "InvalidTextRepresentation" in log
+    assert "unhandled error" in log and "UniqueViolation" in log and "kit_unique_notes" in log
     for text in (recorded, log):
         assert "grace" not in text and "203.0.113.7" not in text and "red dress" not in text
-        assert "SELECT" not in text and "INSERT" not in text
+        assert "INSERT" not in text and "CREATE" not in text
+
+
+async def test_a_value_the_database_cannot_read_is_a_400_logged_without_the_value(
+    channel: grpc.aio.Channel, captured_logs: io.StringIO
+) -> None:
+    """What the descriptors cannot see (text inside a webhook's JSON) is still the client's:
+    a data exception of PostgreSQL is a 400, and its warning quotes nothing."""
+    secret = "not-a-number: grace@example.com"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await analytics_pb2_grpc.AnalyticsServiceStub(channel).GetUserActivitySummary(
+            analytics_pb2.GetUserActivitySummaryRequest(user_id=secret)
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(refused.value).reason == "VALIDATION_ERROR"
+    log = captured_logs.getvalue()
+    assert "InvalidTextRepresentation" in log and "SQLSTATE 22P02" in log
+    assert "grace" not in log and "SELECT" not in log

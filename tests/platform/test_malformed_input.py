@@ -523,3 +523,31 @@ async def _shared_credentials(gateway: httpx.AsyncClient, platform: Platform) ->
     if not _SHARED:
         _SHARED.append(await real_credentials(gateway, platform))
     return _SHARED[0]
+
+
+def _stripe_event(event_id: str, data: dict[str, object]) -> bytes:
+    return json.dumps({"id": event_id, "type": "payment_intent.succeeded", "data": {"object": data}}).encode()
+
+
+ID = uuid.uuid4()
+PAYMENT = {"object": "payment_intent", "amount_received": 5}
+NUL_EVENTS = {
+    "event-id": _stripe_event("evt_\u0000", {**PAYMENT, "id": "pi_1", "metadata": {"purchase_id": "p"}}),
+    "payment-intent-id": _stripe_event(
+        f"evt_{uuid.uuid4().hex}", {**PAYMENT, "id": "pi_\u0000", "metadata": {"purchase_id": str(ID)}}
+    ),
+}
+
+
+@pytest.mark.parametrize("body", NUL_EVENTS.values(), ids=NUL_EVENTS.keys())
+async def test_a_signed_stripe_event_with_a_nul_is_a_4xx(gateway: httpx.AsyncClient, body: bytes) -> None:
+    """Text inside a webhook's JSON is beyond the descriptors: the database's refusal of it is
+    the caller's 400 (kit.validation.database_refusal), not a 500."""
+    from services.billing.payments import sign_payload
+    from services.billing.settings import BillingSettings
+
+    secret = BillingSettings.model_fields["stripe_webhook_secret"].default.get_secret_value()
+    headers = {"Content-Type": "application/json", "Stripe-Signature": sign_payload(body, secret)}
+    response = await gateway.post("/webhooks/stripe", content=body, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    assert set(response.json()["error"]) == ERROR_KEYS
