@@ -31,6 +31,7 @@ from gateway.errors import (
     ApiError,
     bad_request,
     from_rpc_error,
+    headers_too_large,
     internal_error,
     method_not_allowed,
     not_found,
@@ -86,6 +87,8 @@ _FORWARDED_FOR = b"x-forwarded-for"  # the HTTP header proxies append to
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +[A-Za-z0-9\-._~+/]+=*")
 _METADATA_VALUE = re.compile(r"[\x20-\x7e]{0,8192}")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# What HTTP/2's header table counts per entry besides the name and value (gRPC's limits count it).
+_METADATA_ENTRY_OVERHEAD = 32
 _HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _EXPOSED = b"x-request-id, x-trace-id, retry-after"
 _ALLOWED_REQUEST_HEADERS = b"authorization, content-type, idempotency-key, x-request-id"
@@ -206,6 +209,9 @@ class Gateway:
         exchange = Exchange(scope, receive, send, headers, request_id, common)
         metadata = [(REQUEST_ID_HEADER, request_id), *telemetry.traceparent_of(span)]
         try:
+            oversized = self._oversized_headers(scope["headers"])
+            if oversized is not None:
+                raise oversized
             if verb == "OPTIONS" and "access-control-request-method" in headers and origin is not None:
                 await self._preflight(exchange, path)
             elif match is not None:
@@ -254,6 +260,12 @@ class Gateway:
                 metadata.append((name, value.strip()))
         self._add_client_origin(exchange, metadata)
         settings = self.settings
+        if sum(len(key) + len(value) + _METADATA_ENTRY_OVERHEAD for key, value in metadata) > (
+            settings.max_metadata_bytes
+        ):
+            raise headers_too_large(
+                "The request's headers are too large to pass on", {"limit": str(settings.max_metadata_bytes)}
+            )
         kind = route.kind
         if kind is CallKind.UPLOAD:
             await self._upload(exchange, route, params, metadata)
@@ -300,6 +312,22 @@ class Gateway:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, settings.default_retry_after_seconds) from error
         await exchange.respond(200, route.mapping.encode_response(response))
+
+    def _oversized_headers(self, raw: Headers) -> ApiError | None:
+        """431 for headers past the limits (settings), found before anything reads them."""
+        total, value_limit = 0, self.settings.max_header_value_bytes
+        for name, value in raw:
+            total += len(name) + len(value)
+            if len(value) > value_limit and name in _READ_HEADERS:
+                header = name.decode("latin-1")
+                return headers_too_large(
+                    f"The {header} header is over {value_limit} bytes",
+                    {"field": header, "limit": str(value_limit)},
+                )
+        if total > self.settings.max_header_bytes:
+            limit = str(self.settings.max_header_bytes)
+            return headers_too_large(f"The request headers are over {limit} bytes", {"limit": limit})
+        return None
 
     def _add_client_origin(self, exchange: Exchange, metadata: list[tuple[str, str]]) -> None:
         """Who is behind the call, for sessions, limits and the usage log (kit.origin): exactly

@@ -7,6 +7,7 @@ The body is ``{"error": {"code", "status", "reason", "message", "details"}}``.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -14,7 +15,19 @@ import grpc
 import orjson
 from google.rpc import error_details_pb2, status_pb2
 
-from kit.errors import ERROR_DOMAIN, REASON_BY_CODE, Reason, status_error_details
+from kit.errors import (
+    ERROR_DOMAIN,
+    INTERNAL_MESSAGE,
+    MAX_DETAIL_CHARS,
+    MAX_MESSAGE_CHARS,
+    REASON_BY_CODE,
+    Reason,
+    excerpt,
+    message_for_code,
+    status_error_details,
+)
+
+log = logging.getLogger("stylestudio.gateway")
 
 HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -26,7 +39,9 @@ HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    # A service's RATE_LIMITED and QUOTA_EXCEEDED are 429 by their reason; without one, a
+    # RESOURCE_EXHAUSTED is gRPC's own size limit (kit.errors.REASON_BY_CODE).
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 500,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.OUT_OF_RANGE: 400,
@@ -45,10 +60,10 @@ HTTP_STATUS_BY_REASON: dict[str, int] = {
     Reason.QUOTA_EXCEEDED: 429,
     Reason.FEATURE_NOT_IN_PLAN: 403,
     Reason.CONFLICT: 409,
+    Reason.INTERNAL: 500,
 }
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-_SERVER_ERROR_MESSAGE = "Internal error"
 
 
 @dataclass(slots=True)
@@ -61,6 +76,15 @@ class ApiError(Exception):
     message: str
     details: dict[str, str] = field(default_factory=dict)
     retry_after_seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        # Messages may quote what the client sent (a parameter's name, a JSON parser's view
+        # of a value): only a short prefix of it goes back.
+        self.message = excerpt(self.message, MAX_MESSAGE_CHARS)
+        self.details = {
+            excerpt(key, MAX_DETAIL_CHARS): excerpt(value, MAX_DETAIL_CHARS)
+            for key, value in self.details.items()
+        }
 
     def body(self) -> dict[str, object]:
         return {
@@ -116,29 +140,43 @@ def unsupported_media_type(message: str) -> ApiError:
 
 
 def internal_error() -> ApiError:
-    return ApiError(500, "INTERNAL", Reason.INTERNAL, _SERVER_ERROR_MESSAGE)
+    return ApiError(500, "INTERNAL", Reason.INTERNAL, INTERNAL_MESSAGE)
+
+
+def headers_too_large(message: str, details: dict[str, str]) -> ApiError:
+    return ApiError(431, "INVALID_ARGUMENT", Reason.VALIDATION_ERROR, message, details)
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int) -> ApiError:
-    """The client's view of a failed call, from its status code, ErrorInfo and RetryInfo."""
+    """The client's view of a failed call, from its status code, ErrorInfo and RetryInfo.
+
+    Only a status a service raised itself (with ErrorInfo of ERROR_DOMAIN) is passed on with
+    its message. Any other was made by gRPC (a refused connection, a deadline, a message or
+    metadata over a size limit) or by a kit fallback: the client gets its code's fixed words,
+    and the gateway's log the real ones."""
     code = error.code()
     info, retry_delay = _status_details(error.trailing_metadata())
     http_status = HTTP_STATUS_BY_CODE.get(code, 500)
     if info is not None and info.domain == ERROR_DOMAIN and info.reason:
         reason = info.reason
         http_status = HTTP_STATUS_BY_REASON.get(reason, http_status)
+        message = error.details() or code.name
+        details = dict(info.metadata)
     else:
-        # No reason was given: the code alone decides the status (FAILED_PRECONDITION stays 400).
         reason = str(REASON_BY_CODE.get(code, Reason.INTERNAL))
-    message = error.details() or code.name
-    if http_status >= 500 and code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS):
-        message = _SERVER_ERROR_MESSAGE  # may carry a server-side exception text: never pass it on
+        message, details = message_for_code(code), {}
+        if http_status >= 500:
+            log.warning(
+                "call failed outside any service's code",
+                extra={"code": code.name, "grpc": excerpt(error.details(), MAX_DETAIL_CHARS)},
+            )
+    if http_status >= 500 and reason == Reason.INTERNAL:
+        message = INTERNAL_MESSAGE  # may carry a server-side exception text: never pass it on
     retry_after = None
     if retry_delay is not None:
         retry_after = max(0, math.ceil(retry_delay))
     elif reason == Reason.RATE_LIMITED:
         retry_after = default_retry_after
-    details = dict(info.metadata) if info is not None else {}
     return ApiError(http_status, code.name, reason, message, details, retry_after)
 
 

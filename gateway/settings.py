@@ -35,6 +35,13 @@ class GatewaySettings(PlatformSettings):
     # The contract the routes are derived from (protoc's descriptor set with imports).
     descriptor_set: str = str(DEFAULT_DESCRIPTOR_SET)
 
+    # Requests whose headers are larger are refused with 431 before any call: all of them
+    # together, one header the gateway reads (Authorization, Idempotency-Key, ...), and what it
+    # forwards as gRPC metadata (gRPC itself refuses metadata past 8 KiB, counting its own).
+    max_header_bytes: int = 32 * 1024
+    max_header_value_bytes: int = 4 * 1024
+    max_metadata_bytes: int = 6 * 1024
+
     # JSON and webhook bodies larger than this are refused with 413 before the body is read.
     max_body_bytes: int = 1024 * 1024
     # multipart uploads: the whole form; the files service refuses files over its own limit itself.

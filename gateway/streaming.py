@@ -28,8 +28,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.errors import bad_request, from_rpc_error, payload_too_large, unsupported_media_type
 from gateway.exchange import ClientDisconnected, Exchange, watch_disconnect
-from gateway.transcoding import QueryField, parse_strings, string_fields, to_json
-from kit.errors import Reason
+from gateway.transcoding import QueryField, check_request, parse_strings, string_fields, to_json
+from kit.errors import Reason, excerpt
 
 log = logging.getLogger("stylestudio.gateway")
 
@@ -194,6 +194,7 @@ class UploadMapping:
         request = self.request_class()
         request.MergeFrom(bound)
         parse_strings(self.fields, pairs, request)
+        check_request(request)
         return request.SerializeToString()
 
     def chunk(self, data: bytes) -> bytes:
@@ -359,7 +360,7 @@ class _MultipartReader:
                 trailing_fields.append((event[1], event[2]))
             else:
                 raise bad_request(
-                    f"Form field {event[1]!r} must come before the file, like the form's other fields",
+                    f"Form field {excerpt(event[1])!r} must come before the file, as the others do",
                     event[1],
                 )
 
@@ -411,7 +412,7 @@ class _MultipartReader:
             return
         self._field_value += data[start:end]
         if len(self._field_value) > _MAX_FORM_FIELD_BYTES:
-            raise bad_request(f"Form field {self._field_name!r} is too long", self._field_name)
+            raise bad_request(f"Form field {excerpt(self._field_name)!r} is too long", self._field_name)
 
     def _part_end(self) -> None:
         if self._is_file:
@@ -420,7 +421,9 @@ class _MultipartReader:
         try:
             value = self._field_value.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise bad_request(f"Form field {self._field_name!r} is not UTF-8", self._field_name) from error
+            raise bad_request(
+                f"Form field {excerpt(self._field_name)!r} is not UTF-8", self._field_name
+            ) from error
         self._events.append(("field", self._field_name, value))
 
 

@@ -21,6 +21,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from gateway.descriptors import HTTP_BODY, ApiMethod, HttpBinding
 from gateway.errors import bad_request
 from gateway.routes import PathParams, PathTemplate, TemplateError
+from kit import validation
+from kit.errors import ValidationError, excerpt
 
 # Well-known types written as one JSON string or number, so they can be a query parameter.
 SCALAR_MESSAGES = frozenset(
@@ -40,6 +42,7 @@ SCALAR_MESSAGES = frozenset(
     }
 )
 _MAX_QUERY_DEPTH = 3
+_MAX_PARSE_ERROR_CHARS = 120
 _FIELD_IN_ERROR = re.compile(r'(?:Failed to parse (\S+) field|has no field named "([^"]+)")')
 
 
@@ -65,6 +68,7 @@ class RequestMapping:
         self.method = method
         self.request_class = method.request_class
         request = method.descriptor.input_type
+        validation.prepare(request)
         self.path_fields = {
             variable.field_path: _field_at(request, variable.field_path, binding.template)
             for variable in template.variables
@@ -103,6 +107,7 @@ class RequestMapping:
             for path, raw in params:
                 _put(values, path, _scalar(self.path_fields[path], raw, ".".join(path)), False)
             _parse_into(values, request)
+        check_request(request)
         return request
 
     def _apply_query(self, request: message.Message, query: bytes) -> None:
@@ -140,6 +145,15 @@ class RequestMapping:
         return orjson.dumps(document.get(_json_name(response.DESCRIPTOR, self.response_body)))
 
 
+def check_request(request: message.Message) -> None:
+    """The services' own checks of a request (kit.validation: control characters, enum
+    numbers, integer bounds, nesting), answered as a 400 before any call is made."""
+    try:
+        validation.check(request)
+    except ValidationError as error:
+        raise bad_request(error.message, error.details.get("field")) from None
+
+
 def string_fields(
     message_type: descriptor.Descriptor, exclude: set[str], prefix: tuple[str, ...] = ()
 ) -> dict[str, QueryField]:
@@ -160,7 +174,7 @@ def parse_strings(
     for name, raw in pairs:
         query_field = fields.get(name)
         if query_field is None:
-            raise bad_request(f"Unknown parameter {name!r}", name)
+            raise bad_request(f"Unknown parameter {excerpt(name)!r}", name)
         _put(values, query_field.path, _scalar(query_field.field, raw, name), query_field.repeated)
     _parse_into(values, request)
 
@@ -180,6 +194,7 @@ def _parse_into(values: dict[str, object], request: message.Message) -> None:
     except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as error:
         text = str(error).split("\n", 1)[0]
         found = _FIELD_IN_ERROR.search(text)
+        text = excerpt(text, _MAX_PARSE_ERROR_CHARS)  # protobuf's text quotes the value
         raise bad_request(text, (found.group(1) or found.group(2)) if found else None) from error
 
 
@@ -210,7 +225,7 @@ def _scalar(field: FieldDescriptor, raw: str, name: str) -> object:
             return True
         if lowered in ("false", "0"):
             return False
-        raise bad_request(f"{name!r} must be true or false", name)
+        raise bad_request(f"{excerpt(name)!r} must be true or false", name)
     if field.type == FieldDescriptor.TYPE_ENUM and raw.lstrip("-").isdigit():
         return int(raw)
     return raw

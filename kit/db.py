@@ -50,6 +50,9 @@ class Database:
             # A ping per checkout costs a round trip per transaction; a connection broken by a
             # database restart fails one call and is discarded, and health turns NOT_SERVING.
             pool_pre_ping=pre_ping,
+            # An error's text never carries the row it was writing (user ids, addresses, prompts);
+            # kit.logs.describe_error keeps the statement out of logs and spans as well.
+            hide_parameters=True,
             # search_path as a second fence: unqualified names can only mean this service's tables.
             connect_args={"options": f"-c search_path={schema}"},
         )

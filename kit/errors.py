@@ -18,6 +18,18 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "stylestudio.app"
+# What an error may carry back: a status travels in gRPC trailers, which the caller refuses
+# past 8-16 KiB (and percent-encodes, so one character may take 12 bytes), and no message
+# should quote more of a client's input than it needs to say which.
+MAX_MESSAGE_CHARS = 300
+MAX_DETAIL_CHARS = 120
+EXCERPT_CHARS = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A short prefix of ``value`` (text a client sent) to quote in a message."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Reason(enum.StrEnum):
@@ -54,9 +66,13 @@ class DomainError(Exception):
         reason: Reason | None = None,
         code: grpc.StatusCode | None = None,
     ) -> None:
+        message = excerpt(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.details = {key: str(value) for key, value in (details or {}).items()}
+        self.details = {
+            excerpt(key, MAX_DETAIL_CHARS): excerpt(value, MAX_DETAIL_CHARS)
+            for key, value in (details or {}).items()
+        }
         self.retry_after_seconds = retry_after_seconds
         if reason is not None:
             self.reason = reason
@@ -168,7 +184,8 @@ _BY_REASON: dict[Reason, type[DomainError]] = {
 }
 
 # When an RPC fails without ErrorInfo (a framework error, UNIMPLEMENTED, a deadline),
-# the reason the client sees is derived from the status code.
+# the reason the client sees is derived from the status code. RESOURCE_EXHAUSTED without
+# ErrorInfo is gRPC's own (a message or metadata over a size limit), not a rate limit: INTERNAL.
 REASON_BY_CODE: dict[grpc.StatusCode, Reason] = {
     grpc.StatusCode.INVALID_ARGUMENT: Reason.VALIDATION_ERROR,
     grpc.StatusCode.OUT_OF_RANGE: Reason.VALIDATION_ERROR,
@@ -178,10 +195,33 @@ REASON_BY_CODE: dict[grpc.StatusCode, Reason] = {
     grpc.StatusCode.ALREADY_EXISTS: Reason.CONFLICT,
     grpc.StatusCode.ABORTED: Reason.CONFLICT,
     grpc.StatusCode.FAILED_PRECONDITION: Reason.CONFLICT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.RATE_LIMITED,
     grpc.StatusCode.UNAVAILABLE: Reason.PROVIDER_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: Reason.PROVIDER_UNAVAILABLE,
 }
+
+# ...and its text is not passed on either: gRPC wrote it ("received metadata size exceeds
+# hard limit", "failed to connect to all addresses; last error: ... 127.0.0.1:50051", ...),
+# or a kit fallback did. A caller sees the same words for the same code, always.
+MESSAGE_BY_CODE: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.CANCELLED: "The call was canceled",
+    grpc.StatusCode.INVALID_ARGUMENT: "The request is not valid",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "A service did not answer in time; try again",
+    grpc.StatusCode.NOT_FOUND: "Not found",
+    grpc.StatusCode.ALREADY_EXISTS: "It already exists",
+    grpc.StatusCode.PERMISSION_DENIED: "Not allowed",
+    grpc.StatusCode.UNAUTHENTICATED: "Missing or invalid credentials",
+    grpc.StatusCode.FAILED_PRECONDITION: "Not possible in the current state",
+    grpc.StatusCode.ABORTED: "Interrupted by a concurrent change; try again",
+    grpc.StatusCode.OUT_OF_RANGE: "A value is out of range",
+    grpc.StatusCode.UNIMPLEMENTED: "Not implemented",
+    grpc.StatusCode.UNAVAILABLE: "A service is unavailable; try again",
+}
+INTERNAL_MESSAGE = "Internal error"
+
+
+def message_for_code(code: grpc.StatusCode) -> str:
+    """What a status that no service's code raised (no ErrorInfo of ours) says to a client."""
+    return MESSAGE_BY_CODE.get(code, INTERNAL_MESSAGE)
 
 
 def to_rpc_status(error: DomainError) -> grpc.Status:
@@ -196,7 +236,7 @@ def to_rpc_status(error: DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def internal_status(message: str = "Internal error") -> grpc.Status:
+def internal_status(message: str = INTERNAL_MESSAGE) -> grpc.Status:
     status = status_pb2.Status(code=code_pb2.INTERNAL, message=message)
     return rpc_status.to_status(status)
 
@@ -204,12 +244,13 @@ def internal_status(message: str = "Internal error") -> grpc.Status:
 def from_rpc_error(error: grpc.RpcError) -> DomainError:
     """Rebuild the domain error a failed call carried (or one derived from its status code)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    message = (error.details() if hasattr(error, "details") else None) or code.name
     info, retry = _error_details(error)
     if info is not None and info.domain == ERROR_DOMAIN and info.reason in Reason.__members__:
         reason = Reason(info.reason)
+        message = (error.details() if hasattr(error, "details") else None) or code.name
     else:
         reason = REASON_BY_CODE.get(code, Reason.INTERNAL)
+        message = message_for_code(code)
     cls = _BY_REASON.get(reason, DomainError)
     result = DomainError.__new__(cls)
     DomainError.__init__(

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit import telemetry
 from kit.db import Database, after_commit
+from kit.logs import describe_error
 from stylestudio.common.v1 import event_pb2
 
 log = logging.getLogger("stylestudio.events")
@@ -193,7 +194,7 @@ class OutboxRelay:
                 moved = await self.relay_once()
                 backoff = 0.1
             except (RedisError, sa.exc.SQLAlchemyError, OSError) as error:
-                log.warning("outbox relay failed, retrying", extra={"error": str(error)})
+                log.warning("outbox relay failed, retrying", extra={"error": describe_error(error)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -481,7 +482,7 @@ class EventConsumer:
                     for route, events in (await self._fresh_events(session, deliveries)).items():
                         await route.handler(session, events)
             except Exception as error:
-                span.record_exception(error)
+                telemetry.record_error(span, error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
                 if alone:
                     log.exception(
@@ -550,7 +551,7 @@ class EventConsumer:
                     if first_time:
                         await handler(session, event)
             except Exception as error:
-                span.record_exception(error)
+                telemetry.record_error(span, error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
                 log.exception(
                     "event handler failed; it will be redelivered",

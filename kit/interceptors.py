@@ -10,6 +10,8 @@ option in protos/, so the rule lives next to the contract:
 PUBLIC needs nothing, USER a signed-in user, ADMIN an admin, INTERNAL a service.
 An API key is never an admin credential, and a method marked
 ``(stylestudio.common.v1.session_only)`` refuses API keys altogether.
+Once the caller may call it, the request (each message of a client stream) is checked
+against its descriptor (kit.validation: control characters, enum numbers, integer bounds).
 A ``DomainError`` raised by a handler becomes its gRPC status with ErrorInfo; any
 other exception becomes INTERNAL with no detail leaked to the caller.
 """
@@ -29,7 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from kit import telemetry
+from kit import telemetry, validation
 from kit.auth import (
     ANONYMOUS,
     Caller,
@@ -178,6 +180,7 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         level = self._levels.get(method, access_pb2.ACCESS_INTERNAL)  # undeclared: safest level
         call = _Call(self._authenticator, method, level, method in self._session_only)
+        handler = validation.checking(handler, method)  # every request message, after the access check
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 call.wrap_unary(handler.unary_unary),
@@ -222,10 +225,11 @@ class _Call:
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
-            except Exception as error:
+            except Exception as failure:
+                error = validation.database_refusal(failure)
                 code = _code_for(error)
                 if code is grpc.StatusCode.INTERNAL:
-                    state.span.record_exception(error)
+                    telemetry.record_error(state.span, error)
                 await self._abort(error, code, context)
             finally:
                 self._exit(state, started, code)
@@ -248,10 +252,11 @@ class _Call:
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
-            except Exception as error:
+            except Exception as failure:
+                error = validation.database_refusal(failure)
                 code = _code_for(error)
                 if code is grpc.StatusCode.INTERNAL:
-                    state.span.record_exception(error)
+                    telemetry.record_error(state.span, error)
                 await self._abort(error, code, context)
             finally:
                 self._exit(state, started, code)

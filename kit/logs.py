@@ -1,7 +1,10 @@
 """Structured logs: one JSON object per line, with the service, trace and request ids.
 
 Never pass secrets or personal data (passwords, tokens, API keys, emails) to a log
-call; log ids instead.
+call; log ids instead. An exception is logged scrubbed (``describe_error``): its frames,
+and for each exception of the chain its class and a short message; for a database error
+the SQLSTATE and the names of the constraint, table and column, never the SQL statement,
+its bound parameters or the server's DETAIL line (which quotes the row).
 """
 
 from __future__ import annotations
@@ -11,12 +14,68 @@ import json
 import logging
 import sys
 import time
+import traceback
+from types import TracebackType
 
 from opentelemetry import trace
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("stylestudio_request_id", default="")
 
 _NOT_EXTRAS = ("color_message", "correlation")
+_SHORT_MESSAGE_CHARS = 200
+# What a psycopg error's diagnostics may name: identifiers of the schema, never values.
+_DIAGNOSTIC_NAMES = ("constraint_name", "table_name", "column_name")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+def describe_error(error: BaseException) -> str:
+    """The error's class and a short message that carries no data: what a log or span may hold."""
+    name = type(error).__name__
+    original = getattr(error, "orig", None)  # SQLAlchemy's wrapper of the driver's error
+    if getattr(error, "statement", None) is not None or isinstance(original, BaseException):
+        inner = original if isinstance(original, BaseException) else None
+        return f"{name}: {_describe_database_error(inner)}" if inner is not None else name
+    if getattr(error, "sqlstate", None) is not None:  # the driver's own error, unwrapped
+        return _describe_database_error(error)
+    text = str(error).split("\n", 1)[0]
+    if len(text) > _SHORT_MESSAGE_CHARS:
+        text = text[:_SHORT_MESSAGE_CHARS] + "..."
+    return f"{name}: {text}" if text else name
+
+
+def _describe_database_error(error: BaseException) -> str:
+    parts = [type(error).__name__]
+    sqlstate = getattr(error, "sqlstate", None)
+    if sqlstate:
+        parts.append(f"SQLSTATE {sqlstate}")
+    diagnostics = getattr(error, "diag", None)
+    for attribute in _DIAGNOSTIC_NAMES:
+        value = getattr(diagnostics, attribute, None) if diagnostics is not None else None
+        if value:
+            parts.append(f"{attribute.removesuffix('_name')} {value}")
+    return ", ".join(parts)
+
+
+def scrubbed_traceback(error: BaseException) -> str:
+    """A traceback with every frame but no exception text beyond ``describe_error``'s."""
+    lines: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    chain: list[BaseException] = []
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    for index, link in enumerate(reversed(chain)):
+        if index:
+            lines.append("\nwhile handling it, or because of it:\n")
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.format_tb(link.__traceback__))
+        lines.append(describe_error(link) + "\n")
+    return "".join(lines).rstrip("\n")
+
+
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -40,6 +99,9 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
+    def formatException(self, ei: ExcInfo) -> str:
+        return scrubbed_traceback(ei[1]) if ei[1] is not None else ""
+
 
 class TextFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
@@ -50,7 +112,12 @@ class TextFormatter(logging.Formatter):
         entry: dict[str, object] = dict(_extras(record))
         _add_correlation(entry)
         record.correlation = "".join(f" {key}={value}" for key, value in entry.items())
+        # logging caches the traceback text on the record: make sure it is the scrubbed one.
+        record.exc_text = self.formatException(record.exc_info) if record.exc_info else None
         return super().format(record)
+
+    def formatException(self, ei: ExcInfo) -> str:
+        return scrubbed_traceback(ei[1]) if ei[1] is not None else ""
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:

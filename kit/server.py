@@ -36,7 +36,7 @@ from kit.credential_state import CredentialStateStore
 from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
 from kit.interceptors import Authenticator, KitServerInterceptor, access_levels, session_only_methods
-from kit.logs import setup_logging
+from kit.logs import describe_error, setup_logging
 from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
 from kit.tokens import users_service_states, users_service_verifier
@@ -240,7 +240,7 @@ class RunningService:
                 self._at_head = await asyncio.to_thread(migrations.is_at_head, self.definition.name, url)
             return self._at_head
         except Exception as error:  # any failure of a dependency means "not ready", never a crash
-            log.warning("not ready", extra={"error": f"{type(error).__name__}: {error}"})
+            log.warning("not ready", extra={"error": describe_error(error)})
             return False
 
     async def _watch_health(self) -> None:

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Status, StatusCode
 
+from kit.logs import describe_error, scrubbed_traceback
 from kit.settings import PlatformSettings
 
 # Span attribute names (the platform's registry; never put emails, tokens or keys in spans).
@@ -166,6 +167,18 @@ def end_rpc_span(span: trace.Span, code: grpc.StatusCode, *, server: bool) -> No
     if code is not grpc.StatusCode.OK and (not server or code in _SERVER_ERROR_CODES):
         span.set_status(Status(StatusCode.ERROR, code.name))
     span.end()
+
+
+def record_error(span: trace.Span, error: BaseException) -> None:
+    """``span.record_exception``, scrubbed as log lines are (kit.logs.describe_error): the
+    error's class and a short message, never an SQL statement or its parameters."""
+    span.record_exception(
+        error,
+        attributes={
+            "exception.message": describe_error(error),
+            "exception.stacktrace": scrubbed_traceback(error),
+        },
+    )
 
 
 def traceparent_of(span: trace.Span) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
-from kit.errors import ValidationError
+from kit.errors import ValidationError, excerpt
 from services.analytics import usage_log
 
 _WINDOW = re.compile(r"^(\d{1,5})([hd])$")
@@ -71,7 +71,8 @@ def parse_window(text: str, now: datetime, *, default: str, max_days: int) -> Wi
     match = _WINDOW.match(text)
     if match is None:
         raise ValidationError(
-            f"window must be a number and a unit, h or d (e.g. 24h, 7d); got {text!r}", field="window"
+            f"window must be a number and a unit, h or d (e.g. 24h, 7d); got {excerpt(text)!r}",
+            field="window",
         )
     amount, unit = int(match.group(1)), match.group(2)
     length = timedelta(hours=amount) if unit == "h" else timedelta(days=amount)

@@ -17,9 +17,17 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
-from kit.errors import Conflict, FailedPrecondition, InsufficientTokens, NotFound, ValidationError
+from kit.errors import (
+    Conflict,
+    FailedPrecondition,
+    InsufficientTokens,
+    NotFound,
+    ValidationError,
+    excerpt,
+)
 from kit.events import Outbox
 from kit.idempotency import IdempotencyKeyReused
+from kit.logs import describe_error
 from services.billing import events, store
 from services.billing.models import GRANTS_ACCOUNT
 from services.billing.settings import BillingSettings
@@ -208,7 +216,7 @@ class Ledger:
                 while await self.expire_holds() >= self.settings.hold_sweep_batch_size:
                     pass
             except (sa.exc.SQLAlchemyError, OSError) as error:
-                log.warning("hold sweep failed; retrying", extra={"error": str(error)})
+                log.warning("hold sweep failed; retrying", extra={"error": describe_error(error)})
             await asyncio.sleep(self.settings.hold_sweep_interval_seconds)
 
     async def _void(
@@ -400,4 +408,4 @@ def _uuid(value: str, field: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"{field} {value!r} not found", details={field: value}) from None
+        raise NotFound(f"{field} {excerpt(value)!r} not found", details={field: excerpt(value)}) from None

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-from kit.errors import ValidationError
+from kit.errors import ValidationError, excerpt
 from services.billing.settings import BillingSettings, TokenPackage
 
 
@@ -55,11 +55,11 @@ class PriceList:
         package = self._packages.get(name)
         if package is None:
             known = ", ".join(p.name for p in self.packages())
-            raise ValidationError(f"Unknown package {name!r}; one of: {known}", field="package_name")
+            raise ValidationError(f"Unknown package {excerpt(name)!r}; one of: {known}", field="package_name")
         return package
 
 
 def _multiplier(table: dict[str, float], value: str, field: str) -> Decimal:
     if value not in table:
-        raise ValidationError(f"Unknown {field} {value!r}; one of: {', '.join(table)}", field=field)
+        raise ValidationError(f"Unknown {field} {excerpt(value)!r}; one of: {', '.join(table)}", field=field)
     return Decimal(str(table[value]))

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from kit.errors import Reason
+from kit.logs import describe_error
 from services.generation import events, store
 from services.generation.saga import Generation, Saga
 from services.generation.worker import DEADLINE_MESSAGE
@@ -55,7 +56,7 @@ async def _guard(action: object, generation: Generation, what: str) -> None:
             extra={
                 "generation_id": str(generation.id),
                 "step": what,
-                "error": f"{type(error).__name__}: {error}",
+                "error": describe_error(error),
             },
         )
 

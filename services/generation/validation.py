@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kit.errors import ValidationError
+from kit.errors import ValidationError, excerpt
 from services.generation.catalog import Catalog
 from services.generation.settings import GenerationSettings
 
@@ -100,7 +100,9 @@ def _file_ids(ids: list[str], field: str, least: int, most: int) -> tuple[str, .
 def _choice(value: str, allowed: object, field: str) -> str:
     if value not in allowed:  # type: ignore[operator]
         options = ", ".join(sorted(allowed))  # type: ignore[call-overload]
-        raise ValidationError(f"Unknown {field.split('.')[-1]} {value!r}; one of: {options}", field=field)
+        raise ValidationError(
+            f"Unknown {field.split('.')[-1]} {excerpt(value)!r}; one of: {options}", field=field
+        )
     return value
 
 

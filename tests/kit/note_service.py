@@ -3,7 +3,9 @@
 It serves the analytics contract's internal ``GetUserActivitySummary`` RPC and,
 in its handler, changes state (a row in ``kit_notes``) and writes an event in the
 same transaction, or sleeps (``NOTE_SERVICE_DELAY``) to be an in-flight RPC, or
-fails after writing (``user_id == "rollback"``). Run as a process with
+fails after writing (``user_id == "rollback"``), or runs a statement the database refuses
+quoting the text (``user_id`` starting with ``"not-a-number:"``: a value it cannot read;
+``"duplicate:"``: the same text twice under a unique constraint). Run as a process with
 ``python -m tests.kit.note_service`` (SIGTERM test) or in-process.
 """
 
@@ -42,6 +44,16 @@ class NoteApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             await asyncio.sleep(self.delay)
         async with self.runtime.db.transaction() as session:
             await session.execute(sa.insert(notes).values(text=request.user_id))
+            if request.user_id.startswith("not-a-number:"):
+                # PostgreSQL quotes the value it cannot read; SQLAlchemy adds the statement.
+                await session.execute(sa.select(sa.cast(sa.literal(request.user_id), sa.Integer)))
+            if request.user_id.startswith("duplicate:"):
+                # A bug, not the caller's doing: the DETAIL line quotes the duplicated text.
+                create = "CREATE TEMP TABLE kit_unique_notes (text text UNIQUE) ON COMMIT DROP"
+                await session.execute(sa.text(create))
+                for _ in range(2):
+                    insert = sa.text("INSERT INTO kit_unique_notes (text) VALUES (:text)")
+                    await session.execute(insert, {"text": request.user_id})
             await self.runtime.outbox.add(
                 session, NOTE_EVENT, wrappers_pb2.StringValue(value=request.user_id), user_id=request.user_id
             )
