@@ -15,6 +15,7 @@ password gets the current one.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -86,16 +87,31 @@ def development_passwords(path: Path, services: Sequence[str]) -> dict[str, str]
     """Random passwords for ``services``, the same for every run of this user on this machine."""
     kept = _read_passwords(path)
     if any(service not in kept for service in services):
-        wanted = {service: secrets.token_urlsafe(32) for service in SERVICES if service not in kept}
         try:
-            _keep_passwords(path, kept | wanted)
+            kept = _add_missing_passwords(path)
         except OSError as error:  # an unwritable home: this run's passwords only
             log.warning(
                 "development database passwords not kept", extra={"path": str(path), "error": str(error)}
             )
-            return kept | wanted
-        kept = _read_passwords(path)  # a concurrent run may have won: its passwords count
+            return {service: kept.get(service) or secrets.token_urlsafe(32) for service in services}
     return {service: kept[service] for service in services}
+
+
+def _add_missing_passwords(path: Path) -> dict[str, str]:
+    """Under an exclusive lock (concurrent first runs: launcher, tests), read the kept passwords,
+    add the missing ones and write them back whole, so every run ends with the same file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = _read_passwords(path)
+        wanted = {service: secrets.token_urlsafe(32) for service in SERVICES if service not in kept}
+        if wanted:
+            kept |= wanted
+            _keep_passwords(path, kept)
+        return kept
+    finally:
+        os.close(lock)  # closing releases the lock
 
 
 def _read_passwords(path: Path) -> dict[str, str]:
@@ -111,20 +127,13 @@ def _read_passwords(path: Path) -> dict[str, str]:
 
 
 def _keep_passwords(path: Path, passwords: Mapping[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write whole or not at all: a reader never sees half a file."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        json.dump(dict(passwords), out)
     try:
-        # Only the first writer's file stands (link fails if one exists), unless it lacked services.
-        if path.exists():
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                pass
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(dict(passwords), out)
+        os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 
