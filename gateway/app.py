@@ -50,8 +50,10 @@ from gateway.streaming import (
     serve_event_stream,
 )
 from kit import telemetry
+from kit.auth import ServiceCredentials
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
-from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER
+from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER, RELAY_CREDENTIAL_HEADER
+from kit.service_keys import GATEWAY_IDENTITY
 from kit.settings import refuse_insecure_settings
 from kit.tls import TransportSecurity
 
@@ -108,6 +110,9 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self._trusted_proxies = parse_networks(settings.gateway_trusted_proxies)
+        # The gateway's own identity: its credential on every call proves the call came through
+        # it, so services believe the client origin it forwards (kit.origin). It verifies nothing.
+        self.credentials = ServiceCredentials.from_settings(settings, GATEWAY_IDENTITY, verifies=False)
         descriptors = descriptors or ApiDescriptors.from_file(settings.descriptor_set)
         self.api = Api(descriptors)
         if targets is None:
@@ -207,7 +212,11 @@ class Gateway:
                 (b"vary", b"Origin"),
             ]
         exchange = Exchange(scope, receive, send, headers, request_id, common)
-        metadata = [(REQUEST_ID_HEADER, request_id), *telemetry.traceparent_of(span)]
+        metadata = [
+            (REQUEST_ID_HEADER, request_id),
+            (RELAY_CREDENTIAL_HEADER, self.credentials.token()),
+            *telemetry.traceparent_of(span),
+        ]
         try:
             oversized = self._oversized_headers(scope["headers"])
             if oversized is not None:

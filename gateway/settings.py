@@ -104,6 +104,12 @@ class GatewaySettings(PlatformSettings):
             )
         return trust
 
+    def service_key_problems(self) -> list[str]:
+        # The gateway signs its relay credential and verifies none: its own key is all it needs.
+        from kit.service_keys import service_key_problems
+
+        return service_key_problems(self, verifies=False)
+
     @property
     def host(self) -> str:
         return self.gateway_addr.rsplit(":", 1)[0]

@@ -2,10 +2,11 @@
 
 The auth interceptor puts a ``Caller`` in a contextvar for the duration of an RPC;
 handlers read it with ``current_caller()``. Services talk to each other with a short
--lived service token (a JWT signed with the platform's service secret, audience
-``stylestudio-internal``), which no user can obtain. User access tokens are checked
-by a ``UserTokenVerifier`` plugged in by the process (the users service publishes
-the keys; see issue "Users service").
+-lived service token: a JWT naming the calling identity, signed with that identity's own
+private key and checked against its public key (kit/service_keys.py), which no user and no
+other service can produce. A service token may also name a user the service acts for, on
+the USER RPCs that declare it (docs/security.md). User access tokens are checked by a
+``UserTokenVerifier`` plugged in by the process (the users service publishes the keys).
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from collections.abc import Awaitable, Callable
 
 import jwt
 
-from kit.errors import Forbidden, Unauthenticated
+from kit.errors import Forbidden, Unauthenticated, ValidationError
+from kit.service_keys import (
+    PublicKeySet,
+    SigningIdentity,
+    load_public_keys,
+    load_signing_identity,
+    require_service_keys,
+)
+from kit.settings import PlatformSettings
 
 SERVICE_TOKEN_AUDIENCE = "stylestudio-internal"
 SERVICE_TOKEN_ISSUER = "stylestudio-services"
-SERVICE_TOKEN_ALGORITHM = "HS256"
+SERVICE_TOKEN_TYPE = "svc"
 
 
 class CallerKind(enum.StrEnum):
@@ -40,11 +49,19 @@ class Caller:
     role: str = ""
     session_id: str = ""
     api_key_id: str = ""
+    # A user caller whose call a service makes on their behalf: that service's identity.
+    acting_service: str = ""
 
     @property
     def is_admin(self) -> bool:
-        # An admin's API key is not an admin credential: a leaked key must not reach admin powers.
-        return self.kind is CallerKind.USER and self.role == "admin" and not self.api_key_id
+        # An admin's API key is not an admin credential: a leaked key must not reach admin powers;
+        # and a service acting for an admin gets the user's plan, never the admin's powers.
+        return (
+            self.kind is CallerKind.USER
+            and self.role == "admin"
+            and not self.api_key_id
+            and not self.acting_service
+        )
 
     @property
     def is_api_key(self) -> bool:
@@ -79,11 +96,13 @@ def reset_caller(token: contextvars.Token[Caller]) -> None:
 
 
 def user_id_for(requested_user_id: str) -> str:
-    """The user an RPC acts for: a service names one; a user always acts for themself."""
+    """The user an RPC acts for. An INTERNAL RPC's callers are services, each one declared for
+    that RPC in the protos, and they name the user in the request; a user (signed in, or acted
+    for by a service allowed to) always acts for themself."""
     caller = current_caller()
     if caller.is_service:
         if not requested_user_id:
-            raise Unauthenticated("A service call must name the user it acts for")
+            raise ValidationError("A service call must name the user it acts for", field="user_id")
         return requested_user_id
     return caller.user_id
 
@@ -92,39 +111,80 @@ UserTokenVerifier = Callable[[str], Awaitable[Caller]]
 """Turns a bearer credential (access token or API key) into a user Caller, or raises Unauthenticated."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServicePrincipal:
+    """Who a verified service credential proves: an identity, and the user it acts for if any."""
+
+    identity: str
+    on_behalf_of: str = ""
+
+
 class ServiceCredentials:
-    """Mints and verifies the tokens services present to each other."""
+    """Mints this process's service tokens with its own key; verifies others' with public keys."""
 
-    def __init__(self, secret: str, service_name: str, ttl_seconds: int = 300) -> None:
-        if len(secret) < 16:
-            raise ValueError("the service secret must be at least 16 characters")
-        self._secret = secret
-        self._service_name = service_name
+    def __init__(
+        self, signing: SigningIdentity, public_keys: PublicKeySet | None = None, ttl_seconds: int = 300
+    ) -> None:
+        self._signing = signing
+        self._public_keys = public_keys or PublicKeySet({})
         self._ttl = ttl_seconds
-        self._cached: tuple[str, float] | None = None
+        # Minted tokens by the user they act for ("" for the service itself), reused for minutes.
+        self._minted: dict[str, tuple[str, float]] = {}
         # Tokens already verified, with their expiry: a peer reuses its token for minutes,
-        # so each is checked once instead of on every call (a JWT decode costs ~30 us).
-        self._verified: dict[str, tuple[Caller, float]] = {}
+        # so each is checked once instead of on every call.
+        self._verified: dict[str, tuple[ServicePrincipal, float]] = {}
 
-    def token(self) -> str:
-        """A service token, reused until a minute before it expires."""
+    @classmethod
+    def from_settings(
+        cls, settings: PlatformSettings, identity: str, verifies: bool = True
+    ) -> ServiceCredentials:
+        """This process's credentials; refuses (production) missing or development keys, and a
+        key set that does not list this process's own key under its identity."""
+        require_service_keys(settings, verifies)
+        signing = load_signing_identity(settings, identity)
+        public_keys = load_public_keys(settings) if verifies else None
+        if public_keys is not None and signing.kid not in public_keys.kids_of(identity):
+            raise ValueError(
+                f"STYLESTUDIO_SERVICE_PUBLIC_KEYS does not list the public key of this process's "
+                f"STYLESTUDIO_SERVICE_PRIVATE_KEY under {identity!r}"
+            )
+        return cls(signing, public_keys, settings.service_token_ttl_seconds)
+
+    @property
+    def identity(self) -> str:
+        return self._signing.identity
+
+    def token(self, on_behalf_of: str = "") -> str:
+        """A service token (acting for ``on_behalf_of`` if given), reused until a minute before it expires."""
         now = time.time()
-        if self._cached and self._cached[1] - 60 > now:
-            return self._cached[0]
+        cached = self._minted.get(on_behalf_of)
+        if cached and cached[1] - 60 > now:
+            return cached[0]
         expires = now + self._ttl
-        claims = {
+        claims: dict[str, object] = {
             "iss": SERVICE_TOKEN_ISSUER,
             "aud": SERVICE_TOKEN_AUDIENCE,
-            "sub": self._service_name,
+            "sub": self._signing.identity,
             "iat": int(now),
             "exp": int(expires),
         }
-        token = jwt.encode(claims, self._secret, algorithm=SERVICE_TOKEN_ALGORITHM, headers={"typ": "svc"})
-        self._cached = (token, expires)
+        if on_behalf_of:
+            claims["on_behalf_of"] = on_behalf_of
+        headers = {"typ": SERVICE_TOKEN_TYPE, "kid": self._signing.kid}
+        token = jwt.encode(
+            claims, self._signing.private_key, algorithm=self._signing.algorithm, headers=headers
+        )
+        if len(self._minted) >= _MAX_CACHED_TOKENS:
+            self._minted.clear()
+        self._minted[on_behalf_of] = (token, expires)
         return token
 
-    def verify(self, token: str) -> Caller | None:
-        """The service Caller if ``token`` is a valid service token; None if it is not one at all."""
+    def metadata(self, on_behalf_of: str = "") -> tuple[tuple[str, str]]:
+        """gRPC metadata presenting this process's credential (acting for a user if given)."""
+        return (("authorization", f"Bearer {self.token(on_behalf_of)}"),)
+
+    def verify(self, token: str) -> ServicePrincipal | None:
+        """Who a valid service token proves; None if ``token`` is not a service token at all."""
         known = self._verified.get(token)
         if known is not None:
             if known[1] > time.time():
@@ -134,24 +194,34 @@ class ServiceCredentials:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             return None
-        if header.get("typ") != "svc":
+        if header.get("typ") != SERVICE_TOKEN_TYPE:
             return None
+        kid = header.get("kid")
+        accepted = self._public_keys.get(kid) if isinstance(kid, str) else None
+        # The algorithm is the key's, never the token's say: an HS256 token "signed" with a
+        # public key, or the old shared secret's tokens, fail here.
+        if accepted is None or header.get("alg") != accepted.algorithm:
+            raise Unauthenticated("Invalid service credential")
         try:
             claims = jwt.decode(
                 token,
-                self._secret,
-                algorithms=[SERVICE_TOKEN_ALGORITHM],
+                accepted.key,
+                algorithms=[accepted.algorithm],
                 audience=SERVICE_TOKEN_AUDIENCE,
                 issuer=SERVICE_TOKEN_ISSUER,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
         except jwt.PyJWTError as error:
             raise Unauthenticated("Invalid service credential") from error
-        caller = Caller(kind=CallerKind.SERVICE, subject=str(claims["sub"]))
-        if len(self._verified) >= _MAX_VERIFIED_TOKENS:
+        on_behalf_of = claims.get("on_behalf_of", "")
+        # A key proves one identity: a service cannot sign a token that names another.
+        if claims["sub"] != accepted.identity or not isinstance(on_behalf_of, str):
+            raise Unauthenticated("Invalid service credential")
+        principal = ServicePrincipal(accepted.identity, on_behalf_of)
+        if len(self._verified) >= _MAX_CACHED_TOKENS:
             self._verified.clear()  # a handful of peers in practice: only a flood of fresh tokens gets here
-        self._verified[token] = (caller, float(claims["exp"]))
-        return caller
+        self._verified[token] = (principal, float(claims["exp"]))
+        return principal
 
 
-_MAX_VERIFIED_TOKENS = 1024
+_MAX_CACHED_TOKENS = 1024

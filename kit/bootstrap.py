@@ -62,6 +62,9 @@ class ProvisioningSettings(PlatformSettings):
         # Provisioning signs nothing: only the passwords of the roles it provisions count.
         return []
 
+    def service_key_problems(self) -> list[str]:
+        return []  # it calls no service either
+
     def db_password_check(self, service: str) -> SecretCheck:
         return self.secret_check(f"{service}_db_password")
 

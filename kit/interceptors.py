@@ -5,9 +5,9 @@ continuing the caller's W3C trace context from the metadata. The kit opens it it
 rather than through opentelemetry-instrumentation-grpc's interceptor, which rebuilt the
 method handler on every call and cost more than the whole rest of this wrapper.
 
-Each RPC's access level comes from its ``(stylestudio.common.v1.access)`` method
-option in protos/, so the rule lives next to the contract:
-PUBLIC needs nothing, USER a signed-in user, ADMIN an admin, INTERNAL a service.
+Who may call each RPC comes from its options in protos/ (kit/access.py), so the rule
+lives next to the contract: PUBLIC needs nothing, USER a signed-in user (or a service
+declared to act for one), ADMIN an admin, INTERNAL one of the services it names.
 An API key is never an admin credential, and a method marked
 ``(stylestudio.common.v1.session_only)`` refuses API keys altogether.
 Once the caller may call it, the request (each message of a client stream) is checked
@@ -22,19 +22,20 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from kit import telemetry, validation
+from kit.access import UNDECLARED, MethodAccess, UserLookup, acting_for_user, authorize
 from kit.auth import (
     ANONYMOUS,
     Caller,
+    CallerKind,
     ServiceCredentials,
     UserTokenVerifier,
     bind_caller,
@@ -43,19 +44,19 @@ from kit.auth import (
 )
 from kit.errors import (
     DomainError,
-    Forbidden,
     Unauthenticated,
     ValidationError,
     internal_status,
     to_rpc_status,
 )
 from kit.logs import request_id_var
+from kit.origin import RELAY_CREDENTIAL_HEADER, bind_relayed, reset_relayed
+from kit.service_keys import GATEWAY_IDENTITY
 from stylestudio.common.v1 import access_pb2
 
 log = logging.getLogger("stylestudio.rpc")
 _tracer = trace.get_tracer("stylestudio.rpc")
 
-Access = int  # a stylestudio.common.v1.Access value
 REQUEST_ID_HEADER = "x-request-id"
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
 _QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -84,36 +85,23 @@ def idempotency_key(context: grpc.aio.ServicerContext) -> str:
     return key
 
 
-def access_levels(services: Iterable[descriptor.ServiceDescriptor]) -> dict[str, Access]:
-    """``/package.Service/Method`` -> its declared access level."""
-    levels: dict[str, Access] = {}
-    for service in services:
-        for method in service.methods:
-            level = method.GetOptions().Extensions[access_pb2.access]
-            if level == access_pb2.ACCESS_UNSPECIFIED:
-                raise ValueError(f"{method.full_name} declares no (stylestudio.common.v1.access) option")
-            levels[f"/{service.full_name}/{method.name}"] = level
-    return levels
-
-
-def session_only_methods(services: Iterable[descriptor.ServiceDescriptor]) -> frozenset[str]:
-    """``/package.Service/Method`` of every method declared ``(stylestudio.common.v1.session_only)``."""
-    return frozenset(
-        f"/{service.full_name}/{method.name}"
-        for service in services
-        for method in service.methods
-        if method.GetOptions().Extensions[access_pb2.session_only]
-    )
-
-
 class Authenticator:
-    """Turns the ``authorization`` metadata into a Caller."""
+    """Turns the call's metadata into a Caller, and tells whether the gateway relayed the call."""
 
-    def __init__(self, credentials: ServiceCredentials, verify_user: UserTokenVerifier | None) -> None:
+    def __init__(
+        self,
+        credentials: ServiceCredentials,
+        verify_user: UserTokenVerifier | None,
+        lookup_user: UserLookup | None = None,
+    ) -> None:
         self._credentials = credentials
         self._verify_user = verify_user
+        self._lookup_user = lookup_user
+        self._services: dict[str, Caller] = {}
 
-    async def caller_from(self, metadata: Mapping[str, str]) -> Caller:
+    async def caller_from(
+        self, metadata: Mapping[str, str], method: str = "", access: MethodAccess = UNDECLARED
+    ) -> Caller:
         header = metadata.get("authorization", "")
         if not header:
             return ANONYMOUS
@@ -123,41 +111,32 @@ class Authenticator:
         token = token.strip()
         service = self._credentials.verify(token)
         if service is not None:
-            return service
+            if service.on_behalf_of:
+                return await acting_for_user(method, access, service, self._lookup_user)
+            caller = self._services.get(service.identity)
+            if caller is None:
+                caller = self._services[service.identity] = Caller(CallerKind.SERVICE, service.identity)
+            return caller
         if self._verify_user is None:
             raise Unauthenticated("Invalid or expired credentials")
         return await self._verify_user(token)
 
-
-def authorize(level: Access, caller: Caller, session_only: bool = False) -> None:
-    if level == access_pb2.ACCESS_PUBLIC:
-        return
-    if level == access_pb2.ACCESS_INTERNAL:
-        if not caller.is_service:
-            raise Forbidden("This method is only for Style Studio services")
-        return
-    if caller is ANONYMOUS:
-        raise Unauthenticated("Sign in first: missing credentials")
-    if level == access_pb2.ACCESS_ADMIN and caller.is_api_key:
-        raise Forbidden("API keys cannot be used for admin routes; sign in and use an access token")
-    if level == access_pb2.ACCESS_ADMIN and not caller.is_admin:
-        raise Forbidden("Admins only")
-    if session_only and caller.is_api_key:
-        raise Forbidden("API keys cannot be used for this; sign in and use an access token")
-    if level == access_pb2.ACCESS_USER and caller.is_service:
-        raise Forbidden("This method acts for a signed-in user")
+    def relayed_by_gateway(self, metadata: Mapping[str, str]) -> bool:
+        """True when the call carries the gateway's own credential beside the user's: only then
+        is the client's address and user agent in the metadata believed (kit.origin)."""
+        token = metadata.get(RELAY_CREDENTIAL_HEADER)
+        if not token:
+            return False
+        relay = self._credentials.verify(token)
+        if relay is None or relay.identity != GATEWAY_IDENTITY or relay.on_behalf_of:
+            raise Unauthenticated("Invalid gateway relay credential")
+        return True
 
 
 class KitServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(
-        self,
-        authenticator: Authenticator,
-        levels: Mapping[str, Access],
-        session_only: frozenset[str] = frozenset(),
-    ) -> None:
+    def __init__(self, authenticator: Authenticator, access: Mapping[str, MethodAccess]) -> None:
         self._authenticator = authenticator
-        self._levels = levels
-        self._session_only = session_only
+        self._access = access
         # Wrapped handlers are built once per method: nothing per call but the call itself.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -178,8 +157,7 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        level = self._levels.get(method, access_pb2.ACCESS_INTERNAL)  # undeclared: safest level
-        call = _Call(self._authenticator, method, level, method in self._session_only)
+        call = _Call(self._authenticator, method, self._access.get(method, UNDECLARED))
         handler = validation.checking(handler, method)  # every request message, after the access check
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -209,9 +187,8 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
 class _Call:
     """The per-method wrapper: binds context, checks access, maps errors, logs one line."""
 
-    def __init__(self, authenticator: Authenticator, method: str, level: Access, session_only: bool) -> None:
-        self._authenticator, self._method, self._level = authenticator, method, level
-        self._session_only = session_only
+    def __init__(self, authenticator: Authenticator, method: str, access: MethodAccess) -> None:
+        self._authenticator, self._method, self._access = authenticator, method, access
         self._attributes = telemetry.rpc_attributes(method)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -297,11 +274,15 @@ class _Call:
         )
         auth_error: Exception | None = None
         try:
-            caller = await self._authenticator.caller_from(metadata)
+            state.relayed_token = bind_relayed(self._authenticator.relayed_by_gateway(metadata))
+            caller = await self._authenticator.caller_from(metadata, self._method, self._access)
         except Exception as error:  # raised inside the call's try, so it is mapped, logged and ended there
             auth_error, caller = error, ANONYMOUS
-        if caller.kind.value == "user":
+        if caller.kind is CallerKind.USER:
             span.set_attribute(telemetry.ATTR_USER_ID, caller.subject)
+        service = caller.acting_service or (caller.subject if caller.kind is CallerKind.SERVICE else "")
+        if service:
+            span.set_attribute(telemetry.ATTR_CALLER_SERVICE, service)
         state.caller_token = bind_caller(caller)
         return state, auth_error
 
@@ -309,17 +290,25 @@ class _Call:
         # Bad credentials on a public method just make the caller anonymous; a failure of the
         # check itself (not a DomainError) fails every call.
         if auth_error is not None and (
-            self._level != access_pb2.ACCESS_PUBLIC or not isinstance(auth_error, DomainError)
+            self._access.level != access_pb2.ACCESS_PUBLIC or not isinstance(auth_error, DomainError)
         ):
             raise auth_error
-        authorize(self._level, current_caller(), self._session_only)
+        authorize(self._method, self._access, current_caller())
 
     def _exit(self, state: _CallState, started: float, code: grpc.StatusCode) -> None:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         level = logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO
-        log.log(level, "rpc", extra={"rpc": self._method, "code": code.name, "duration_ms": elapsed_ms})
+        extra: dict[str, object] = {"rpc": self._method, "code": code.name, "duration_ms": elapsed_ms}
+        caller = current_caller()
+        if caller.acting_service:  # the audit record of a call made for a user
+            extra |= {"caller_service": caller.acting_service, "on_behalf_of": caller.subject}
+        elif caller.kind is CallerKind.SERVICE:
+            extra["caller_service"] = caller.subject
+        log.log(level, "rpc", extra=extra)
         if state.caller_token is not None:
             reset_caller(state.caller_token)
+        if state.relayed_token is not None:
+            reset_relayed(state.relayed_token)
         request_id_var.reset(state.request_id_token)
         telemetry.end_rpc_span(state.span, code, server=True)
         otel_context.detach(state.context_token)
@@ -328,11 +317,12 @@ class _Call:
 class _CallState:
     """What one call set up on entry and undoes on exit."""
 
-    __slots__ = ("caller_token", "context_token", "request_id_token", "span")
+    __slots__ = ("caller_token", "context_token", "relayed_token", "request_id_token", "span")
 
     def __init__(self, span: trace.Span, context_token: Any, request_id_token: Any) -> None:
         self.span, self.context_token, self.request_id_token = span, context_token, request_id_token
         self.caller_token: Any = None
+        self.relayed_token: Any = None
 
 
 def _code_for(error: Exception) -> grpc.StatusCode:

@@ -2,11 +2,15 @@
 
 The gateway forwards the HTTP client's address and user agent as gRPC metadata under
 these names (gRPC replaces ``user-agent`` with its own, so the browser's travels under
-a name of its own). Services read them only through ``client_origin``.
+a name of its own), and proves that it relayed the call with its own service credential
+under ``RELAY_CREDENTIAL_HEADER``, beside the user's Authorization. The kit's interceptor
+checks that credential; only then does ``client_origin`` believe the forwarded values.
+Anyone else's call (a user's direct gRPC call above all) is placed at its peer address.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import urllib.parse
 from dataclasses import dataclass
@@ -15,6 +19,18 @@ import grpc
 
 CLIENT_ADDRESS_HEADER = "x-forwarded-for"
 CLIENT_USER_AGENT_HEADER = "x-forwarded-user-agent"
+RELAY_CREDENTIAL_HEADER = "x-stylestudio-relay"
+
+_relayed: contextvars.ContextVar[bool] = contextvars.ContextVar("stylestudio_relayed", default=False)
+
+
+def bind_relayed(relayed: bool) -> contextvars.Token[bool]:
+    """Set by the interceptor for the duration of a call: did the gateway prove it relayed it?"""
+    return _relayed.set(relayed)
+
+
+def reset_relayed(token: contextvars.Token[bool]) -> None:
+    _relayed.reset(token)
 
 
 @dataclass(frozen=True)
@@ -25,8 +41,11 @@ class ClientOrigin:
 
 def client_origin(context: grpc.aio.ServicerContext) -> ClientOrigin:
     metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-    ip = client_address(metadata.get(CLIENT_ADDRESS_HEADER, ""), context.peer() or "")
-    agent = client_user_agent(metadata.get(CLIENT_USER_AGENT_HEADER, ""), metadata.get("user-agent", ""))
+    relayed = _relayed.get()
+    forwarded_for = metadata.get(CLIENT_ADDRESS_HEADER, "") if relayed else ""
+    forwarded_agent = metadata.get(CLIENT_USER_AGENT_HEADER, "") if relayed else ""
+    ip = client_address(forwarded_for, context.peer() or "")
+    agent = client_user_agent(forwarded_agent, metadata.get("user-agent", ""))
     return ClientOrigin(ip=ip or "", user_agent=agent)
 
 

@@ -30,12 +30,13 @@ from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from kit import migrations, telemetry
+from kit.access import UserLookup, method_access, users_service_lookup
 from kit.auth import ServiceCredentials, UserTokenVerifier
 from kit.clients import CHANNEL_OPTIONS, ServiceClients
 from kit.credential_state import CredentialStateStore
 from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
-from kit.interceptors import Authenticator, KitServerInterceptor, access_levels, session_only_methods
+from kit.interceptors import Authenticator, KitServerInterceptor
 from kit.logs import describe_error, setup_logging
 from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
@@ -97,6 +98,9 @@ class ServiceDefinition:
     user_verifier: Callable[[Runtime], UserTokenVerifier | None] = field(
         default=lambda r: default_user_verifier(r)
     )
+    # Where the plan and role of a user that a service calls for come from (kit/access.py): by
+    # default UsersService.GetUser; the users service reads its own table.
+    user_lookup: Callable[[Runtime], UserLookup | None] = field(default=lambda r: default_user_lookup(r))
     on_shutdown: Sequence[Callable[[Runtime], Awaitable[None]]] = field(default_factory=tuple)
 
 
@@ -109,6 +113,10 @@ def default_user_verifier(runtime: Runtime) -> UserTokenVerifier:
     return users_service_verifier(
         channel, users_service_states(channel, store, s.credential_state_cache_seconds)
     )
+
+
+def default_user_lookup(runtime: Runtime) -> UserLookup:
+    return users_service_lookup(lambda: runtime.clients.channel("users"))
 
 
 def database_url(settings: ServiceSettings) -> str:
@@ -135,6 +143,9 @@ class RunningService:
         # Before anything listens or connects: production refuses weak secrets and test switches.
         refuse_insecure_settings(settings, log)
         security = TransportSecurity.from_settings(settings)  # a wrong file fails before any wait
+        # Also before anything connects: each process's own key, refused in production when missing
+        # or a development one (kit/service_keys.py).
+        credentials = ServiceCredentials.from_settings(settings, d.name)
         telemetry.setup_telemetry(d.name, settings)
         url = database_url(settings)
         await _wait_for_database(url, settings)
@@ -148,9 +159,6 @@ class RunningService:
             pre_ping=settings.db_pool_pre_ping,
         )
         redis = Redis.from_url(settings.redis_url, decode_responses=False)
-        credentials = ServiceCredentials(
-            settings.service_secret.get_secret_value(), d.name, settings.service_token_ttl_seconds
-        )
         outbox_table = d.metadata.tables[f"{d.name}.outbox"]
         inbox_table = d.metadata.tables[f"{d.name}.inbox"]
         runtime = Runtime(
@@ -165,11 +173,10 @@ class RunningService:
         )
         self.runtime = runtime
         registrations = d.register(runtime)
-        authenticator = Authenticator(credentials, d.user_verifier(runtime))
-        levels = access_levels(r.service for r in registrations)
-        session_only = session_only_methods(r.service for r in registrations)
+        authenticator = Authenticator(credentials, d.user_verifier(runtime), d.user_lookup(runtime))
+        access = method_access(r.service for r in registrations)
         server = grpc.aio.server(
-            interceptors=[KitServerInterceptor(authenticator, levels, session_only)],
+            interceptors=[KitServerInterceptor(authenticator, access)],
             options=CHANNEL_OPTIONS,
         )
         for registration in registrations:

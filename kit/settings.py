@@ -107,8 +107,14 @@ class PlatformSettings(BaseSettings):
     generation_addr: str = DEFAULT_ADDRESSES["generation"]
     analytics_addr: str = DEFAULT_ADDRESSES["analytics"]
 
-    # Signs the credentials services present to each other; a user can never obtain it.
+    # Derived the database roles' passwords once, and signed service credentials before each
+    # identity had its own key: it no longer does either (kept while deployments still set it).
     service_secret: SecretStr = SecretStr(DEVELOPMENT_SERVICE_SECRET)
+    # Service credentials: this process's private key (PEM text or a PEM file) and every
+    # identity's public keys (JSON or a JSON file); empty in development means the development
+    # keys, refused in production (kit/service_keys.py, docs/security.md).
+    service_private_key: SecretStr = SecretStr("")
+    service_public_keys: str = ""
     service_token_ttl_seconds: int = 300
     # How long a process keeps a user's credential state (role, plan, ended sessions) before
     # reading it again: changes are honoured for calls that start this long after (kit/credential_state.py).
@@ -183,10 +189,18 @@ class PlatformSettings(BaseSettings):
             self.variable_of(field), plain_http, "plain http would carry credentials in the clear"
         )
 
+    def service_key_problems(self) -> list[str]:
+        """What production objects to in this process's service keys (kit/service_keys.py): a
+        service signs and verifies; a settings class of a process that signs less overrides it."""
+        from kit.service_keys import service_key_problems  # that module reads these settings
+
+        return service_key_problems(self, verifies=True)
+
     def insecurities(self) -> list[str]:
         """Every reason production would refuse these settings, naming each variable."""
         found = [check.problem() for check in self.secret_checks()]
         found += [switch.problem() for switch in self.development_only()]
+        found += self.service_key_problems()
         return [problem for problem in found if problem]
 
     def address_of(self, service: str) -> str:

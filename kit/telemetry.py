@@ -33,6 +33,8 @@ from kit.settings import PlatformSettings
 # Span attribute names (the platform's registry; never put emails, tokens or keys in spans).
 ATTR_SERVICE = "stylestudio.service"
 ATTR_USER_ID = "stylestudio.user.id"
+# The service identity that made the call (with ATTR_USER_ID: the service acting for that user).
+ATTR_CALLER_SERVICE = "stylestudio.caller.service"
 ATTR_REQUEST_ID = "stylestudio.request.id"
 ATTR_EVENT_ID = "stylestudio.event.id"
 ATTR_EVENT_TYPE = "stylestudio.event.type"

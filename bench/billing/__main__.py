@@ -254,11 +254,13 @@ async def main() -> None:
     try:
         platform.start("billing")
         await platform.wait_serving("billing")
-        channel = open_channel(platform.addresses["billing"], platform.credentials, 30.0)
+        # The pairs are the generation service's calls; the funding is an operator's.
+        channel = open_channel(platform.addresses["billing"], platform.credentials("generation"), 30.0)
         stub = billing_pb2_grpc.BillingServiceStub(channel)
         spread = [f"bench-{i}" for i in range(args.clients)]
-        for user_id in [*spread, "bench-hot"]:
-            await fund(stub, user_id)
+        async with open_channel(platform.addresses["billing"], platform.credentials("operator")) as funding:
+            for user_id in [*spread, "bench-hot"]:
+                await fund(billing_pb2_grpc.BillingServiceStub(funding), user_id)
         results = {}
         for name, wallets in (("spread over wallets", spread), ("one hot wallet", ["bench-hot"])):
             await grpc_pairs(stub, wallets, args.clients, 1.0)  # warm-up: connections, prepared statements

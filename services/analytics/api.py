@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from kit.auth import current_caller, user_id_for
+from kit.auth import current_caller
 from kit.errors import FeatureNotInPlan, Forbidden, ValidationError
 from kit.origin import client_origin
 from kit.server import Registration, Runtime
@@ -174,10 +174,8 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
 
 
 def _whose_records(requested: str) -> str:
-    """Empty: the caller. Another user: admins and services only."""
+    """Empty: the caller. Another user: admins only (a service acting for a user is that user)."""
     caller = current_caller()
-    if caller.is_service:
-        return user_id_for(requested)
     if not requested or requested == caller.user_id:
         return caller.user_id
     if caller.is_admin:

@@ -7,7 +7,9 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
 
+from kit.origin import RELAY_CREDENTIAL_HEADER
 from stylestudio.analytics.v1 import analytics_pb2
 from tests.analytics.conftest import Analytics, bearer
 
@@ -58,31 +60,61 @@ async def test_anonymous_callers_are_unauthenticated(analytics: Analytics) -> No
     assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def _stored_origin(analytics: Analytics, record_id: str) -> tuple[str, str, str]:
+    async with analytics.service.runtime.db.transaction() as session:  # type: ignore[union-attr]
+        row = (
+            await session.execute(
+                text("SELECT host(ip_address) AS ip, user_agent, source FROM usage_records WHERE id = :id"),
+                {"id": record_id},
+            )
+        ).one()
+    return row.ip, row.user_agent, row.source
+
+
+FORWARDED_ORIGIN = (("x-forwarded-for", "203.0.113.7, 10.0.0.1"), ("x-forwarded-user-agent", "Mozilla/5.0"))
+
+
 async def test_a_logged_action_is_stored_with_session_address_and_agent(analytics: Analytics) -> None:
     user_id, token = analytics.token()
     metadata = struct_pb2.Struct()
     metadata.update({"page": "/pricing", "email": "someone@example.com", "note": "from bob@example.org"})
+    relayed = (RELAY_CREDENTIAL_HEADER, analytics.keyring.credentials("gateway").token())
     record = await analytics.user_stub().LogUserAction(
         analytics_pb2.LogUserActionRequest(action="page_view", metadata=metadata, session_id="web-1"),
-        metadata=(
-            *bearer(token),
-            ("x-forwarded-for", "203.0.113.7, 10.0.0.1"),
-            ("x-forwarded-user-agent", "Mozilla/5.0"),
-        ),
+        metadata=(*bearer(token), *FORWARDED_ORIGIN, relayed),
     )
     assert record.action == "page_view" and record.session_id == "web-1"
     assert dict(record.metadata) == {"page": "/pricing", "note": "from [redacted]"}
-    async with analytics.service.runtime.db.transaction() as session:  # type: ignore[union-attr]
-        from sqlalchemy import text
-
-        row = (
-            await session.execute(
-                text("SELECT host(ip_address) AS ip, user_agent, source FROM usage_records WHERE id = :id"),
-                {"id": record.id},
-            )
-        ).one()
-    assert row.ip == "203.0.113.7" and row.user_agent.startswith("Mozilla/5.0") and row.source == "client"
+    ip, agent, source = await _stored_origin(analytics, record.id)
+    assert ip == "203.0.113.7" and agent.startswith("Mozilla/5.0") and source == "client"
     assert user_id
+
+
+@pytest.mark.parametrize("relay", ["none", "another-service", "acting-for-a-user", "garbage"])
+async def test_a_direct_call_is_placed_at_its_peer_whatever_origin_it_claims(
+    analytics: Analytics, relay: str
+) -> None:
+    """Only the gateway's own credential makes the forwarded address and agent believed: a user
+    calling gRPC directly, or a service's credential in the gateway's place, is not the gateway."""
+    _, token = analytics.token()
+    keys = analytics.keyring
+    relays = {
+        "none": (),
+        "another-service": ((RELAY_CREDENTIAL_HEADER, keys.credentials("generation").token()),),
+        "acting-for-a-user": ((RELAY_CREDENTIAL_HEADER, keys.credentials("gateway").token("someone")),),
+        "garbage": ((RELAY_CREDENTIAL_HEADER, "not-a-credential"),),
+    }
+    call = analytics.user_stub().LogUserAction(
+        analytics_pb2.LogUserActionRequest(action="page_view"),
+        metadata=(*bearer(token), *FORWARDED_ORIGIN, *relays[relay]),
+    )
+    if relay == "none":
+        ip, agent, _ = await _stored_origin(analytics, (await call).id)
+        assert (ip, agent) == ("127.0.0.1", None)  # the peer; grpc-python's own agent says nothing
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize(

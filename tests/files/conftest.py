@@ -154,6 +154,6 @@ def internal(files_platform: Platform) -> files_pb2_grpc.FilesServiceStub:
 
 @pytest.fixture
 def service_auth(files_platform: Platform) -> tuple[tuple[str, str], ...]:
-    """A service credential passed explicitly (kit.clients' channels add it to every call type
-    themselves; tests/kit/test_clients.py checks that for streaming calls)."""
-    return (("authorization", f"Bearer {files_platform.credentials.token()}"),)
+    """The generation service's credential passed explicitly (kit.clients' channels add it to every
+    call type themselves; tests/kit/test_clients.py checks that for streaming calls)."""
+    return files_platform.credentials("generation").metadata()

@@ -1,8 +1,10 @@
 """One service running inside the test process, on a database of its own.
 
 For tests of a service's own behaviour: user tokens are real ES256 JWTs checked
-against a local JWKS (no users service needed), internal RPCs use a real service
-credential, events can be published to its streams exactly as the outbox relay does.
+against a local JWKS (no users service needed), internal RPCs use the real service
+credential of a caller the protos declare (the service has no key settings, so it accepts
+the development keys, as under `make run`), events can be published to its streams
+exactly as the outbox relay does.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from kit.server import RunningService, ServiceDefinition
 from kit.settings import ServiceSettings
 from kit.tls import TransportSecurity
 from kit.tokens import AccessTokenVerifier, SigningKey, generate_signing_key, sign_access_token
+from tests.harness.identities import Keyring
 from tests.harness.platform import TEST_SERVICE_SECRET, TestDatabase, free_port
 from tests.harness.streams import stream_entries
+
+_DEVELOPMENT_KEYS = Keyring.development()
 
 
 @dataclasses.dataclass
@@ -50,12 +55,18 @@ class InProcessService:
         user_id = user_id or str(uuid.uuid4())
         return user_id, sign_access_token(self.signing_key, user_id=user_id, plan=plan, role=role)
 
+    @property
+    def keyring(self) -> Keyring:
+        return _DEVELOPMENT_KEYS
+
     def channel(self, *, as_service: bool) -> grpc.aio.Channel:
-        """A channel presenting the service credential, or none (pass a user's in metadata)."""
-        credentials = self.service.runtime.credentials if as_service else None  # type: ignore[union-attr]
-        # Under TLS settings, the test presents the service's own certificate.
-        channel = open_channel(
-            self.address, credentials, 30.0, TransportSecurity.from_settings(self.settings)
+        """A channel whose INTERNAL calls present a declared caller's credential, or one that
+        presents none (pass a user's in metadata). Under TLS settings, the service's own certificate."""
+        security = TransportSecurity.from_settings(self.settings)
+        channel = (
+            self.keyring.channel(self.address, 30.0, security)
+            if as_service
+            else open_channel(self.address, None, 30.0, security)
         )
         self.channels.append(channel)
         return channel

@@ -27,9 +27,11 @@ from kit.auth import ServiceCredentials
 from kit.bootstrap import ProvisioningSettings, provision_sync
 from kit.clients import open_channel
 from kit.credential_state import CredentialState, state_key
+from kit.service_keys import IDENTITIES, generate_signing_identity
 from kit.settings import SERVICES
 from kit.tokens import generate_signing_key, sign_access_token, signing_keys_to_json
 from tests.harness.pki import PlatformCertificates
+from tests.harness.identities import Keyring
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_SERVICE_SECRET = "test-service-secret-" + uuid.uuid4().hex
@@ -94,7 +96,8 @@ class Platform:
         self.addresses = {service: f"127.0.0.1:{free_port()}" for service in SERVICES}
         self.gateway_addr = f"127.0.0.1:{free_port()}"
         self.trace_file = work_dir / "spans.jsonl"
-        self.credentials = ServiceCredentials(TEST_SERVICE_SECRET, "test-harness")
+        # A fresh key per identity for this run, given to each process as production would.
+        self.keyring = Keyring({identity: generate_signing_identity(identity) for identity in IDENTITIES})
         # The users service signs with this key, so tests can also mint tokens for made-up users.
         self.signing_key = generate_signing_key("test-key-1")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -130,6 +133,7 @@ class Platform:
                 "STYLESTUDIO_LOG_FORMAT": "text",
                 "STYLESTUDIO_MIGRATE_ON_START": "false",
                 "STYLESTUDIO_JWT_SIGNING_KEYS": signing_keys_to_json([self.signing_key]),
+                "STYLESTUDIO_SERVICE_PUBLIC_KEYS": self.keyring.public_keys_json(),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -139,6 +143,8 @@ class Platform:
             env["STYLESTUDIO_SERVICE_DATABASE_URL"] = self.database.service_urls[process]
         if self.tls is not None:
             env.update(self.tls.env(process))
+        if process in self.keyring.keys:
+            env["STYLESTUDIO_SERVICE_PRIVATE_KEY"] = self.keyring.keys[process].private_pem()
         env.update(self._extra_env)
         return env
 
@@ -196,12 +202,15 @@ class Platform:
         """gRPC metadata presenting ``token`` (use with ``user_channel``)."""
         return (("authorization", f"Bearer {token}"),)
 
+    def credentials(self, identity: str) -> ServiceCredentials:
+        """``identity``'s service credential, signed with the key its process was given."""
+        return self.keyring.credentials(identity)
+
     def channel(self, service: str) -> grpc.aio.Channel:
-        """A channel to ``service`` that presents a service credential (internal RPCs allowed)."""
+        """A channel to ``service`` whose INTERNAL calls present the credential of a caller the
+        protos declare for each (tests/harness/identities.py); other calls carry none of their own."""
         if service not in self._channels:
-            self._channels[service] = open_channel(
-                self.addresses[service], self.credentials, 10.0, self._security
-            )
+            self._channels[service] = self.keyring.channel(self.addresses[service], 10.0, self._security)
         return self._channels[service]
 
     def user_channel(self, service: str) -> grpc.aio.Channel:

@@ -24,6 +24,7 @@ from kit.server import RunningService
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
+from tests.harness.identities import Keyring
 from tests.harness.platform import TEST_SERVICE_SECRET
 from tests.harness.streams import stream_entries
 from tests.kit.note_service import NOTE_EVENT, create_notes_table, definition, notes
@@ -58,7 +59,7 @@ async def note_service(kit_database: TestDatabase, redis_url: str) -> AsyncItera
 async def client(note_service: RunningService) -> AsyncIterator[analytics_pb2_grpc.AnalyticsServiceStub]:
     runtime = note_service.runtime
     assert runtime is not None
-    channel = open_channel(runtime.settings.analytics_addr, runtime.credentials)
+    channel = open_channel(runtime.settings.analytics_addr, Keyring.development().credentials("operator"))
     yield analytics_pb2_grpc.AnalyticsServiceStub(channel)
     await channel.close()
 
@@ -295,7 +296,7 @@ async def test_a_failing_credential_check_ends_as_internal_with_its_span_ended(
     of the cause, ends the call's span as an error and leaves the next call unaffected."""
     method = "/stylestudio.analytics.v1.AnalyticsService/GetUserActivitySummary"
 
-    async def broken(self: Authenticator, metadata: object) -> object:
+    async def broken(self: Authenticator, *args: object) -> object:
         raise RuntimeError("verifier exploded: secret detail")
 
     spans.clear()

@@ -11,10 +11,10 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kit.auth import ServiceCredentials
 from kit.clients import open_channel
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
+from tests.harness.identities import Keyring
 from tests.harness.platform import REPO_ROOT, TEST_SERVICE_SECRET
 from tests.kit.note_service import create_notes_table
 
@@ -40,7 +40,8 @@ async def test_sigterm_lets_an_in_flight_rpc_finish(
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.kit.note_service"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
     )
-    channel = open_channel(addr, ServiceCredentials(TEST_SERVICE_SECRET, "test"))
+    # No key settings: the service accepts the development keys; the summary is operators' RPC.
+    channel = open_channel(addr, Keyring.development().credentials("operator"))
     try:
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(200):
