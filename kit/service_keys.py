@@ -255,6 +255,16 @@ def _one_line(pem: str) -> str:
     return pem.strip().replace("\n", "\\n")
 
 
+def env_lines(identities: Sequence[str] = IDENTITIES) -> list[str]:
+    """A fresh key for each of ``identities`` and their public key set, as unquoted env-file lines
+    (one line each: a literal ``\\n`` for each line break), for compose's ``.env`` or a Secret."""
+    keys = [generate_signing_identity(identity) for identity in identities]
+    lines = [f"STYLESTUDIO_{key.identity.upper()}_PRIVATE_KEY={_one_line(key.private_pem())}" for key in keys]
+    public = {key.identity: [public_pem(key.public_key)] for key in keys}
+    lines.append(f"{PUBLIC_KEYS_VARIABLE}={json.dumps(public, separators=(',', ':'))}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kit.service_keys",
@@ -269,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only these identities (repeat; default: all). For a rotation: the one being rotated.",
     )
     args = parser.parse_args(argv)
-    keys = [generate_signing_identity(identity) for identity in args.identity or IDENTITIES]
-    for key in keys:
-        print(f"STYLESTUDIO_{key.identity.upper()}_PRIVATE_KEY='{_one_line(key.private_pem())}'")
-    public = public_keys_json({key.identity: [key.public_key] for key in keys})
-    print(f"{PUBLIC_KEYS_VARIABLE}='{public}'")
+    print("\n".join(env_lines(args.identity or IDENTITIES)))
     print(
         "# Each process gets its own line as STYLESTUDIO_SERVICE_PRIVATE_KEY; every process gets "
         f"{PUBLIC_KEYS_VARIABLE} (see docs/security.md).",

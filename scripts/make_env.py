@@ -3,8 +3,11 @@
     python3 scripts/make_env.py deploy/.env                     # then docker compose --env-file deploy/.env
     python3 scripts/make_env.py deploy/.env --offline-payments  # a demo without Stripe
 
-Standard library only, so it runs before any install. It never overwrites a file: the
-database passwords in it are the roles' (losing them means setting new ones by hand).
+Standard library only, so it runs before any install, except the services' identity keys
+(Ed25519, kit/service_keys.py), written when the project's packages are importable (run it with
+.venv/bin/python) and otherwise left to ``python -m kit.service_keys generate >> <file>``. It
+never overwrites a file: the database passwords in it are the roles' (losing them means setting
+new ones by hand).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import os
 import secrets
 import sys
+from pathlib import Path
 
 SERVICES = ("users", "billing", "files", "generation", "analytics")
 
@@ -39,7 +43,17 @@ def env_lines(offline_payments: bool) -> list[str]:
         f"STYLESTUDIO_STRIPE_WEBHOOK_SECRET=whsec_{strong()}",
         f"STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED={'true' if offline_payments else 'false'}",
     ]
-    return lines
+    return lines + service_key_lines()
+
+
+def service_key_lines() -> list[str]:
+    """Each identity's own private key and the public key set (docs/security.md)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    try:
+        from kit.service_keys import env_lines
+    except ImportError:
+        return ["# Service keys: .venv/bin/python -m kit.service_keys generate >> this file"]
+    return ["# Each service's (and the gateway's) own identity key, and every identity's public key.", *env_lines()]
 
 
 def main(argv: list[str] | None = None) -> None:
