@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from kit.errors import from_rpc_error
+from kit.origin import RELAY_CREDENTIAL_HEADER
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
 from tests.harness import Platform, TestDatabase
 from tests.users.oauth_provider import LocalOAuthProvider
@@ -103,3 +104,9 @@ def new_email() -> str:
 async def signup(auth: auth_pb2_grpc.AuthServiceStub, email: str | None = None) -> auth_pb2.SignupResponse:
     request = auth_pb2.SignupRequest(email=email or new_email(), password=PASSWORD, name="Ada Shopper")
     return await auth.Signup(request)
+
+
+def behind_gateway(platform: Platform, address: str) -> tuple[tuple[str, str], ...]:
+    """Metadata of a call the gateway relayed for a client at ``address``: only the gateway's own
+    credential beside it makes the service believe the forwarded address (kit/origin.py)."""
+    return (("x-forwarded-for", address), (RELAY_CREDENTIAL_HEADER, platform.credentials("gateway").token()))

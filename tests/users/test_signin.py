@@ -12,7 +12,7 @@ import pytest
 from kit.errors import from_rpc_error
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 from tests.harness import Platform
-from tests.users.conftest import PASSWORD, full_width, new_email, reason_of, signup
+from tests.users.conftest import PASSWORD, behind_gateway, full_width, new_email, reason_of, signup
 
 
 async def test_signup_creates_a_free_account_and_signs_it_in(
@@ -83,7 +83,7 @@ async def test_login_returns_a_new_session_and_records_the_sign_in(
 
 
 async def test_wrong_password_and_unknown_email_get_the_same_answer(
-    auth: auth_pb2_grpc.AuthServiceStub,
+    auth: auth_pb2_grpc.AuthServiceStub, users_platform: Platform
 ) -> None:
     email = new_email()
     await signup(auth, email)
@@ -93,7 +93,7 @@ async def test_wrong_password_and_unknown_email_get_the_same_answer(
         auth_pb2.LoginRequest(email=new_email(), password=PASSWORD),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await auth.Login(attempt, metadata=(("x-forwarded-for", f"10.1.0.{len(answers) + 1}"),))
+            await auth.Login(attempt, metadata=behind_gateway(users_platform, f"10.1.0.{len(answers) + 1}"))
         answers.append((caught.value.code(), caught.value.details(), reason_of(caught.value)))
     assert (
         answers[0]
