@@ -15,8 +15,8 @@ holder act as that service and never as another.
 
 Development: when a variable is empty, deterministic development keys derived from each
 identity's name stand in, so ``make run`` needs no set-up. Production refuses to start with a
-missing or a development key (``service_key_problems``, part of ``refuse_insecure_settings``). ``python -m kit.service_keys
-generate`` prints a fresh key per identity and the public key set that goes with them.
+missing or a development key (``service_key_problems``, part of ``refuse_insecure_settings``).
+``python -m kit.service_keys generate`` prints a fresh key per identity and the public key set.
 """
 
 from __future__ import annotations

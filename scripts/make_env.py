@@ -53,7 +53,10 @@ def service_key_lines() -> list[str]:
         from kit.service_keys import env_lines
     except ImportError:
         return ["# Service keys: .venv/bin/python -m kit.service_keys generate >> this file"]
-    return ["# Each service's (and the gateway's) own identity key, and every identity's public key.", *env_lines()]
+    return [
+        "# Each service's (and the gateway's) own identity key, and every identity's public key.",
+        *env_lines(),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

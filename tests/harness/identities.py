@@ -20,8 +20,8 @@ import stylestudio
 from kit.access import MethodAccess, method_access
 from kit.auth import ServiceCredentials
 from kit.clients import CHANNEL_OPTIONS
-from kit.tls import TransportSecurity
 from kit.service_keys import IDENTITIES, PublicKeySet, SigningIdentity, development_key, public_keys_json
+from kit.tls import TransportSecurity
 from stylestudio.common.v1 import access_pb2
 
 
@@ -76,7 +76,9 @@ class Keyring:
         if security is None:
             return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
         credentials = security.channel_credentials()
-        return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors
+        )
 
 
 class _DeclaredCaller:

@@ -30,8 +30,8 @@ from kit.credential_state import CredentialState, state_key
 from kit.service_keys import IDENTITIES, generate_signing_identity
 from kit.settings import SERVICES
 from kit.tokens import generate_signing_key, sign_access_token, signing_keys_to_json
-from tests.harness.pki import PlatformCertificates
 from tests.harness.identities import Keyring
+from tests.harness.pki import PlatformCertificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_SERVICE_SECRET = "test-service-secret-" + uuid.uuid4().hex

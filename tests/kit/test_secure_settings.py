@@ -18,6 +18,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from kit.server import RunningService, ServiceDefinition
+from kit.service_keys import generate_signing_identity, public_keys_json
 from kit.settings import (
     DEVELOPMENT_SERVICE_SECRET,
     EXIT_CONFIGURATION,
@@ -130,11 +131,20 @@ async def refusal(build: Build, settings: ServiceSettings) -> str:
     return str(raised.value)
 
 
+# A service key of its own and a public key set without development keys (docs/security.md).
+_KEY = generate_signing_identity("users")
+SERVICE_KEYS = {
+    "service_private_key": _KEY.private_pem(),
+    "service_public_keys": public_keys_json({"users": [_KEY.public_key]}),
+}
+
+
 def base(**values: Any) -> dict[str, Any]:
     return {
         "environment": "production",
         "service_secret": strong(),
         "database_url": "postgresql+psycopg://x@127.0.0.1:1/none",
+        **SERVICE_KEYS,
     } | values
 
 

@@ -20,13 +20,12 @@ from kit.service_keys import (
     IDENTITIES,
     PRIVATE_KEY_VARIABLE,
     PUBLIC_KEYS_VARIABLE,
-    InsecureServiceKeys,
     SigningIdentity,
     development_key,
     generate_signing_identity,
     public_keys_json,
 )
-from kit.settings import SERVICES, PlatformSettings
+from kit.settings import SERVICES, InsecureSettings, PlatformSettings
 from services.analytics.__main__ import definition
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
@@ -48,14 +47,14 @@ def _key_settings(own: SigningIdentity, accepted: dict[str, Sequence[SigningIden
 
 
 def test_production_refuses_missing_service_keys_naming_the_variables() -> None:
-    with pytest.raises(InsecureServiceKeys) as refused:
+    with pytest.raises(InsecureSettings) as refused:
         ServiceCredentials.from_settings(_settings(), "billing")
     assert PRIVATE_KEY_VARIABLE in str(refused.value) and PUBLIC_KEYS_VARIABLE in str(refused.value)
 
 
 def test_production_refuses_development_keys() -> None:
     billing = generate_signing_identity("billing")
-    with pytest.raises(InsecureServiceKeys, match=PRIVATE_KEY_VARIABLE):
+    with pytest.raises(InsecureSettings, match=PRIVATE_KEY_VARIABLE):
         ServiceCredentials.from_settings(
             _settings(**_key_settings(development_key("billing"), {"billing": [development_key("billing")]})),
             "billing",
@@ -63,14 +62,14 @@ def test_production_refuses_development_keys() -> None:
     accepts_a_development_key = _key_settings(
         billing, {"billing": [billing], "files": [development_key("files")]}
     )
-    with pytest.raises(InsecureServiceKeys, match=PUBLIC_KEYS_VARIABLE):
+    with pytest.raises(InsecureSettings, match=PUBLIC_KEYS_VARIABLE):
         ServiceCredentials.from_settings(_settings(**accepts_a_development_key), "billing")
 
 
 def test_the_gateway_refuses_to_start_in_production_without_its_own_key() -> None:
-    with pytest.raises(InsecureServiceKeys, match=PRIVATE_KEY_VARIABLE):
+    with pytest.raises(InsecureSettings, match=PRIVATE_KEY_VARIABLE):
         Gateway(GatewaySettings(environment="production"))
-    with pytest.raises(InsecureServiceKeys, match=PRIVATE_KEY_VARIABLE):
+    with pytest.raises(InsecureSettings, match=PRIVATE_KEY_VARIABLE):
         key = development_key("gateway").private_pem()
         Gateway(GatewaySettings(environment="production", service_private_key=SecretStr(key)))
 

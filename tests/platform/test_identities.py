@@ -165,7 +165,7 @@ def _forged(platform: Platform) -> dict[str, str]:
             claims, OLD_SHARED_SECRET, algorithm="HS256", headers={"typ": "svc"}
         ),
         "HS256 keyed with the public key": f"{header}.{body}.{_b64(mac)}",
-        "alg none": jwt.encode(claims, None, algorithm="none", headers={"typ": "svc", "kid": generation.kid}),
+        "alg none": jwt.encode(claims, "", algorithm="none", headers={"typ": "svc", "kid": generation.kid}),
         "expired": signed(generation, generation.kid, _claims("generation", iat=1, exp=2)),
         "another audience": signed(generation, generation.kid, _claims("generation", aud="stylestudio")),
     }

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from kit.auth import ServiceCredentials
 from kit.bootstrap import ProvisioningSettings, role_name
 from kit.clients import open_channel
-from kit.settings import DEVELOPMENT_SERVICE_SECRET
+from kit.service_keys import development_key
 from services.billing.payments import sign_payload, stripe_event
 from services.billing.settings import BillingSettings
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -129,12 +129,11 @@ async def test_fault_directives_are_plain_prompt_text_in_production(
     assert paused == []
 
 
-async def test_a_service_credential_signed_with_the_development_secret_is_refused(
+async def test_a_service_credential_signed_with_a_development_key_is_refused(
     production: Platform,
 ) -> None:
-    forged = open_channel(
-        production.addresses["billing"], ServiceCredentials(DEVELOPMENT_SERVICE_SECRET, "billing")
-    )
+    # GrantTokens' own caller, but with the key anyone can derive, not the one configured.
+    forged = open_channel(production.addresses["billing"], ServiceCredentials(development_key("operator")))
     try:
         stub = billing_pb2_grpc.BillingServiceStub(forged)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
