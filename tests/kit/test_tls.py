@@ -21,6 +21,7 @@ from kit.tls import TransportSecurity, TransportSecurityError, dial, listen
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
+from tests.harness.identities import Keyring
 from tests.harness.pki import CertificateAuthority, PlatformCertificates
 from tests.harness.platform import TEST_SERVICE_SECRET
 from tests.kit.note_service import create_notes_table, definition
@@ -94,9 +95,9 @@ async def test_a_kit_service_serves_its_rpcs_and_health_over_mutual_tls(
 ) -> None:
     runtime = tls_service.runtime
     assert runtime is not None
-    channel = open_channel(
-        runtime.settings.analytics_addr, runtime.credentials, 10.0, certificates.security("harness")
-    )
+    # The summary's declared caller; the service has no key settings, so development keys.
+    operator = Keyring.development().credentials("operator")
+    channel = open_channel(runtime.settings.analytics_addr, operator, 10.0, certificates.security("harness"))
     async with channel:
         assert await _serving(channel) == "SERVING"
         stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
