@@ -66,7 +66,9 @@ def method_access(services: Iterable[descriptor.ServiceDescriptor]) -> dict[str,
             if unknown:
                 raise ValueError(f"{name} names unknown identities {sorted(unknown)}; known: {IDENTITIES}")
             session_only = options.Extensions[access_pb2.session_only]
-            declared[f"/{service.full_name}/{method.name}"] = MethodAccess(level, callers, on_behalf, session_only)
+            declared[f"/{service.full_name}/{method.name}"] = MethodAccess(
+                level, callers, on_behalf, session_only
+            )
     return declared
 
 
