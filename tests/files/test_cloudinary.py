@@ -98,6 +98,8 @@ async def cloudinary_files(
         redis_prefix=f"{files_platform.redis_prefix}:cloudinary",
         service_secret=SecretStr(TEST_SERVICE_SECRET),
         users_addr=files_platform.addresses["users"],
+        # It asks the platform's users service about tokens: as "files", with this run's key.
+        **files_platform.key_settings("files"),
         files_addr=f"127.0.0.1:{free_port()}",
         migrate_on_start=False,
         data_dir=tmp_path_factory.mktemp("cloudinary-files"),

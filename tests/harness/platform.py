@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -201,6 +201,14 @@ class Platform:
     def bearer(token: str) -> tuple[tuple[str, str]]:
         """gRPC metadata presenting ``token`` (use with ``user_channel``)."""
         return (("authorization", f"Bearer {token}"),)
+
+    def key_settings(self, identity: str) -> dict[str, Any]:
+        """Settings giving an in-process service ``identity``'s key and this run's public key set,
+        so it and the platform's processes accept each other's credentials."""
+        return {
+            "service_private_key": self.keyring.keys[identity].private_pem(),
+            "service_public_keys": self.keyring.public_keys_json(),
+        }
 
     def credentials(self, identity: str) -> ServiceCredentials:
         """``identity``'s service credential, signed with the key its process was given."""
