@@ -17,6 +17,7 @@ from gateway.app import Gateway
 from gateway.descriptors import ApiDescriptors
 from gateway.settings import GatewaySettings
 from kit import telemetry
+from kit.service_keys import generate_signing_identity
 from tests.gateway.echo_service import (
     ECHO_PROTO,
     SERVICE,
@@ -51,6 +52,9 @@ class RunningGateway:
         await self.task
 
 
+GATEWAY_KEY = generate_signing_identity("gateway").private_pem()
+
+
 def gateway_settings(**overrides: object) -> GatewaySettings:
     values: dict[str, object] = {
         "max_body_bytes": TEST_MAX_BODY_BYTES,
@@ -60,6 +64,8 @@ def gateway_settings(**overrides: object) -> GatewaySettings:
         "rpc_deadline_seconds": 5.0,
         "stream_deadline_seconds": 30.0,
         "sse_heartbeat_seconds": 0.1,
+        # The gateway's own identity key, so tests that run it in production can (docs/security.md).
+        "service_private_key": GATEWAY_KEY,
     }
     values.update(overrides)
     return GatewaySettings(**values)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from kit.server import RunningService
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
+from tests.harness.identities import Keyring
 from tests.harness.platform import TEST_SERVICE_SECRET
 from tests.kit.note_service import create_notes_table, definition, notes
 
@@ -60,7 +61,8 @@ async def note_service(kit_database: TestDatabase, redis_url: str) -> AsyncItera
 async def channel(note_service: RunningService) -> AsyncIterator[grpc.aio.Channel]:
     runtime = note_service.runtime
     assert runtime is not None
-    opened = open_channel(runtime.settings.analytics_addr, runtime.credentials)
+    # The summary's declared caller (development keys: the service has no key settings).
+    opened = open_channel(runtime.settings.analytics_addr, Keyring.development().credentials("operator"))
     yield opened
     await opened.close()
 
