@@ -58,10 +58,6 @@ class ProvisioningSettings(PlatformSettings):
     # Development only: where passwords generated for unset variables are kept.
     development_db_passwords_file: Path = _state_home() / "stylestudio" / "development-db-passwords.json"
 
-    def secret_checks(self) -> list[SecretCheck]:
-        # Provisioning signs nothing: only the passwords of the roles it provisions count.
-        return []
-
     def service_key_problems(self) -> list[str]:
         return []  # it calls no service either
 

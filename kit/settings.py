@@ -10,6 +10,7 @@ with a single warning listing them (docs/security.md).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +30,6 @@ DEFAULT_ADDRESSES = {
 }
 
 
-DEVELOPMENT_SERVICE_SECRET = "dev-only-service-secret-change-me-in-production"
 # A production secret has at least this many bytes: a random 256-bit value, not a word.
 MIN_SECRET_BYTES = 32
 ENVIRONMENT_VARIABLE = "STYLESTUDIO_ENVIRONMENT"
@@ -37,6 +37,12 @@ ENVIRONMENT_VARIABLE = "STYLESTUDIO_ENVIRONMENT"
 EXIT_CONFIGURATION = 78
 # Values that were published as examples (an older docker-compose.yml): public, so refused.
 PUBLISHED_EXAMPLE_SECRETS = frozenset({"change-me-please-32-characters!!", "change-me-too"})
+# Variables nothing reads any more, and what replaced each: a process that still gets one says so once.
+RETIRED_VARIABLES = {
+    "STYLESTUDIO_SERVICE_SECRET": "service credentials use each identity's own key"
+    " (STYLESTUDIO_SERVICE_PRIVATE_KEY, STYLESTUDIO_SERVICE_PUBLIC_KEYS) and database roles"
+    " their own password (STYLESTUDIO_<SERVICE>_DB_PASSWORD)",
+}
 
 
 @dataclass(frozen=True)
@@ -107,9 +113,6 @@ class PlatformSettings(BaseSettings):
     generation_addr: str = DEFAULT_ADDRESSES["generation"]
     analytics_addr: str = DEFAULT_ADDRESSES["analytics"]
 
-    # Derived the database roles' passwords once, and signed service credentials before each
-    # identity had its own key: it no longer does either (kept while deployments still set it).
-    service_secret: SecretStr = SecretStr(DEVELOPMENT_SERVICE_SECRET)
     # Service credentials: this process's private key (PEM text or a PEM file) and every
     # identity's public keys (JSON or a JSON file); empty in development means the development
     # keys, refused in production (kit/service_keys.py, docs/security.md).
@@ -176,7 +179,7 @@ class PlatformSettings(BaseSettings):
 
     def secret_checks(self) -> list[SecretCheck]:
         """The secrets production needs; a settings class extends the list (``super()`` first)."""
-        return [self.secret_check("service_secret")]
+        return []
 
     def development_only(self) -> list[DevelopmentOnly]:
         """What production refuses while in use; a settings class extends the list."""
@@ -229,7 +232,9 @@ _warned: set[tuple[str, ...]] = set()
 
 def refuse_insecure_settings(settings: PlatformSettings, log: logging.Logger) -> None:
     """At start-up: in production raise ``InsecureSettings`` naming every offending variable;
-    in development log one warning listing them (once per process), and go on."""
+    in development log one warning listing them (once per process), and go on. Either way, log
+    once that a retired variable still set is no longer used."""
+    _warn_retired(log)
     problems = settings.insecurities()
     if not problems:
         return
@@ -243,3 +248,10 @@ def refuse_insecure_settings(settings: PlatformSettings, log: logging.Logger) ->
         ENVIRONMENT_VARIABLE,
         "; ".join(problems),
     )
+
+
+def _warn_retired(log: logging.Logger) -> None:
+    for variable, instead in RETIRED_VARIABLES.items():
+        if variable in os.environ and (variable,) not in _warned:
+            _warned.add((variable,))
+            log.warning("%s is no longer used and can be removed: %s", variable, instead)

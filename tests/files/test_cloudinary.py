@@ -23,7 +23,7 @@ from tests.files.cloudinary_server import FakeCloudinary, RunningFakeCloudinary
 from tests.files.conftest import FilesUser, domain_error_of
 from tests.files.samples import image_bytes, stored_form
 from tests.harness import Platform, TestDatabase
-from tests.harness.platform import TEST_SERVICE_SECRET, free_port
+from tests.harness.platform import free_port
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,6 @@ async def cloudinary_files(
         service_database_url=database.service_urls["files"],
         redis_url=files_platform.redis_url,
         redis_prefix=f"{files_platform.redis_prefix}:cloudinary",
-        service_secret=SecretStr(TEST_SERVICE_SECRET),
         users_addr=files_platform.addresses["users"],
         # It asks the platform's users service about tokens: as "files", with this run's key.
         **files_platform.key_settings("files"),

@@ -24,7 +24,7 @@ from kit.settings import ServiceSettings
 from kit.tls import TransportSecurity
 from kit.tokens import AccessTokenVerifier, SigningKey, generate_signing_key, sign_access_token
 from tests.harness.identities import Keyring
-from tests.harness.platform import TEST_SERVICE_SECRET, TestDatabase, free_port
+from tests.harness.platform import TestDatabase, free_port
 from tests.harness.streams import stream_entries
 
 _DEVELOPMENT_KEYS = Keyring.development()
@@ -110,7 +110,6 @@ async def start_in_process(
         "service_database_url": database.service_urls[name],
         "redis_url": redis_url,
         "redis_prefix": f"sstest-{name}-{uuid.uuid4().hex[:8]}",
-        "service_secret": TEST_SERVICE_SECRET,
         "migrate_on_start": False,
         "consumer_block_ms": 100,
     }

@@ -34,7 +34,6 @@ from tests.harness.identities import Keyring
 from tests.harness.pki import PlatformCertificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TEST_SERVICE_SECRET = "test-service-secret-" + uuid.uuid4().hex
 StubT = TypeVar("StubT")
 
 
@@ -124,7 +123,6 @@ class Platform:
                 "STYLESTUDIO_DATABASE_URL": self.database.admin_url,
                 "STYLESTUDIO_REDIS_URL": self.redis_url,
                 "STYLESTUDIO_REDIS_PREFIX": self.redis_prefix,
-                "STYLESTUDIO_SERVICE_SECRET": TEST_SERVICE_SECRET,
                 "STYLESTUDIO_GATEWAY_ADDR": self.gateway_addr,
                 "STYLESTUDIO_TRACE_FILE": str(self.trace_file),
                 "STYLESTUDIO_DATA_DIR": str(self.work_dir / "data"),

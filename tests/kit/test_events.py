@@ -13,7 +13,6 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
-from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from kit import telemetry
@@ -25,7 +24,6 @@ from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
 from tests.harness.identities import Keyring
-from tests.harness.platform import TEST_SERVICE_SECRET
 from tests.harness.streams import stream_entries
 from tests.kit.note_service import NOTE_EVENT, create_notes_table, definition, notes
 
@@ -43,7 +41,6 @@ async def note_service(kit_database: TestDatabase, redis_url: str) -> AsyncItera
         service_database_url=url,
         redis_url=redis_url,
         redis_prefix=f"sstest-events-{free_port()}",
-        service_secret=SecretStr(TEST_SERVICE_SECRET),
         migrate_on_start=False,
         consumer_block_ms=100,
     )

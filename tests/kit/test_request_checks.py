@@ -20,7 +20,6 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kit import telemetry
@@ -31,7 +30,6 @@ from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
 from tests.harness.identities import Keyring
-from tests.harness.platform import TEST_SERVICE_SECRET
 from tests.kit.note_service import create_notes_table, definition, notes
 
 METHOD = "/stylestudio.analytics.v1.AnalyticsService/GetUserActivitySummary"
@@ -47,7 +45,6 @@ async def note_service(kit_database: TestDatabase, redis_url: str) -> AsyncItera
         service_database_url=url,
         redis_url=redis_url,
         redis_prefix=f"sstest-checks-{free_port()}",
-        service_secret=SecretStr(TEST_SERVICE_SECRET),
         migrate_on_start=False,
     )
     telemetry.setup_telemetry("kit-tests", settings).add_span_processor(SimpleSpanProcessor(spans))

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from kit.bootstrap import ProvisioningSettings, development_passwords, provision_sync, role_name
 from kit.settings import EXIT_CONFIGURATION, MIN_SECRET_BYTES, SERVICES, InsecureSettings
 from tests.harness import TestDatabase
-from tests.harness.platform import REPO_ROOT, TEST_SERVICE_SECRET
+from tests.harness.platform import REPO_ROOT
 from tests.harness.roles import libpq_dsn, password_matches, stored_verifier
 
 
@@ -40,8 +40,12 @@ def set_role_password(database: TestDatabase, service: str, password: str) -> No
         connection.execute(f"ALTER ROLE {role_name(service)} PASSWORD '{password}'")
 
 
+# The retired STYLESTUDIO_SERVICE_SECRET's development default, from which roles' passwords were derived.
+OLD_DEVELOPMENT_SERVICE_SECRET = "dev-only-service-secret-change-me-in-production"
+
+
 def old_derived_password(service: str, service_secret: str) -> str:
-    """What kit.bootstrap used to set: anyone with the service secret could compute it."""
+    """What kit.bootstrap used to set: anyone with the (now retired) service secret could compute it."""
     return hmac.new(service_secret.encode(), f"db-role:{service}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -88,7 +92,7 @@ def test_production_refuses_a_weak_role_password(empty_database: TestDatabase) -
 def test_a_role_created_with_the_old_derived_password_gets_the_configured_one(
     empty_database: TestDatabase,
 ) -> None:
-    old = old_derived_password("analytics", TEST_SERVICE_SECRET)
+    old = old_derived_password("analytics", secrets.token_urlsafe(32))
     configured = secrets.token_urlsafe(32)
     provision_sync(
         empty_database.admin_url, ["analytics"], migrate=False, settings=production(analytics=configured)
@@ -120,7 +124,7 @@ def test_development_passwords_are_random_kept_and_not_derived(
     assert users and billing and users != billing
     assert len(users.encode()) >= MIN_SECRET_BYTES
     assert make_url(again["users"]).password == users, "every run on this machine agrees on the password"
-    assert users != old_derived_password("users", ProvisioningSettings().service_secret.get_secret_value())
+    assert users != old_derived_password("users", OLD_DEVELOPMENT_SERVICE_SECRET)
     assert password_matches(stored_verifier(empty_database.admin_url, "users"), users)
     assert kept.stat().st_mode & 0o077 == 0, "only the user can read the kept passwords"
 

@@ -20,7 +20,6 @@ from gateway.settings import GatewaySettings
 from kit.server import RunningService, ServiceDefinition
 from kit.service_keys import generate_signing_identity, public_keys_json
 from kit.settings import (
-    DEVELOPMENT_SERVICE_SECRET,
     EXIT_CONFIGURATION,
     MIN_SECRET_BYTES,
     InsecureSettings,
@@ -32,16 +31,24 @@ from services.files.__main__ import definition as files_definition
 from services.files.settings import FilesSettings
 from services.generation.__main__ import definition as generation_definition
 from services.generation.settings import GenerationSettings
-from services.users.service import definition as users_definition
 from services.users.settings import UsersSettings
 from tests.harness import SERVICES, Platform, TestDatabase
 from tests.harness.platform import REPO_ROOT
 
 WARNING = "insecure settings"
+RETIRED = "STYLESTUDIO_SERVICE_SECRET is no longer used"
 
 
 def strong() -> str:
     return secrets.token_urlsafe(32)
+
+
+# A service key of its own and a public key set without development keys (docs/security.md).
+_KEY = generate_signing_identity("users")
+SERVICE_KEYS = {
+    "service_private_key": _KEY.private_pem(),
+    "service_public_keys": public_keys_json({"users": [_KEY.public_key]}),
+}
 
 
 def production_env(**variables: str) -> dict[str, str]:
@@ -65,27 +72,34 @@ def run_to_exit(module: str, env: Mapping[str, str]) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("module", [*(f"services.{name}" for name in SERVICES), "gateway"])
-async def test_out_of_the_box_every_process_refuses_production_naming_the_service_secret(module: str) -> None:
+async def test_out_of_the_box_every_process_refuses_production_naming_its_service_key(module: str) -> None:
     finished = await asyncio.to_thread(run_to_exit, module, production_env())
     output = finished.stdout + finished.stderr
     assert finished.returncode == EXIT_CONFIGURATION, output
-    assert "STYLESTUDIO_SERVICE_SECRET is a development default" in output
+    assert "STYLESTUDIO_SERVICE_PRIVATE_KEY is not set" in output
+    # The gateway only signs; every service also verifies others' credentials.
+    assert ("STYLESTUDIO_SERVICE_PUBLIC_KEYS is not set" in output) == (module != "gateway"), output
     assert "Traceback" not in output
-    # The message names variables, never a secret's value.
-    assert DEVELOPMENT_SERVICE_SECRET not in output
 
 
 async def test_the_users_service_refuses_production_without_the_signing_key_passphrase() -> None:
-    env = production_env(STYLESTUDIO_SERVICE_SECRET=strong())
+    keys = {f"STYLESTUDIO_{field.upper()}": value for field, value in SERVICE_KEYS.items()}
+    retired = strong()
+    env = production_env(**keys, STYLESTUDIO_SERVICE_SECRET=retired)
     finished = await asyncio.to_thread(run_to_exit, "services.users", env)
     output = finished.stdout + finished.stderr
     assert finished.returncode == EXIT_CONFIGURATION, output
-    assert "STYLESTUDIO_SIGNING_KEY_PASSPHRASE is not set" in output
-    assert "STYLESTUDIO_SERVICE_SECRET" not in output
+    (refusal,) = [line for line in output.splitlines() if "refusing to start" in line]
+    assert "STYLESTUDIO_SIGNING_KEY_PASSPHRASE is not set" in refusal
+    for variable in ("SERVICE_PRIVATE_KEY", "SERVICE_PUBLIC_KEYS", "SERVICE_SECRET"):
+        assert variable not in refusal
+    # The retired secret is no reason to refuse: one warning says it is unused (never its value).
+    assert output.count(RETIRED) == 1, output
+    assert retired not in output and _KEY.private_pem() not in output
 
 
 async def test_billing_refuses_offline_payments_in_production_unless_enabled() -> None:
-    env = production_env(STYLESTUDIO_SERVICE_SECRET=strong(), STYLESTUDIO_STRIPE_WEBHOOK_SECRET=strong())
+    env = production_env(STYLESTUDIO_STRIPE_WEBHOOK_SECRET=strong())
     finished = await asyncio.to_thread(run_to_exit, "services.billing", env)
     output = finished.stdout + finished.stderr
     assert finished.returncode == EXIT_CONFIGURATION, output
@@ -131,18 +145,13 @@ async def refusal(build: Build, settings: ServiceSettings) -> str:
     return str(raised.value)
 
 
-# A service key of its own and a public key set without development keys (docs/security.md).
-_KEY = generate_signing_identity("users")
-SERVICE_KEYS = {
-    "service_private_key": _KEY.private_pem(),
-    "service_public_keys": public_keys_json({"users": [_KEY.public_key]}),
-}
+# Billing's declared default: a development value, public in this repository.
+DEVELOPMENT_WEBHOOK_SECRET = BillingSettings.model_fields["stripe_webhook_secret"].default.get_secret_value()
 
 
 def base(**values: Any) -> dict[str, Any]:
     return {
         "environment": "production",
-        "service_secret": strong(),
         "database_url": "postgresql+psycopg://x@127.0.0.1:1/none",
         **SERVICE_KEYS,
     } | values
@@ -241,23 +250,26 @@ async def test_plain_http_image_delivery_is_refused_in_production() -> None:
         ("", "is not set"),
         ("x" * (MIN_SECRET_BYTES - 1), f"is shorter than {MIN_SECRET_BYTES} bytes"),
         ("é" * 15 + "x", f"is shorter than {MIN_SECRET_BYTES} bytes"),  # 31 bytes in 16 characters
-        (DEVELOPMENT_SERVICE_SECRET, "is a development default"),
+        (
+            BillingSettings.model_fields["stripe_webhook_secret"].default.get_secret_value(),
+            "is a development default",
+        ),
         ("change-me-please-32-characters!!", "is a development default"),  # the old compose example
     ],
 )
-async def test_each_kind_of_weak_service_secret_is_refused(value: str, problem: str) -> None:
-    settings = UsersSettings(**base(service_secret=value, signing_key_passphrase=strong()))
-    assert f"STYLESTUDIO_SERVICE_SECRET {problem}" in await refusal(users_definition, settings)
+async def test_each_kind_of_weak_secret_is_refused(value: str, problem: str) -> None:
+    settings = BillingSettings(**base(stripe_webhook_secret=value, offline_payments_enabled=True))
+    assert f"STYLESTUDIO_STRIPE_WEBHOOK_SECRET {problem}" in await refusal(billing_definition, settings)
 
 
 def test_thirty_two_bytes_are_enough() -> None:
     exactly = secrets.token_hex(MIN_SECRET_BYTES // 2)
-    settings = UsersSettings(**base(service_secret=exactly, signing_key_passphrase=strong()))
+    settings = UsersSettings(**base(signing_key_passphrase=exactly))
     assert settings.insecurities() == []
 
 
-def test_the_gateway_app_refuses_production_with_the_development_secret() -> None:
-    with pytest.raises(InsecureSettings, match="STYLESTUDIO_SERVICE_SECRET is a development default"):
+def test_the_gateway_app_refuses_production_without_its_service_key() -> None:
+    with pytest.raises(InsecureSettings, match="STYLESTUDIO_SERVICE_PRIVATE_KEY is not set"):
         create_app(GatewaySettings(environment="production"))
 
 
@@ -269,8 +281,14 @@ async def test_in_development_a_service_and_the_gateway_start_with_one_warning(
 ) -> None:
     database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
     database.create(services=["billing"])
+    # The retired secret is still set, as by a deployment that has not dropped it; the gateway's
+    # metrics token is too short.
+    retired, short_token = strong(), "a-short-metrics-token"
     platform = Platform(
-        database, redis_url, tmp_path, extra_env={"STYLESTUDIO_SERVICE_SECRET": DEVELOPMENT_SERVICE_SECRET}
+        database,
+        redis_url,
+        tmp_path,
+        extra_env={"STYLESTUDIO_SERVICE_SECRET": retired, "STYLESTUDIO_METRICS_BEARER_TOKEN": short_token},
     )
     try:
         platform.start("billing")
@@ -292,12 +310,11 @@ async def test_in_development_a_service_and_the_gateway_start_with_one_warning(
     gateway = [line for line in platform.logs("gateway").splitlines() if WARNING in line]
     assert len(billing) == 1, platform.logs("billing")
     assert len(gateway) == 1, platform.logs("gateway")
-    for variable in (
-        "STYLESTUDIO_SERVICE_SECRET",
-        "STYLESTUDIO_STRIPE_WEBHOOK_SECRET",
-        "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED",
-    ):
+    for variable in ("STYLESTUDIO_STRIPE_WEBHOOK_SECRET", "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED"):
         assert variable in billing[0]
-    assert "STYLESTUDIO_SERVICE_SECRET" in gateway[0] and "STRIPE" not in gateway[0]
+    assert "STYLESTUDIO_METRICS_BEARER_TOKEN is shorter" in gateway[0] and "STRIPE" not in gateway[0]
     assert "WARNING" in billing[0]
-    assert DEVELOPMENT_SERVICE_SECRET not in platform.logs("billing") + platform.logs("gateway")
+    for process in ("billing", "gateway"):
+        logs = platform.logs(process)
+        assert logs.count(RETIRED) == 1, logs
+        assert retired not in logs and short_token not in logs

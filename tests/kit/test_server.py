@@ -15,7 +15,7 @@ from kit.clients import open_channel
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
 from tests.harness.identities import Keyring
-from tests.harness.platform import REPO_ROOT, TEST_SERVICE_SECRET
+from tests.harness.platform import REPO_ROOT
 from tests.kit.note_service import create_notes_table
 
 
@@ -31,7 +31,6 @@ async def test_sigterm_lets_an_in_flight_rpc_finish(
         "STYLESTUDIO_SERVICE_DATABASE_URL": url,
         "STYLESTUDIO_REDIS_URL": redis_url,
         "STYLESTUDIO_REDIS_PREFIX": f"sstest-sigterm-{free_port()}",
-        "STYLESTUDIO_SERVICE_SECRET": TEST_SERVICE_SECRET,
         "STYLESTUDIO_MIGRATE_ON_START": "false",
         "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "0.2",
         "NOTE_SERVICE_DELAY": "1.5",

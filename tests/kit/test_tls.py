@@ -12,7 +12,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from pydantic import SecretStr
 
 from kit.clients import open_channel
 from kit.server import RunningService
@@ -23,7 +22,6 @@ from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
 from tests.harness.identities import Keyring
 from tests.harness.pki import CertificateAuthority, PlatformCertificates
-from tests.harness.platform import TEST_SERVICE_SECRET
 from tests.kit.note_service import create_notes_table, definition
 
 
@@ -50,7 +48,6 @@ def _settings(
         "service_database_url": tls_database.service_urls["analytics"],
         "redis_url": redis_url,
         "redis_prefix": f"sstest-tls-{free_port()}",
-        "service_secret": SecretStr(TEST_SERVICE_SECRET),
         "migrate_on_start": False,
         "consumer_block_ms": 100,
         "health_check_interval_seconds": 0.2,
