@@ -134,16 +134,12 @@ class Uploads:
         refused for bytes that really are held; at most one step of bytes waits in the spool
         unreserved, and nothing is stored before all of it is reserved.
         """
-        limit, step = self.settings.max_file_bytes, self.settings.quota_reservation_step_bytes
+        step = self.settings.quota_reservation_step_bytes
         received = reserved = 0
         with tempfile.SpooledTemporaryFile(max_size=self.settings.upload_spool_bytes) as spool:
-            async for request in requests:
-                if request.WhichOneof("payload") != "chunk":
-                    raise ValidationError("Only the first message may carry metadata", field="metadata")
-                received += len(request.chunk)
-                if received > limit:
-                    raise FileTooLarge(f"The file is larger than {limit} bytes", details={"max_bytes": limit})
-                spool.write(request.chunk)
+            async for chunk in self._chunks(requests):
+                received += len(chunk)
+                spool.write(chunk)
                 if received - reserved >= step:
                     await self._reserve(file_id, user_id, received - reserved, quota)
                     reserved = received
@@ -154,15 +150,21 @@ class Uploads:
 
     async def _digest_of(self, requests: AsyncIterator[files_pb2.UploadFileRequest]) -> str:
         """The SHA-256 of an upload's bytes, read within the size limit and kept nowhere."""
-        limit, received, digest = self.settings.max_file_bytes, 0, hashlib.sha256()
+        digest = hashlib.sha256()
+        async for chunk in self._chunks(requests):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    async def _chunks(self, requests: AsyncIterator[files_pb2.UploadFileRequest]) -> AsyncIterator[bytes]:
+        """The chunks after an upload's first message, refused once more than the size limit arrived."""
+        limit, received = self.settings.max_file_bytes, 0
         async for request in requests:
             if request.WhichOneof("payload") != "chunk":
                 raise ValidationError("Only the first message may carry metadata", field="metadata")
             received += len(request.chunk)
             if received > limit:
                 raise FileTooLarge(f"The file is larger than {limit} bytes", details={"max_bytes": limit})
-            digest.update(request.chunk)
-        return digest.hexdigest()
+            yield request.chunk
 
     async def _reserve(self, file_id: uuid.UUID, user_id: str, amount: int, quota: int) -> None:
         async with self.db.transaction() as session:
