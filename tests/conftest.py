@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from kit.infra import resolve_infrastructure
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, TestDatabase, own_database
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,10 +29,8 @@ def infrastructure() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def test_database(infrastructure: object) -> Iterator[TestDatabase]:
     """A fresh database for this run with every service's role, schema and migrations."""
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create()
-    yield database
-    database.drop()
+    with own_database(infrastructure) as database:
+        yield database
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +43,12 @@ async def platform(
     test_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
     """All five services and the gateway running as processes, ready."""
-    running = Platform(test_database, redis_url, tmp_path_factory.mktemp("platform"))
-    try:
+    async with Platform(test_database, redis_url, tmp_path_factory.mktemp("platform")) as running:
         await running.start_all()
         yield running
-    finally:
-        await running.close()
 
 
 @pytest.fixture
 async def gateway(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30.0) as client:
+    async with platform.client() as client:
         yield client

@@ -32,7 +32,7 @@ from stylestudio.billing.v1 import resources_pb2 as billing_resources
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, TestDatabase, own_database
 from tests.harness.streams import append_entry, stream_entries
 
 _ENV = {
@@ -50,22 +50,18 @@ _PASSWORD = "correct horse battery"
 
 @pytest.fixture(scope="module")
 def flow_database(infrastructure: object) -> Iterator[TestDatabase]:
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create()
-    yield database
-    database.drop()
+    with own_database(infrastructure) as database:
+        yield database
 
 
 @pytest.fixture(scope="module")
 async def flow_platform(
     flow_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
-    running = Platform(flow_database, redis_url, tmp_path_factory.mktemp("analytics-flow"), extra_env=_ENV)
-    try:
+    work_dir = tmp_path_factory.mktemp("analytics-flow")
+    async with Platform(flow_database, redis_url, work_dir, extra_env=_ENV) as running:
         await running.start_all()
         yield running
-    finally:
-        await running.close()
 
 
 def _png(colour: str) -> bytes:

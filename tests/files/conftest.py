@@ -12,7 +12,7 @@ import pytest
 
 from kit.errors import DomainError, from_rpc_error
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc, resources_pb2
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, own_database
 
 CHUNK = 64 * 1024
 
@@ -106,18 +106,11 @@ async def files_platform(
     infrastructure: object, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
     """Only what the files service needs (users for the JWKS, files), on a database of its own."""
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=["users", "files"])
-    running = Platform(database, redis_url, tmp_path_factory.mktemp("files-platform"), extra_env=FILES_ENV)
-    try:
-        for service in ("users", "files"):
-            running.start(service)
-        for service in ("users", "files"):
-            await running.wait_serving(service)
-        yield running
-    finally:
-        await running.close()
-        database.drop()
+    work_dir = tmp_path_factory.mktemp("files-platform")
+    with own_database(infrastructure, ["users", "files"]) as database:
+        async with Platform(database, redis_url, work_dir, extra_env=FILES_ENV) as running:
+            await running.start_and_wait("users", "files")
+            yield running
 
 
 @pytest.fixture(scope="package")

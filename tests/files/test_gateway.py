@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,17 +15,8 @@ from tests.harness import Platform
 
 @pytest.fixture(scope="module")
 async def rest(files_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    files_platform.start("gateway")
-    async with httpx.AsyncClient(base_url=files_platform.gateway_url, timeout=30.0) as client:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, files_platform.logs("gateway")[-3000:]
-            await asyncio.sleep(0.2)
+    await files_platform.start_and_wait("gateway")
+    async with files_platform.client() as client:
         yield client
     files_platform.stop("gateway")
 

@@ -18,7 +18,7 @@ from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
 from tests.generation.replicate_server import FakeReplicate, ReplicateServer
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, TestDatabase, own_database
 
 REPLICATE_MODEL, REPLICATE_VERSION = (
     "dall-e-3",
@@ -57,10 +57,8 @@ GENERATION_ENV = {
 
 @pytest.fixture(scope="package")
 def generation_database(infrastructure: object) -> Iterator[TestDatabase]:
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create()
-    yield database
-    database.drop()
+    with own_database(infrastructure) as database:
+        yield database
 
 
 @pytest.fixture(scope="package")
@@ -88,11 +86,9 @@ async def gen_platform(
         "STYLESTUDIO_REPLICATE_WEBHOOK_SECRET": replicate.secret,
         "STYLESTUDIO_REPLICATE_WEBHOOK_URL": f"{running.gateway_url}/webhooks/replicate",
     }
-    try:
+    async with running:
         await running.start_all()
         yield running
-    finally:
-        await running.close()
 
 
 def png(colour: str = "red", size: tuple[int, int] = (240, 320)) -> bytes:

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,6 +73,23 @@ class TestDatabase:
             connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+@contextmanager
+def own_database(
+    infrastructure: object,
+    services: Sequence[str] = SERVICES,
+    migrate: bool = True,
+    settings: ProvisioningSettings | None = None,
+) -> Iterator[TestDatabase]:
+    """A database of one's own on the run's server (``TestDatabase.create``'s arguments), dropped
+    afterwards: for tests whose services must not share the session's database."""
+    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
+    database.create(services, migrate=migrate, settings=settings)
+    try:
+        yield database
+    finally:
+        database.drop()
+
+
 def _libpq_dsn(url: object) -> str:
     sa_url = make_url(str(url)) if not hasattr(url, "set") else url
     return sa_url.set(drivername="postgresql").render_as_string(hide_password=False)  # type: ignore[attr-defined]
@@ -106,6 +124,12 @@ class Platform:
         self._security = tls.security() if tls is not None else None
         self._channels: dict[str, grpc.aio.Channel] = {}
 
+    async def __aenter__(self) -> Platform:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @property
     def gateway_url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.gateway_addr}"
@@ -114,6 +138,12 @@ class Platform:
     def gateway_verify(self) -> ssl.SSLContext | bool:
         """What an HTTP client of the gateway passes as ``verify``."""
         return self.tls.https_context() if self.tls is not None else True
+
+    def client(self, **options: Any) -> httpx.AsyncClient:
+        """An HTTP client of the gateway (``options``: httpx's, e.g. ``transport``)."""
+        return httpx.AsyncClient(
+            base_url=self.gateway_url, verify=self.gateway_verify, **({"timeout": 30.0} | options)
+        )
 
     def env(self, process: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("STYLESTUDIO_")}
@@ -254,7 +284,7 @@ class Platform:
                         return
                 except (httpx.TransportError, ValueError, KeyError):  # not up yet
                     pass
-                for process in self.processes:
+                for process in (*services, "gateway"):
                     self._fail_if_exited(process)
                 await asyncio.sleep(0.2)
         raise TimeoutError(
@@ -267,11 +297,19 @@ class Platform:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{process} exited with {proc.returncode}:\n{self.logs(process)[-4000:]}")
 
+    async def start_and_wait(self, *processes: str, timeout: float = 60.0) -> None:
+        """Start ``processes`` (services, and "gateway"), then wait until each service is SERVING
+        and, with the gateway, until its /readyz answers with them SERVING."""
+        for process in processes:
+            self.start(process)
+        services = [process for process in processes if process != "gateway"]
+        for service in services:
+            await self.wait_serving(service, timeout)
+        if "gateway" in processes:
+            await self.wait_ready(timeout, services)
+
     async def start_all(self) -> None:
-        for service in SERVICES:
-            self.start(service)
-        self.start("gateway")
-        await self.wait_ready()
+        await self.start_and_wait(*SERVICES, "gateway")
 
     async def close(self) -> None:
         for channel in self._channels.values():

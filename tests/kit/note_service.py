@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from google.protobuf import wrappers_pb2
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 
-from kit.server import Registration, Runtime, ServiceDefinition, run
+from kit import telemetry
+from kit.server import Registration, RunningService, Runtime, ServiceDefinition, run
 from services.analytics import models
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
@@ -88,6 +93,36 @@ async def create_notes_table(url: str) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(lambda sync: notes.create(sync, checkfirst=True))
     await engine.dispose()
+
+
+@asynccontextmanager
+async def running_note_service(
+    url: str, redis_url: str, spans: SpanExporter, **settings: Any
+) -> AsyncIterator[RunningService]:
+    """The note service in this process on the analytics schema at ``url``, on a free port and a
+    Redis prefix of its own, its spans exported to ``spans``; ``settings``: more of its settings."""
+    await create_notes_table(url)
+    options: dict[str, Any] = {
+        "analytics_addr": f"127.0.0.1:{_free_port()}",
+        "service_database_url": url,
+        "redis_url": redis_url,
+        "redis_prefix": f"sstest-notes-{uuid.uuid4().hex[:8]}",
+        "migrate_on_start": False,
+    }
+    service_settings = AnalyticsSettings(**(options | settings))
+    telemetry.setup_telemetry("kit-tests", service_settings).add_span_processor(SimpleSpanProcessor(spans))
+    service = RunningService(definition(service_settings))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def _free_port() -> int:
+    from tests.harness import free_port  # not when run as a process: the harness is the tests'
+
+    return free_port()
 
 
 if __name__ == "__main__":

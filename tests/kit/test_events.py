@@ -10,22 +10,19 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import wrappers_pb2
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from redis.asyncio import Redis
 
-from kit import telemetry
 from kit.clients import open_channel
 from kit.events import Event, EventConsumer, stream_key, unpack
 from kit.interceptors import Authenticator
 from kit.server import RunningService
-from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
-from tests.harness import TestDatabase, free_port
+from tests.harness import TestDatabase
 from tests.harness.identities import Keyring
 from tests.harness.streams import stream_entries
-from tests.kit.note_service import NOTE_EVENT, create_notes_table, definition, notes
+from tests.kit.note_service import NOTE_EVENT, notes, running_note_service
 
 STREAM = "events.analytics"
 
@@ -35,21 +32,8 @@ spans = InMemorySpanExporter()
 @pytest.fixture(scope="module")
 async def note_service(kit_database: TestDatabase, redis_url: str) -> AsyncIterator[RunningService]:
     url = kit_database.service_urls["analytics"]
-    await create_notes_table(url)
-    settings = AnalyticsSettings(
-        analytics_addr=f"127.0.0.1:{free_port()}",
-        service_database_url=url,
-        redis_url=redis_url,
-        redis_prefix=f"sstest-events-{free_port()}",
-        migrate_on_start=False,
-        consumer_block_ms=100,
-    )
-    provider = telemetry.setup_telemetry("kit-tests", settings)
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    service = RunningService(definition(settings))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_note_service(url, redis_url, spans, consumer_block_ms=100) as service:
+        yield service
 
 
 @pytest.fixture

@@ -8,15 +8,13 @@ from sqlalchemy.engine import make_url
 
 from kit import migrations
 from kit.settings import SERVICES
-from tests.harness import TestDatabase
+from tests.harness import TestDatabase, own_database
 
 
 @pytest.fixture(scope="module")
 def empty_database(infrastructure: object):
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(migrate=False)
-    yield database
-    database.drop()
+    with own_database(infrastructure, migrate=False) as database:
+        yield database
 
 
 def _tables(url: str, schema: str) -> set[str]:

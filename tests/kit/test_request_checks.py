@@ -18,19 +18,16 @@ import pytest
 import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from kit import telemetry
 from kit.clients import open_channel
 from kit.logs import JsonFormatter
 from kit.server import RunningService
-from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
-from tests.harness import TestDatabase, free_port
+from tests.harness import TestDatabase
 from tests.harness.identities import Keyring
-from tests.kit.note_service import create_notes_table, definition, notes
+from tests.kit.note_service import notes, running_note_service
 
 METHOD = "/stylestudio.analytics.v1.AnalyticsService/GetUserActivitySummary"
 spans = InMemorySpanExporter()
@@ -38,20 +35,8 @@ spans = InMemorySpanExporter()
 
 @pytest.fixture(scope="module")
 async def note_service(kit_database: TestDatabase, redis_url: str) -> AsyncIterator[RunningService]:
-    url = kit_database.service_urls["analytics"]
-    await create_notes_table(url)
-    settings = AnalyticsSettings(
-        analytics_addr=f"127.0.0.1:{free_port()}",
-        service_database_url=url,
-        redis_url=redis_url,
-        redis_prefix=f"sstest-checks-{free_port()}",
-        migrate_on_start=False,
-    )
-    telemetry.setup_telemetry("kit-tests", settings).add_span_processor(SimpleSpanProcessor(spans))
-    service = RunningService(definition(settings))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_note_service(kit_database.service_urls["analytics"], redis_url, spans) as service:
+        yield service
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from kit.bootstrap import ProvisioningSettings, development_passwords, provision_sync, role_name
 from kit.settings import EXIT_CONFIGURATION, MIN_SECRET_BYTES, SERVICES, InsecureSettings
-from tests.harness import TestDatabase
+from tests.harness import TestDatabase, own_database
 from tests.harness.platform import REPO_ROOT
 from tests.harness.roles import libpq_dsn, password_matches, stored_verifier
 
@@ -29,10 +29,8 @@ from tests.harness.roles import libpq_dsn, password_matches, stored_verifier
 @pytest.fixture(scope="module")
 def empty_database(infrastructure: object) -> Iterator[TestDatabase]:
     """A database with nothing provisioned yet (each test provisions what it needs)."""
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=[], migrate=False)
-    yield database
-    database.drop()
+    with own_database(infrastructure, [], migrate=False) as database:
+        yield database
 
 
 def set_role_password(database: TestDatabase, service: str, password: str) -> None:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.app import create_app
@@ -32,7 +31,7 @@ from services.files.settings import FilesSettings
 from services.generation.__main__ import definition as generation_definition
 from services.generation.settings import GenerationSettings
 from services.users.settings import UsersSettings
-from tests.harness import SERVICES, Platform, TestDatabase
+from tests.harness import SERVICES, Platform, own_database
 from tests.harness.platform import REPO_ROOT
 
 WARNING = "insecure settings"
@@ -279,33 +278,13 @@ def test_the_gateway_app_refuses_production_without_its_service_key() -> None:
 async def test_in_development_a_service_and_the_gateway_start_with_one_warning(
     infrastructure: object, redis_url: str, tmp_path: Path
 ) -> None:
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=["billing"])
     # The retired secret is still set, as by a deployment that has not dropped it; the gateway's
     # metrics token is too short.
     retired, short_token = strong(), "a-short-metrics-token"
-    platform = Platform(
-        database,
-        redis_url,
-        tmp_path,
-        extra_env={"STYLESTUDIO_SERVICE_SECRET": retired, "STYLESTUDIO_METRICS_BEARER_TOKEN": short_token},
-    )
-    try:
-        platform.start("billing")
-        platform.start("gateway")
-        await platform.wait_serving("billing")
-        async with httpx.AsyncClient(base_url=platform.gateway_url) as client:
-            for _ in range(300):
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(platform.logs("gateway"))
-    finally:
-        await platform.close()
-        database.drop()
+    env = {"STYLESTUDIO_SERVICE_SECRET": retired, "STYLESTUDIO_METRICS_BEARER_TOKEN": short_token}
+    with own_database(infrastructure, ["billing"]) as database:
+        async with Platform(database, redis_url, tmp_path, extra_env=env) as platform:
+            await platform.start_and_wait("billing", "gateway")
     billing = [line for line in platform.logs("billing").splitlines() if WARNING in line]
     gateway = [line for line in platform.logs("gateway").splitlines() if WARNING in line]
     assert len(billing) == 1, platform.logs("billing")

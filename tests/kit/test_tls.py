@@ -19,7 +19,7 @@ from kit.settings import PlatformSettings
 from kit.tls import TransportSecurity, TransportSecurityError, dial, listen
 from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
-from tests.harness import TestDatabase, free_port
+from tests.harness import TestDatabase, free_port, own_database
 from tests.harness.identities import Keyring
 from tests.harness.pki import CertificateAuthority, PlatformCertificates
 from tests.kit.note_service import create_notes_table, definition
@@ -28,10 +28,8 @@ from tests.kit.note_service import create_notes_table, definition
 @pytest.fixture(scope="module")
 def tls_database(infrastructure: object) -> Iterator[TestDatabase]:
     """A database of its own: no other note service's relay publishes these tests' outbox."""
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=["analytics"])
-    yield database
-    database.drop()
+    with own_database(infrastructure, ["analytics"]) as database:
+        yield database
 
 
 @pytest.fixture(scope="module")

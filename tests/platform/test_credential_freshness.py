@@ -16,23 +16,14 @@ from redis.asyncio import Redis
 from kit.credential_state import state_key
 from kit.tokens import sign_access_token
 from tests.harness import Platform
+from tests.harness.rest import PASSWORD, sign_up
 
-PASSWORD = "correct horse battery staple"
 # The rule: a change is honoured by calls that start this long after it returned.
 HONOURED_AFTER_SECONDS = 1.0
 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def _signup(gateway: httpx.AsyncClient) -> dict[str, object]:
-    email = f"fresh.{uuid.uuid4().hex[:10]}@example.com"
-    response = await gateway.post(
-        "/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "Fresh"}
-    )
-    assert response.status_code == 200, response.text
-    return dict(response.json())
 
 
 async def _admin_change(platform: Platform, gateway: httpx.AsyncClient, user_id: str, **changes: str) -> None:
@@ -49,10 +40,10 @@ async def _grant(gateway: httpx.AsyncClient, token: str, user_id: str) -> httpx.
 async def test_a_demoted_admins_earlier_token_is_refused_on_admin_routes(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
-    admin = await _signup(gateway)
-    admin_id, token = str(admin["user"]["id"]), str(admin["accessToken"])  # type: ignore[index]
-    target = await _signup(gateway)
-    target_id = str(target["user"]["id"])  # type: ignore[index]
+    admin = await sign_up(gateway)
+    admin_id, token = str(admin["user"]["id"]), str(admin["accessToken"])
+    target = await sign_up(gateway)
+    target_id = str(target["user"]["id"])
 
     # Raised to admin after the token was signed: the token is an admin's now.
     await _admin_change(platform, gateway, admin_id, role="admin")
@@ -72,8 +63,8 @@ async def test_a_demoted_admins_earlier_token_is_refused_on_admin_routes(
 async def test_a_user_raised_to_pro_creates_an_api_key_with_the_token_signed_on_free(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
-    user = await _signup(gateway)
-    user_id, token = str(user["user"]["id"]), str(user["accessToken"])  # type: ignore[index]
+    user = await sign_up(gateway)
+    user_id, token = str(user["user"]["id"]), str(user["accessToken"])
     refused = await gateway.post("/v1/users/me/api-keys", json={"name": "ci"}, headers=_bearer(token))
     assert refused.status_code == 403
     assert refused.json()["error"]["reason"] == "FEATURE_NOT_IN_PLAN"
@@ -90,8 +81,8 @@ async def test_a_user_raised_to_pro_creates_an_api_key_with_the_token_signed_on_
 async def test_a_deleted_or_downgraded_api_key_stops_working_in_every_service(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
-    user = await _signup(gateway)
-    user_id, token = str(user["user"]["id"]), str(user["accessToken"])  # type: ignore[index]
+    user = await sign_up(gateway)
+    user_id, token = str(user["user"]["id"]), str(user["accessToken"])
     await _admin_change(platform, gateway, user_id, plan="pro")
     await asyncio.sleep(HONOURED_AFTER_SECONDS)
     first = (await gateway.post("/v1/users/me/api-keys", json={"name": "a"}, headers=_bearer(token))).json()
@@ -120,11 +111,11 @@ async def test_a_deleted_or_downgraded_api_key_stops_working_in_every_service(
 async def test_logout_ends_the_sessions_access_tokens_everywhere(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
-    user = await _signup(gateway)
+    user = await sign_up(gateway)
     token, refresh = str(user["accessToken"]), str(user["refreshToken"])
     other = await gateway.post(
         "/v1/auth/login",
-        json={"email": user["user"]["email"], "password": PASSWORD},  # type: ignore[index]
+        json={"email": user["user"]["email"], "password": PASSWORD},
     )
     other_token = other.json()["accessToken"]
     for path in ("/v1/billing/balance", "/v1/files", "/v1/users/me"):
@@ -143,7 +134,7 @@ async def test_logout_ends_the_sessions_access_tokens_everywhere(
 async def test_refresh_token_reuse_refuses_every_access_token_of_the_family(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
-    user = await _signup(gateway)
+    user = await sign_up(gateway)
     first_token, first_refresh = str(user["accessToken"]), str(user["refreshToken"])
     rotated = await gateway.post("/v1/auth/refresh", json={"refreshToken": first_refresh})
     assert rotated.status_code == 200
@@ -161,8 +152,8 @@ async def test_refresh_token_reuse_refuses_every_access_token_of_the_family(
 async def test_a_lost_redis_copy_is_rebuilt_from_the_users_database_not_taken_as_all_fine(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
-    user = await _signup(gateway)
-    user_id, token = str(user["user"]["id"]), str(user["accessToken"])  # type: ignore[index]
+    user = await sign_up(gateway)
+    user_id, token = str(user["user"]["id"]), str(user["accessToken"])
     await _admin_change(platform, gateway, user_id, role="admin")
     assert (
         await gateway.post("/v1/auth/logout", json={"refreshToken": user["refreshToken"]})
@@ -177,7 +168,7 @@ async def test_a_lost_redis_copy_is_rebuilt_from_the_users_database_not_taken_as
         response = await gateway.get(path, headers=_bearer(token))
         assert response.status_code == 401, (path, response.text)
     # Rebuilt, not invented: the role the database holds came back too.
-    login = await gateway.post("/v1/auth/login", json={"email": user["user"]["email"], "password": PASSWORD})  # type: ignore[index]
+    login = await gateway.post("/v1/auth/login", json={"email": user["user"]["email"], "password": PASSWORD})
     assert (
         await gateway.get("/v1/analytics/system", headers=_bearer(login.json()["accessToken"]))
     ).status_code == 200

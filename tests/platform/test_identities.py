@@ -30,6 +30,7 @@ from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc
 from tests.harness import Platform
 from tests.harness.identities import internal_methods, platform_services
+from tests.harness.rest import sign_up
 
 USER = "a signed-in user"
 ANONYMOUS = "no credential"
@@ -202,23 +203,10 @@ async def test_a_forged_service_credential_is_refused(platform: Platform, forger
     assert str(from_rpc_error(answered.value).reason) == "INSUFFICIENT_TOKENS"
 
 
-async def _sign_up(gateway: httpx.AsyncClient) -> str:
-    response = await gateway.post(
-        "/v1/auth/signup",
-        json={
-            "email": f"acted.{uuid.uuid4().hex[:8]}@example.com",
-            "password": "a long enough password 7",
-            "name": "Ada",
-        },
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["user"]["id"])
-
-
 async def test_a_declared_service_acts_for_a_user_with_the_plan_the_users_service_holds(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
-    user_id = await _sign_up(gateway)
+    user_id = (await sign_up(gateway))["user"]["id"]
     stub = generation_pb2_grpc.GenerationServiceStub(platform.user_channel("generation"))
     as_operator = platform.credentials("operator").metadata(on_behalf_of=user_id)
     listed = await stub.ListGenerations(generation_pb2.ListGenerationsRequest(), metadata=as_operator)
@@ -267,7 +255,7 @@ async def _spans(platform: Platform, name: str, user_id: str) -> list[dict[str, 
 async def test_an_undeclared_service_cannot_act_for_a_user(
     platform: Platform, gateway: httpx.AsyncClient, acting: str
 ) -> None:
-    user_id = await _sign_up(gateway)
+    user_id = (await sign_up(gateway))["user"]["id"]
     stub = generation_pb2_grpc.GenerationServiceStub(platform.user_channel("generation"))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.ListGenerations(
@@ -280,7 +268,7 @@ async def test_an_undeclared_service_cannot_act_for_a_user(
 async def test_acting_for_a_user_opens_no_other_door(platform: Platform, gateway: httpx.AsyncClient) -> None:
     """Only the declared USER RPCs: not another service's, not an INTERNAL or an ADMIN one, and not
     for a user who does not exist."""
-    user_id = await _sign_up(gateway)
+    user_id = (await sign_up(gateway))["user"]["id"]
     operator = platform.credentials("operator")
     refusals = {
         "/stylestudio.billing.v1.BillingService/GetBalance": (user_id, grpc.StatusCode.PERMISSION_DENIED),

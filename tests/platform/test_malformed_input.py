@@ -37,6 +37,7 @@ from gateway.settings import DEFAULT_DESCRIPTOR_SET
 from stylestudio.common.v1 import access_pb2, input_pb2
 from tests.harness import Platform
 from tests.harness.platform import REPO_ROOT
+from tests.harness.rest import sign_up
 
 API = Api(ApiDescriptors.from_file(DEFAULT_DESCRIPTOR_SET))
 ERROR_KEYS = {"code", "status", "reason", "message", "details"}
@@ -200,14 +201,6 @@ class Credentials:
         return {"Authorization": f"Bearer {token}"}
 
 
-async def _sign_up(gateway: httpx.AsyncClient, email: str, password: str) -> dict[str, Any]:
-    response = await gateway.post(
-        "/v1/auth/signup", json={"email": email, "password": password, "name": "Malformed Input"}
-    )
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
 async def _log_in(gateway: httpx.AsyncClient, email: str, password: str) -> str:
     response = await gateway.post("/v1/auth/login", json={"email": email, "password": password})
     assert response.status_code == 200, response.text
@@ -218,8 +211,8 @@ async def real_credentials(gateway: httpx.AsyncClient, platform: Platform) -> Cr
     """A signed-up pro user and a signed-up admin (made on the command line, as operators do)."""
     password = f"Malformed-{uuid.uuid4().hex}"
     user_email, admin_email = (f"{who}-{uuid.uuid4().hex[:10]}@example.com" for who in ("user", "admin"))
-    user = await _sign_up(gateway, user_email, password)
-    await _sign_up(gateway, admin_email, password)
+    user = await sign_up(gateway, user_email, password)
+    await sign_up(gateway, admin_email, password)
     promoted = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "services.users.admin", "promote", "--email", admin_email],

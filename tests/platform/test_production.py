@@ -24,7 +24,8 @@ from services.billing.payments import sign_payload, stripe_event
 from services.billing.settings import BillingSettings
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from tests.generation.conftest import png
-from tests.harness import SERVICES, Platform, TestDatabase
+from tests.harness import SERVICES, Platform, TestDatabase, own_database
+from tests.harness.rest import sign_up
 from tests.harness.roles import libpq_dsn
 
 STRIPE_WEBHOOK_SECRET = "whsec_" + secrets.token_urlsafe(32)
@@ -35,41 +36,30 @@ PRODUCTION_ENV = {
     # No Stripe key here: offline payments, enabled explicitly (production refuses them otherwise).
     "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED": "true",
 }
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
 def production_database(infrastructure: object) -> Iterator[TestDatabase]:
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
     passwords: dict[str, Any] = {f"{service}_db_password": secrets.token_urlsafe(32) for service in SERVICES}
-    database.create(settings=ProvisioningSettings(environment="production", **passwords))
-    yield database
-    database.drop()
+    settings = ProvisioningSettings(environment="production", **passwords)
+    with own_database(infrastructure, settings=settings) as database:
+        yield database
 
 
 @pytest.fixture(scope="module")
 async def production(
     production_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
-    running = Platform(production_database, redis_url, tmp_path_factory.mktemp("production"), PRODUCTION_ENV)
-    try:
+    work_dir = tmp_path_factory.mktemp("production")
+    async with Platform(production_database, redis_url, work_dir, PRODUCTION_ENV) as running:
         await running.start_all()
         yield running
-    finally:
-        await running.close()
 
 
 @pytest.fixture
 async def rest(production: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=production.gateway_url, timeout=30.0) as client:
+    async with production.client() as client:
         yield client
-
-
-async def sign_up(rest: httpx.AsyncClient) -> dict[str, str]:
-    email = f"prod-{uuid.uuid4().hex[:12]}@example.com"
-    response = await rest.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "P"})
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['accessToken']}"}
 
 
 async def eventually(check: Any, timeout: float = 30.0) -> Any:
@@ -92,7 +82,7 @@ def test_a_production_platform_configured_as_documented_starts_without_a_warning
 async def test_fault_directives_are_plain_prompt_text_in_production(
     production: Platform, rest: httpx.AsyncClient
 ) -> None:
-    auth = await sign_up(rest)
+    auth = {"Authorization": f"Bearer {(await sign_up(rest))['accessToken']}"}
     uploaded = await rest.post(
         "/v1/files",
         headers=auth,

@@ -4,7 +4,6 @@ certificate of the platform's CA is refused before any RPC."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,18 +16,17 @@ from pydantic import ValidationError
 from gateway.app import Gateway
 from gateway.settings import GatewaySettings
 from kit.tls import TransportSecurityError
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, TestDatabase, own_database
 from tests.harness.pki import CertificateAuthority, PlatformCertificates
+from tests.harness.rest import sign_up
 
 SERVICES_UNDER_TEST = ("users", "billing")
 
 
 @pytest.fixture(scope="module")
 def tls_database(infrastructure: object) -> Iterator[TestDatabase]:
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=SERVICES_UNDER_TEST)
-    yield database
-    database.drop()
+    with own_database(infrastructure, SERVICES_UNDER_TEST) as database:
+        yield database
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +35,16 @@ async def tls_platform(
 ) -> AsyncIterator[Platform]:
     work_dir = tmp_path_factory.mktemp("tls-platform")
     certificates = PlatformCertificates(work_dir / "pki")
-    running = Platform(tls_database, redis_url, work_dir, tls=certificates)
-    try:
-        for service in SERVICES_UNDER_TEST:
-            running.start(service)
-        for service in SERVICES_UNDER_TEST:
-            await running.wait_serving(service)  # the harness's health checks, over mutual TLS
-        running.start("gateway")
-        await running.wait_ready(services=SERVICES_UNDER_TEST)
+    async with Platform(tls_database, redis_url, work_dir, tls=certificates) as running:
+        # The harness's health checks, over mutual TLS, then the gateway's /readyz over HTTPS.
+        await running.start_and_wait(*SERVICES_UNDER_TEST, "gateway")
         yield running
-    finally:
-        await running.close()
 
 
 @pytest.fixture
 async def https(tls_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the gateway that trusts the test CA and nothing else."""
-    async with httpx.AsyncClient(
-        base_url=tls_platform.gateway_url, verify=tls_platform.gateway_verify, timeout=30.0
-    ) as client:
+    async with tls_platform.client() as client:
         yield client
 
 
@@ -63,16 +52,7 @@ async def test_a_call_through_the_gateway_crosses_both_services_over_mutual_tls(
     tls_platform: Platform, https: httpx.AsyncClient
 ) -> None:
     assert tls_platform.gateway_url.startswith("https://")
-    signup = await https.post(
-        "/v1/auth/signup",
-        json={
-            "email": f"tls-{uuid.uuid4().hex[:10]}@example.com",
-            "password": "a long passphrase 42",
-            "name": "T",
-        },
-    )
-    assert signup.status_code == 200, signup.text
-    bearer = {"Authorization": f"Bearer {signup.json()['accessToken']}"}
+    bearer = {"Authorization": f"Bearer {(await sign_up(https))['accessToken']}"}
     # gateway -> billing, and billing -> users for the keys that verify the access token: both hops
     # are mutual TLS (the services listen on nothing else), so a 200 means both handshakes held.
     balance = await https.get("/v1/billing/balance", headers=bearer)

@@ -12,7 +12,7 @@ import pytest
 from kit.errors import from_rpc_error
 from kit.origin import RELAY_CREDENTIAL_HEADER
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, TestDatabase, own_database
 from tests.users.oauth_provider import LocalOAuthProvider
 
 # What the tests assume about brute-force protection: three free failures per account, then
@@ -33,10 +33,8 @@ async def oauth_provider() -> AsyncIterator[LocalOAuthProvider]:
 
 @pytest.fixture(scope="package")
 def users_database(infrastructure: object) -> Iterator[TestDatabase]:
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create()
-    yield database
-    database.drop()
+    with own_database(infrastructure) as database:
+        yield database
 
 
 @pytest.fixture(scope="package")
@@ -59,15 +57,12 @@ async def users_platform(
         "STYLESTUDIO_SIGNING_KEY_REFRESH_SECONDS": "0.2",
         "STYLESTUDIO_STATS_RPC_TIMEOUT_SECONDS": "2",
     }
-    running = Platform(users_database, redis_url, tmp_path_factory.mktemp("users-platform"), extra_env=env)
-    try:
+    work_dir = tmp_path_factory.mktemp("users-platform")
+    async with Platform(users_database, redis_url, work_dir, extra_env=env) as running:
         # Only the users service: the tests that need another service start it themselves,
         # so a neighbour's half-built service cannot stop these tests from running.
-        running.start("users")
-        await running.wait_serving("users")
+        await running.start_and_wait("users")
         yield running
-    finally:
-        await running.close()
 
 
 def reason_of(error: BaseException) -> str:

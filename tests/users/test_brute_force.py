@@ -24,17 +24,8 @@ WRONG = "not the password at all"
 
 @pytest.fixture(scope="module")
 async def gateway_url(users_platform: Platform) -> AsyncIterator[str]:
-    users_platform.start("gateway")
     try:
-        async with httpx.AsyncClient(base_url=users_platform.gateway_url) as probe:
-            for _ in range(150):
-                try:
-                    if (await probe.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                users_platform._fail_if_exited("gateway")
-                await asyncio.sleep(0.1)
+        await users_platform.start_and_wait("gateway")
         yield users_platform.gateway_url
     finally:
         users_platform.stop("gateway")

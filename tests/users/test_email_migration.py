@@ -12,18 +12,16 @@ from sqlalchemy.engine import make_url
 
 from kit import migrations
 from services.users import accounts
-from tests.harness import TestDatabase
+from tests.harness import own_database
 from tests.users.conftest import full_width
 
 
 @pytest.fixture(scope="module")
 def users_at_0002(infrastructure: object) -> Iterator[str]:
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=("users",), migrate=False)
-    url = database.service_urls["users"]
-    migrations.upgrade("users", url, "users_0002")
-    yield url
-    database.drop()
+    with own_database(infrastructure, ("users",), migrate=False) as database:
+        url = database.service_urls["users"]
+        migrations.upgrade("users", url, "users_0002")
+        yield url
 
 
 def _connect(url: str) -> psycopg.Connection:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,17 +13,9 @@ from tests.users.conftest import PASSWORD, new_email
 
 @pytest.fixture(scope="module")
 async def rest(users_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    users_platform.start("gateway")
     try:
-        async with httpx.AsyncClient(base_url=users_platform.gateway_url, timeout=30.0) as client:
-            for _ in range(150):
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                users_platform._fail_if_exited("gateway")
-                await asyncio.sleep(0.1)
+        await users_platform.start_and_wait("gateway")
+        async with users_platform.client() as client:
             yield client
     finally:
         users_platform.stop("gateway")

@@ -18,7 +18,7 @@ from services.users.keys import KeyStore, rotate
 from services.users.models import signing_keys
 from services.users.settings import UsersSettings
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, TestDatabase, own_database
 from tests.users.conftest import PASSWORD, signup
 from tests.users.test_access import _admin_command
 
@@ -96,10 +96,8 @@ async def test_a_retired_key_leaves_the_jwks_once_its_tokens_expired(users_datab
 @pytest.fixture
 def own_users_database(infrastructure: object) -> Iterator[TestDatabase]:
     """A users schema no running service reads: these tests change how its keys are stored."""
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=["users"])
-    yield database
-    database.drop()
+    with own_database(infrastructure, ["users"]) as database:
+        yield database
 
 
 async def stored_pems(db: Database) -> dict[str, str]:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from services.users.settings import UsersSettings
-from tests.harness import Platform, TestDatabase
+from tests.harness import Platform, TestDatabase, own_database
 from tests.users.conftest import PASSWORD
 
 SIGNUP_LIMIT = 3
@@ -26,10 +26,8 @@ SIGNUP_LIMIT = 3
 def limited_database(infrastructure: object) -> Iterator[TestDatabase]:
     # Its own: the harness's signing key id is the same in every platform, and a users
     # service keeps the first key stored under an id.
-    database = TestDatabase(infrastructure.database_url)  # type: ignore[attr-defined]
-    database.create(services=("users", "analytics"))
-    yield database
-    database.drop()
+    with own_database(infrastructure, ("users", "analytics")) as database:
+        yield database
 
 
 @pytest.fixture(scope="module")
@@ -44,29 +42,15 @@ async def limited(
         "STYLESTUDIO_ARGON2_PARALLELISM": "1",
         "STYLESTUDIO_OUTBOX_POLL_INTERVAL_SECONDS": "0.2",
     }
-    running = Platform(limited_database, redis_url, tmp_path_factory.mktemp("signup-limit"), extra_env=env)
-    try:
-        for process in ("users", "analytics", "gateway"):
-            running.start(process)
-        await running.wait_serving("users")
-        await running.wait_serving("analytics")
-        async with httpx.AsyncClient(base_url=running.gateway_url) as probe:
-            for _ in range(150):
-                try:
-                    if (await probe.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                running._fail_if_exited("gateway")
-                await asyncio.sleep(0.1)
+    work_dir = tmp_path_factory.mktemp("signup-limit")
+    async with Platform(limited_database, redis_url, work_dir, extra_env=env) as running:
+        await running.start_and_wait("users", "analytics", "gateway")
         yield running
-    finally:
-        await running.close()
 
 
 async def sign_up_from(platform: Platform, address: str, email: str | None = None) -> httpx.Response:
     transport = httpx.AsyncHTTPTransport(local_address=address)
-    async with httpx.AsyncClient(base_url=platform.gateway_url, transport=transport, timeout=30) as client:
+    async with platform.client(transport=transport) as client:
         email = email or f"su.{uuid.uuid4().hex[:12]}@example.com"
         return await client.post("/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "S"})
 
