@@ -44,6 +44,10 @@ from kit.tokens import users_service_states, users_service_verifier
 
 log = logging.getLogger("stylestudio.server")
 
+# gRPC sets SO_REUSEPORT by default, so a second process started on a port already in use
+# shares it silently and takes some of its calls; this makes that a failure at start-up.
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
 
 @dataclass
 class Runtime:
@@ -177,7 +181,7 @@ class RunningService:
         access = method_access(r.service for r in registrations)
         server = grpc.aio.server(
             interceptors=[KitServerInterceptor(authenticator, access)],
-            options=CHANNEL_OPTIONS,
+            options=SERVER_OPTIONS,
         )
         for registration in registrations:
             registration.add_to_server(registration.servicer, server)
@@ -221,7 +225,7 @@ class RunningService:
 
     async def _serve_health_only(self, address: str) -> None:
         """The probes' port: the same health statuses, no other service, no TLS."""
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.health_port = server.add_insecure_port(address)
         if self.health_port == 0:

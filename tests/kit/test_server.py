@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kit.clients import open_channel
+from kit.server import SERVER_OPTIONS
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port
 from tests.harness.identities import Keyring
@@ -65,3 +66,20 @@ async def test_sigterm_lets_an_in_flight_rpc_finish(
         await channel.close()
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_a_second_server_cannot_take_a_port_already_in_use() -> None:
+    # Without the option, gRPC's SO_REUSEPORT would let both listen and split the calls.
+    first = grpc.aio.server(options=SERVER_OPTIONS)
+    port = first.add_insecure_port("127.0.0.1:0")
+    await first.start()
+    try:
+        second = grpc.aio.server(options=SERVER_OPTIONS)
+        try:
+            second.add_insecure_port(f"127.0.0.1:{port}")
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError(f"a second server bound port {port}, which the first holds")
+    finally:
+        await first.stop(None)
