@@ -6,6 +6,7 @@ import asyncio
 
 import psycopg
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sqlalchemy.engine import make_url
 
@@ -36,6 +37,35 @@ async def test_every_service_lists_its_api_through_reflection(platform: Platform
     listed = {entry.name for entry in responses[0].list_services_response.service}
     assert EXPECTED_SERVICES[service] <= listed
     assert "grpc.health.v1.Health" in listed
+
+
+@pytest.mark.parametrize("service", ["billing", "generation"])
+async def test_reflection_speaks_v1_as_well_as_v1alpha(platform: Platform, service: str) -> None:
+    # grpc.reflection.v1 has v1alpha's messages under another package: the same bytes.
+    info = platform.channel(service).stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    api = next(iter(EXPECTED_SERVICES[service]))
+
+    async def requests() -> object:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+        yield reflection_pb2.ServerReflectionRequest(file_containing_symbol=api)
+        yield reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.reflection.v1.ServerReflection"
+        )
+
+    listed, of_api, of_reflection = [response async for response in info(requests())]
+    names = {entry.name for entry in listed.list_services_response.service}
+    assert {api, "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for response in (of_api, of_reflection)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    services = {f"{file.package}.{entry.name}" for file in files for entry in file.service}
+    assert {api, "grpc.reflection.v1.ServerReflection"} <= services
 
 
 async def test_gateway_healthz_answers(gateway: object) -> None:
