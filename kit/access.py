@@ -19,14 +19,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import NoReturn
 
-import grpc
 from google.protobuf import descriptor
 
 from kit.auth import ANONYMOUS, Caller, CallerKind, ServicePrincipal
-from kit.errors import Forbidden, ProviderUnavailable, Unauthenticated
+from kit.credential_state import CredentialStates
+from kit.errors import Forbidden, Unauthenticated
 from kit.service_keys import IDENTITIES
 from stylestudio.common.v1 import access_pb2
-from stylestudio.users.v1 import users_pb2, users_pb2_grpc
 
 log = logging.getLogger("stylestudio.rpc")
 
@@ -117,14 +116,14 @@ class UserStanding:
 
 
 UserLookup = Callable[[str], Awaitable[UserStanding]]
-"""A user's current standing by id, from the users service; raises Unauthenticated for no such user."""
+"""A user's current standing by id; raises Unauthenticated for no such user."""
 
 
 async def acting_for_user(
     method: str, access: MethodAccess, principal: ServicePrincipal, lookup: UserLookup | None
 ) -> Caller:
     """The user caller of an allowed on-behalf call: the user's plan and role come from the
-    users service, never from the calling service."""
+    users service's credential state, never from the calling service."""
     if principal.identity not in access.on_behalf_callers or lookup is None:
         refuse_service(method, principal.identity, on_behalf_of=True)
     standing = await lookup(principal.on_behalf_of)
@@ -137,18 +136,15 @@ async def acting_for_user(
     )
 
 
-def users_service_lookup(channel_for_users: Callable[[], grpc.aio.Channel]) -> UserLookup:
-    """The lookup of every service but users: UsersService.GetUser, asked at every on-behalf
-    call (they are few), so a changed plan or role counts at once."""
+def credential_state_lookup(states: CredentialStates) -> UserLookup:
+    """A user's standing from the credential state every token check reads (kit/credential_state.py):
+    one rule of freshness for a user's own calls and for calls made for them, and no extra call
+    to the users service while the state is in Redis."""
 
     async def lookup(user_id: str) -> UserStanding:
-        stub = users_pb2_grpc.UsersServiceStub(channel_for_users())
-        try:
-            user = await stub.GetUser(users_pb2.GetUserRequest(user_id=user_id))
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise Unauthenticated("The user this call acts for does not exist") from error
-            raise ProviderUnavailable("Cannot check the user this call acts for right now") from error
-        return UserStanding(plan=user.plan, role=user.role)
+        state = await states.current(user_id)
+        if not state.exists:
+            raise Unauthenticated("The user this call acts for does not exist")
+        return UserStanding(plan=state.plan, role=state.role)
 
     return lookup

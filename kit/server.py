@@ -14,6 +14,7 @@ background work is cancelled and connections closed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -29,10 +30,10 @@ from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from kit import migrations, telemetry
-from kit.access import UserLookup, method_access, users_service_lookup
+from kit.access import UserLookup, credential_state_lookup, method_access
 from kit.auth import ServiceCredentials, UserTokenVerifier
 from kit.clients import CHANNEL_OPTIONS, ServiceClients
-from kit.credential_state import CredentialStateStore
+from kit.credential_state import CredentialStates, CredentialStateStore
 from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
 from kit.interceptors import Authenticator, KitServerInterceptor
@@ -61,6 +62,18 @@ class Runtime:
     inbox: sa.Table
     clients: ServiceClients
     credentials: ServiceCredentials
+
+    @functools.cached_property
+    def credential_states(self) -> CredentialStates:
+        """Users' current credential state (Redis, else the users service), one per process:
+        the token check and the standing of a user a service calls for share its cache."""
+
+        def channel() -> grpc.aio.Channel:
+            return self.clients.channel("users")
+
+        s = self.settings
+        store = CredentialStateStore(self.redis, s.redis_prefix)
+        return users_service_states(channel, store, s.credential_state_cache_seconds)
 
     def consumer(self, group: str | None = None, **options: Any) -> EventConsumer:
         s = self.settings
@@ -102,25 +115,18 @@ class ServiceDefinition:
     user_verifier: Callable[[Runtime], UserTokenVerifier | None] = field(
         default=lambda r: default_user_verifier(r)
     )
-    # Where the plan and role of a user that a service calls for come from (kit/access.py): by
-    # default UsersService.GetUser; the users service reads its own table.
+    # Where the plan and role of a user that a service calls for come from (kit/access.py): the
+    # same credential state as the token check (the users service plugs in its own).
     user_lookup: Callable[[Runtime], UserLookup | None] = field(default=lambda r: default_user_lookup(r))
     on_shutdown: Sequence[Callable[[Runtime], Awaitable[None]]] = field(default_factory=tuple)
 
 
 def default_user_verifier(runtime: Runtime) -> UserTokenVerifier:
-    def channel() -> grpc.aio.Channel:
-        return runtime.clients.channel("users")
-
-    s = runtime.settings
-    store = CredentialStateStore(runtime.redis, s.redis_prefix)
-    return users_service_verifier(
-        channel, users_service_states(channel, store, s.credential_state_cache_seconds)
-    )
+    return users_service_verifier(lambda: runtime.clients.channel("users"), runtime.credential_states)
 
 
 def default_user_lookup(runtime: Runtime) -> UserLookup:
-    return users_service_lookup(lambda: runtime.clients.channel("users"))
+    return credential_state_lookup(runtime.credential_states)
 
 
 def database_url(settings: ServiceSettings) -> str:

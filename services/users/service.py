@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from kit.access import UserLookup, UserStanding
+from kit.access import UserLookup, credential_state_lookup
 from kit.auth import UserTokenVerifier
-from kit.errors import NotFound, ProviderUnavailable, Unauthenticated
+from kit.errors import ProviderUnavailable
 from kit.server import Registration, Runtime, ServiceDefinition
 from kit.tokens import AccessTokenVerifier, ApiKeyVerifier, bearer_verifier
 from services.users import accounts, api, models
@@ -20,7 +20,7 @@ from services.users.credentials import Credentials
 from services.users.keys import KeyStore
 from services.users.oauth import OAuthSignIn
 from services.users.passwords import Passwords
-from services.users.profiles import Profiles, parse_user_id
+from services.users.profiles import Profiles
 from services.users.settings import UsersSettings
 from services.users.signin import Authentication
 from services.users.throttle import LoginThrottle, SignupLimit
@@ -102,17 +102,9 @@ def local_user_verifier(runtime: Runtime) -> UserTokenVerifier:
 
 
 def local_user_lookup(runtime: Runtime) -> UserLookup:
-    """The standing of a user a service calls for, read from the table: no self-call."""
-    profiles = parts(runtime).profiles
-
-    async def lookup(user_id: str) -> UserStanding:
-        try:
-            user = await profiles.get(parse_user_id(user_id))
-        except NotFound as error:
-            raise Unauthenticated("The user this call acts for does not exist") from error
-        return UserStanding(plan=user.plan, role=user.role)
-
-    return lookup
+    """The standing of a user a service calls for: the users service's own credential states,
+    read from its table on a miss (no self-call)."""
+    return credential_state_lookup(parts(runtime).credentials.states)
 
 
 def definition(settings: UsersSettings | None = None) -> ServiceDefinition:

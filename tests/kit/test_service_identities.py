@@ -186,9 +186,11 @@ def test_a_wrong_declaration_stops_the_service_from_starting(
 
 def test_the_kits_own_internal_calls_are_declared() -> None:
     """The calls the kit makes for every service: API keys resolved by users (kit.tokens), and the
-    standing of a user a service is called for (kit.access): each such service is a declared caller."""
+    credential state behind every token check and the standing of a user a service is called for
+    (kit.credential_state, kit.access): each such service is a declared caller."""
     declared = declared_access()
     hosts_on_behalf = {m.split("/")[1].split(".")[1] for m, a in declared.items() if a.on_behalf_callers}
-    assert hosts_on_behalf - {"users"} <= declared["/stylestudio.users.v1.UsersService/GetUser"].callers
+    states = declared["/stylestudio.users.v1.AuthService/GetCredentialState"].callers
+    assert hosts_on_behalf - {"users"} <= states
     api_keys = declared["/stylestudio.users.v1.AuthService/AuthenticateApiKey"].callers
     assert api_keys == set(SERVICES) - {"users"}

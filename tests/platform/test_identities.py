@@ -222,6 +222,7 @@ async def test_a_declared_service_acts_for_a_user_with_the_plan_the_users_servic
         f"/v1/admin/users/{user_id}", json={"plan": "pro"}, headers={"Authorization": f"Bearer {admin}"}
     )
     assert raised.status_code == 200, raised.text
+    await asyncio.sleep(1.0)  # the freshness rule: a change counts for calls a second after it
     # The same credential, still minted without any plan: the call now runs as a pro user's.
     with pytest.raises(grpc.aio.AioRpcError) as validated:
         await stub.BatchCreateGenerations(batch, metadata=as_operator)
