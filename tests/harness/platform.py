@@ -38,10 +38,32 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 StubT = TypeVar("StubT")
 
 
+# A gRPC service each process alone serves, whose health entry shows that process is up.
+HEALTH_NAMES = {
+    "users": "stylestudio.users.v1.AuthService",
+    "billing": "stylestudio.billing.v1.BillingService",
+    "files": "stylestudio.files.v1.FilesService",
+    "generation": "stylestudio.generation.v1.GenerationService",
+    "analytics": "stylestudio.analytics.v1.AnalyticsService",
+}
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now that this test run has not handed out before.
+
+    The kernel may give the same ephemeral port to two ``bind(0)`` calls in a row once the
+    first socket is closed; two processes of one platform given the same address would
+    leave one of them unable to bind and the other answering in its place.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class TestDatabase:
@@ -257,9 +279,12 @@ class Platform:
         return stub_type(self.channel(service))  # type: ignore[call-arg]
 
     async def health(self, service: str) -> str:
+        """The health of ``service``'s own gRPC service (not the server-wide "" entry, which any
+        of the platform's processes would answer had it taken this address)."""
         stub = health_pb2_grpc.HealthStub(self.channel(service))
+        request = health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service])
         try:
-            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            response = await stub.Check(request, timeout=1.0)
         except grpc.aio.AioRpcError:
             return "UNREACHABLE"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
