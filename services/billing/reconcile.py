@@ -14,6 +14,8 @@ import asyncio
 import sys
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from kit.db import Database
 from kit.server import database_url
 from services.billing import store
@@ -47,9 +49,15 @@ async def reconcile(db: Database) -> Report:
     async with db.transaction() as session:
         # One snapshot, so wallets, holds and transfers are compared at the same instant.
         await store.use_one_snapshot(session)
-        rows = await store.wallet_discrepancies(session)
-        wallets = await store.wallet_count(session)
-        system = await store.system_balances(session)
+        return await reconcile_in(session)
+
+
+async def reconcile_in(session: AsyncConnection) -> Report:
+    """The reconciliation inside the caller's transaction (its snapshot; billing's tables on its
+    search_path): for a checker that compares billing with other services at one instant."""
+    rows = await store.wallet_discrepancies(session)
+    wallets = await store.wallet_count(session)
+    system = await store.system_balances(session)
     differences = [
         Difference(
             user_id=row["user_id"],
