@@ -39,7 +39,8 @@ def read_faults(path: Path | None) -> list[FaultWindow]:
             kind=str(line.get("kind", "")),
             target=str(line.get("target", "")),
             started=float(line["started"]),
-            ended=float(line["ended"]),
+            # A fault still going on when the run ended has no end.
+            ended=float("inf") if line.get("ended") is None else float(line["ended"]),
             dependency_down=bool(line.get("dependency_down", False)),
         )
         for line in _lines(path)
