@@ -22,12 +22,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.soak.invariants import check
 from bench.soak.invariants.violations import (
     ANALYTICS_DUPLICATE,
     ANALYTICS_MISSING,
+    EVENT_UNDELIVERED,
     FILE_WITHOUT_BYTES,
     FILE_WITHOUT_ROW,
     GENERATION_CHARGE,
@@ -338,6 +340,20 @@ async def test_an_event_that_never_reached_analytics_is_reported(flow: Flow, act
                 ),
                 {"row": json.dumps(taken)},
             )
+    assert await _found(flow) == set()
+
+
+async def test_an_event_a_consumer_gave_up_on_is_reported(flow: Flow) -> None:
+    """An event in an events stream's dead letters never reached its consumer."""
+    event_id = str(uuid.uuid4())
+    key = f"{flow.target.redis_prefix}:events.files.dead"
+    redis = Redis.from_url(flow.target.redis_url)
+    try:
+        await redis.xadd(key, {"id": event_id, "type": "files.file_uploaded", "event": b"planted"})
+        assert await _found(flow) == {(EVENT_UNDELIVERED, event_id)}
+    finally:
+        await redis.delete(key)
+        await redis.aclose()
     assert await _found(flow) == set()
 
 

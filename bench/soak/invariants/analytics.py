@@ -15,8 +15,8 @@ produced the events, in the checker's snapshot:
 | tokens_granted | GRANT transfer (billing.transfers) |
 
 A fact with no record is missing; a fact recorded under two event ids was published twice; an
-event id recorded twice was ingested twice. Events still in an outbox (never relayed) or in a
-dead-letter stream (given up on by a consumer) never reached anyone.
+event id recorded twice was ingested twice. Events still in an outbox (never relayed) or in an
+events stream's dead letters (given up on by a consumer) never reached anyone.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ async def _undelivered(connection: AsyncConnection, redis: Redis, prefix: str) -
             )
             for row in rows
         ]
-    async for key in redis.scan_iter(match=f"{prefix}:*.dead", count=1000, _type="stream"):
+    # Events some consumer gave up on (a job given up on is the sweeper's to send again: not here).
+    async for key in redis.scan_iter(match=f"{prefix}:events.*.dead", count=1000, _type="stream"):
         entries: Any = await redis.xrange(key)  # redis-py types RESP replies as a union
         for _, fields in entries:
             found.append(
