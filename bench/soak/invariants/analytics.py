@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bench.soak.invariants.ledger import GenerationFacts
+from bench.soak.invariants.generations import GenerationFacts
 from bench.soak.invariants.violations import (
     ANALYTICS_DUPLICATE,
     ANALYTICS_MISSING,

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bench.soak.invariants.ledger import GenerationFacts
 from bench.soak.invariants.violations import GENERATION_NOT_TERMINAL, Violation
 from services.generation.lifecycle import TERMINAL, Status
 from services.generation.models import generations
 
 
+@dataclass(frozen=True)
+class GenerationFacts:
+    """What the other checks need to know of a generation."""
+
+    id: str
+    status: Status
+    token_cost: int
+
+
 async def facts(connection: AsyncConnection) -> list[GenerationFacts]:
     rows = await connection.execute(
-        sa.select(generations.c.id, generations.c.status, generations.c.hold_id, generations.c.token_cost)
+        sa.select(generations.c.id, generations.c.status, generations.c.token_cost)
     )
-    return [
-        GenerationFacts(str(row.id), Status(row.status), row.hold_id, int(row.token_cost)) for row in rows
-    ]
+    return [GenerationFacts(str(row.id), Status(row.status), int(row.token_cost)) for row in rows]
 
 
 async def terminal_after_deadline(connection: AsyncConnection, deadline: timedelta) -> list[Violation]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bench.soak.invariants.generations import GenerationFacts
 from bench.soak.invariants.violations import (
     GENERATION_CHARGE,
     PURCHASE_CREDIT,
@@ -26,16 +26,6 @@ from bench.soak.invariants.violations import (
 from services.billing import reconcile
 from services.billing.models import accounts, holds, purchases, stripe_events, transfers
 from services.generation.lifecycle import Status
-
-
-@dataclass(frozen=True)
-class GenerationFacts:
-    """What billing needs to know of a generation (read from the generation schema)."""
-
-    id: str
-    status: Status
-    hold_id: str | None
-    token_cost: int
 
 
 async def wallets(connection: AsyncConnection) -> list[Violation]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bench.soak.invariants.ledger import GenerationFacts
+from bench.soak.invariants.generations import GenerationFacts
 from bench.soak.invariants.violations import (
     FILE_WITHOUT_BYTES,
     FILE_WITHOUT_ROW,
