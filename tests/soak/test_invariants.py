@@ -41,7 +41,7 @@ from bench.soak.invariants.violations import (
     WALLET_UNRECONCILED,
 )
 from services.analytics.usage_log import SERVICE_ACTIONS
-from services.billing.models import SPEND_ACCOUNT
+from services.billing.models import PURCHASES_ACCOUNT, SPEND_ACCOUNT
 from tests.harness.platform import REPO_ROOT
 from tests.soak.flow import Flow, png
 
@@ -191,7 +191,7 @@ async def test_a_purchase_credited_twice_is_reported(flow: Flow) -> None:
         planted = await _add_transfer(
             connection,
             kind="PURCHASE",
-            debit=uuid.UUID(int=2),  # the purchases system account
+            debit=PURCHASES_ACCOUNT,
             credit=wallet.id,
             amount=tokens,
             user_id=flow.user_id,
