@@ -78,6 +78,7 @@ _READ_HEADERS = frozenset(
         "origin",
         "traceparent",
         "tracestate",
+        telemetry.BAGGAGE_HEADER,
         "user-agent",
         "x-forwarded-for",
         "forwarded",
@@ -217,6 +218,9 @@ class Gateway:
             (RELAY_CREDENTIAL_HEADER, self.credentials.token()),
             *telemetry.traceparent_of(span),
         ]
+        # Of a client's baggage only the synthetic mark goes on (load tests; docs/analytics.md).
+        if telemetry.baggage_is_synthetic(headers.get(telemetry.BAGGAGE_HEADER, "")):
+            metadata.append((telemetry.BAGGAGE_HEADER, telemetry.SYNTHETIC_BAGGAGE))
         try:
             oversized = self._oversized_headers(scope["headers"])
             if oversized is not None:

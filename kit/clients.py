@@ -33,7 +33,8 @@ CHANNEL_OPTIONS = [
 
 
 class _CallDefaults:
-    """What every outgoing call carries: the service credential, the request id, a deadline."""
+    """What every outgoing call carries: the service credential, the request id, the trace context
+    and baggage, a deadline."""
 
     __slots__ = ("credentials", "deadline")
 
@@ -51,6 +52,8 @@ class _CallDefaults:
             metadata.append((REQUEST_ID_HEADER, request_id))
         if "traceparent" not in names:
             metadata.extend(telemetry.traceparent_of(span))
+        if telemetry.BAGGAGE_HEADER not in names and (baggage := telemetry.current_baggage()):
+            metadata.append((telemetry.BAGGAGE_HEADER, baggage))
         return metadata
 
 

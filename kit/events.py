@@ -148,6 +148,7 @@ class Outbox:
         )
         for name, value in telemetry.traceparent_of(span):
             setattr(envelope, name, value)
+        envelope.baggage = telemetry.current_baggage()
         span.end()
         values = {
             "event_id": event_id,
@@ -531,7 +532,7 @@ class EventConsumer:
         if handler is None:
             await self._redis.xack(key, self._group, message_id)
             return True
-        parent = telemetry.extract_trace_context(event.traceparent, event.tracestate)
+        parent = telemetry.extract_trace_context(event.traceparent, event.tracestate, event.baggage)
         attributes = {
             telemetry.ATTR_MESSAGING_SYSTEM: "redis",
             telemetry.ATTR_MESSAGING_DESTINATION: subscription.stream,
@@ -540,9 +541,13 @@ class EventConsumer:
             telemetry.ATTR_MESSAGING_MESSAGE_ID: event.id,
             telemetry.ATTR_EVENT_TYPE: event.type,
         }
-        with self._tracer.start_as_current_span(
-            f"process {event.type}", context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
-        ) as span:
+        # The producer's context is the handler's (its baggage too), the CONSUMER span its child.
+        with (
+            telemetry.attached(parent),
+            self._tracer.start_as_current_span(
+                f"process {event.type}", kind=trace.SpanKind.CONSUMER, attributes=attributes
+            ) as span,
+        ):
             try:
                 async with self._db.transaction() as session:
                     first_time = event.type in subscription.without_inbox or await self._record_in_inbox(

@@ -258,10 +258,11 @@ class _Call:
             key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
         }
         request_id = metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        traceparent = metadata.get("traceparent")
+        traceparent = metadata.get("traceparent", "")
+        baggage = metadata.get(telemetry.BAGGAGE_HEADER, "")
         parent = (
-            telemetry.extract_trace_context(traceparent, metadata.get("tracestate", ""))
-            if traceparent
+            telemetry.extract_trace_context(traceparent, metadata.get("tracestate", ""), baggage)
+            if traceparent or baggage
             else None
         )
         span = _tracer.start_span(

@@ -4,19 +4,26 @@ One generation is one trace: gRPC calls carry W3C ``traceparent`` in metadata (t
 OTel gRPC interceptors) and every event/job carries it inside its envelope
 (``inject_trace_context`` / ``extract_trace_context``), so consumers continue the
 trace of the RPC that wrote the event.
+
+W3C ``baggage`` travels the same way (metadata, then the envelope's ``baggage``): the
+platform reads one entry, ``stylestudio.synthetic=true``, that marks load-test traffic
+(``is_synthetic``) so analytics can tell it apart. The gateway forwards only that entry.
 Attribute names live here, under the project's own prefix, and nowhere else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -54,6 +61,14 @@ ATTR_MESSAGING_DESTINATION = "messaging.destination.name"
 ATTR_MESSAGING_OPERATION = "messaging.operation.type"
 ATTR_MESSAGING_CONSUMER_GROUP = "messaging.consumer.group.name"
 ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id"
+
+# The baggage entry that marks synthetic (load-test) traffic, and its one true value.
+SYNTHETIC_BAGGAGE_KEY = "stylestudio.synthetic"
+SYNTHETIC_BAGGAGE = f"{SYNTHETIC_BAGGAGE_KEY}=true"
+BAGGAGE_HEADER = "baggage"
+_baggage_propagator = W3CBaggagePropagator()
+# The W3C limit of a baggage header; a longer value is read this far only.
+_BAGGAGE_SCAN_CHARS = 8192
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -136,11 +151,50 @@ def inject_trace_context() -> dict[str, str]:
     return carrier
 
 
-def extract_trace_context(traceparent: str, tracestate: str = "") -> otel_context.Context:
-    carrier = {"traceparent": traceparent}
+def extract_trace_context(traceparent: str, tracestate: str = "", baggage: str = "") -> otel_context.Context:
+    """The context of W3C ``traceparent``/``tracestate`` and ``baggage`` values (each may be empty)."""
+    carrier = {"traceparent": traceparent} if traceparent else {}
     if tracestate:
         carrier["tracestate"] = tracestate
-    return propagate.extract(carrier)
+    context = propagate.extract(carrier)
+    if baggage:
+        context = _baggage_propagator.extract({BAGGAGE_HEADER: baggage}, context)
+    return context
+
+
+@contextlib.contextmanager
+def attached(context: otel_context.Context) -> Iterator[None]:
+    """``context`` (a trace parent, its baggage) is the current one inside the block."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def current_baggage() -> str:
+    """The current context's W3C baggage as a header value ("" without any)."""
+    carrier: dict[str, str] = {}
+    _baggage_propagator.inject(carrier)
+    return carrier.get(BAGGAGE_HEADER, "")
+
+
+def is_synthetic(context: otel_context.Context | None = None) -> bool:
+    """Whether the operation (the current context by default) is marked as synthetic traffic."""
+    return otel_baggage.get_baggage(SYNTHETIC_BAGGAGE_KEY, context) == "true"
+
+
+def baggage_is_synthetic(header: str) -> bool:
+    """Whether a W3C ``baggage`` header value carries ``stylestudio.synthetic=true``.
+
+    Read without the OTel propagator, which logs a warning per malformed entry: the value may
+    come from anyone on the internet (the gateway), so it is only scanned, never logged.
+    """
+    for member in header[:_BAGGAGE_SCAN_CHARS].split(","):
+        key, _, value = member.partition("=")
+        if key.strip() == SYNTHETIC_BAGGAGE_KEY and value.partition(";")[0].strip() == "true":
+            return True
+    return False
 
 
 def rpc_attributes(full_method: str) -> dict[str, str]:
