@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from kit import telemetry
 from kit.auth import current_caller
 from kit.errors import FeatureNotInPlan, Forbidden, ValidationError
 from kit.origin import client_origin
@@ -72,6 +73,7 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             session_id=usage_log.validate_session_id(request.session_id),
             ip_address=origin.ip or None,
             user_agent=origin.user_agent[: s.usage_user_agent_max_length] or None,
+            synthetic=telemetry.is_synthetic(),
         )
         async with self.runtime.db.transaction() as session:
             await self.store.record(session, [entry])
@@ -97,7 +99,9 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
     async def GetSystemAnalytics(
         self, request: analytics_pb2.GetSystemAnalyticsRequest, context: grpc.aio.ServicerContext
     ) -> analytics_pb2.GetSystemAnalyticsResponse:
-        return await self._analytics(request.window, user_id=None)
+        return await self._analytics(
+            request.window, user_id=None, include_synthetic=request.include_synthetic
+        )
 
     async def GetAdvancedAnalytics(
         self, request: analytics_pb2.GetAdvancedAnalyticsRequest, context: grpc.aio.ServicerContext
@@ -132,14 +136,16 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
         return response
 
     async def _analytics(
-        self, window_text: str, user_id: str | None
+        self, window_text: str, user_id: str | None, include_synthetic: bool = False
     ) -> analytics_pb2.GetSystemAnalyticsResponse:
         window = self._window(window_text, self.settings.system_window_default)
         top = self.settings.analytics_top_n
         if user_id is None:
             rows, networks = await asyncio.gather(
-                self.store.grouped_counts(window, metrics.SYSTEM_ACTIONS),
-                self.store.signup_networks(window, top),
+                self.store.grouped_counts(
+                    window, metrics.SYSTEM_ACTIONS, include_synthetic=include_synthetic
+                ),
+                self.store.signup_networks(window, top, include_synthetic=include_synthetic),
             )
         else:  # a user's own analytics: where accounts come from is not theirs to see
             rows, networks = await self.store.grouped_counts(window, metrics.SYSTEM_ACTIONS, user_id), []

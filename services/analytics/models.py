@@ -11,8 +11,8 @@ The facts the analytics aggregate (model, style, error reason, tokens, processin
 time) are typed columns, so SQL sums and percentiles read them without parsing
 JSON; ``metadata`` keeps the record's facts for display.
 
-``usage_daily`` rolls the log up per UTC day, action, model, style and error reason
-(empty string for none, so the key has no NULLs): kept by the same statement that
+``usage_daily`` rolls the log up per UTC day, action, model, style, error reason
+(empty string for none, so the key has no NULLs) and synthetic mark: kept by the same statement that
 inserts the records it counts, read by the system analytics for whole days.
 """
 
@@ -46,6 +46,8 @@ usage_records = sa.Table(
     # Tokens the action moved (purchased, granted, spent by a generation, refunded).
     sa.Column("tokens", sa.BigInteger),
     sa.Column("processing_ms", sa.BigInteger),
+    # Load-test traffic (W3C baggage stylestudio.synthetic=true); migration 0004.
+    sa.Column("synthetic", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.PrimaryKeyConstraint("id", "created_at", name="pk_usage_records"),
     sa.Index("ix_usage_records_user_created", "user_id", sa.text("created_at DESC"), sa.text("id DESC")),
     sa.Index(
@@ -59,7 +61,7 @@ usage_records = sa.Table(
         "ix_usage_records_action_created",
         "action",
         "created_at",
-        postgresql_include=["model", "style", "reason", "tokens"],
+        postgresql_include=["model", "style", "reason", "tokens", "synthetic"],
     ),
     postgresql_partition_by="RANGE (created_at)",
 )
@@ -74,6 +76,7 @@ usage_daily = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Column("records", sa.BigInteger, nullable=False),
     sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("synthetic", sa.Boolean, nullable=False, server_default=sa.false()),
     # Action first: the analytics ask for a few actions over a range of days.
-    sa.PrimaryKeyConstraint("action", "day", "model", "style", "reason", name="pk_usage_daily"),
+    sa.PrimaryKeyConstraint("action", "day", "model", "style", "reason", "synthetic", name="pk_usage_daily"),
 )

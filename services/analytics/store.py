@@ -69,6 +69,7 @@ _INSERT_TYPES = {
     "reason": "text",
     "tokens": "bigint",
     "processing_ms": "bigint",
+    "synthetic": "boolean",
 }
 _INSERT_COLUMNS = ", ".join(_INSERT_TYPES)
 _RECORDSET = ", ".join(f"{name} {kind}" for name, kind in _INSERT_TYPES.items())
@@ -82,15 +83,16 @@ _INSERT_SQL = sa.text(
         INSERT INTO {SCHEMA}.usage_records ({_INSERT_COLUMNS})
         SELECT {_INSERT_COLUMNS} FROM json_to_recordset(CAST(:rows AS json)) AS batch({_RECORDSET})
         ON CONFLICT DO NOTHING
-        RETURNING created_at, action, model, style, reason, tokens
+        RETURNING created_at, action, model, style, reason, tokens, synthetic
     ), rolled_up AS (
-        INSERT INTO {SCHEMA}.usage_daily AS daily (day, action, model, style, reason, records, tokens)
+        INSERT INTO {SCHEMA}.usage_daily AS daily
+            (day, action, model, style, reason, synthetic, records, tokens)
         SELECT (created_at AT TIME ZONE 'UTC')::date, action, coalesce(model, ''), coalesce(style, ''),
-               coalesce(reason, ''), count(*), coalesce(sum(tokens), 0)
+               coalesce(reason, ''), synthetic, count(*), coalesce(sum(tokens), 0)
         FROM inserted
-        GROUP BY 1, 2, 3, 4, 5
-        ORDER BY 2, 1, 3, 4, 5
-        ON CONFLICT (action, day, model, style, reason)
+        GROUP BY 1, 2, 3, 4, 5, 6
+        ORDER BY 2, 1, 3, 4, 5, 6
+        ON CONFLICT (action, day, model, style, reason, synthetic)
         DO UPDATE SET records = daily.records + excluded.records, tokens = daily.tokens + excluded.tokens
     )
     SELECT count(*) FROM inserted
@@ -126,44 +128,47 @@ _GROUPED_SQL = """
 """
 # The platform-wide analytics: whole days from the daily rollup, the window's partial first
 # and last days from the records (each range prunes to its partition and reads the
-# (action, created_at) index only).
-_ROLLUP_SQL = """
+# (action, created_at) index only). Synthetic (load-test) records are left out unless asked for.
+_ROLLUP_TEMPLATE = """
     SELECT action, day, model, style, reason, sum(n) AS n, coalesce(sum(tokens), 0) AS tokens,
            GROUPING(day, model, style, reason) AS mask
     FROM (
         SELECT action, day, NULLIF(model, '') AS model, NULLIF(style, '') AS style,
                NULLIF(reason, '') AS reason, records AS n, tokens
         FROM analytics.usage_daily
-        WHERE action = ANY(:actions) AND day >= :first_day AND day < :end_day
+        WHERE action = ANY(:actions) AND day >= :first_day AND day < :end_day {synthetic_filter}
         UNION ALL
         SELECT action, (created_at AT TIME ZONE 'UTC')::date, model, style, reason, 1, tokens
         FROM analytics.usage_records
-        WHERE action = ANY(:actions) AND created_at >= :since AND created_at < :days_from
+        WHERE action = ANY(:actions) AND created_at >= :since AND created_at < :days_from {synthetic_filter}
         UNION ALL
         SELECT action, (created_at AT TIME ZONE 'UTC')::date, model, style, reason, 1, tokens
         FROM analytics.usage_records
-        WHERE action = ANY(:actions) AND created_at >= :days_until AND created_at < :end
+        WHERE action = ANY(:actions) AND created_at >= :days_until AND created_at < :end {synthetic_filter}
     ) AS window_records
     GROUP BY GROUPING SETS ((action), (action, day), (action, model), (action, style), (action, reason))
 """
+_ROLLUP_SQL = _ROLLUP_TEMPLATE.format(synthetic_filter="AND NOT synthetic")
+_ROLLUP_WITH_SYNTHETIC_SQL = _ROLLUP_TEMPLATE.format(synthetic_filter="")
 # The networks most sign-ups came from: the window's sign-up records through the
 # (action, created_at) index; sign-ups are few next to generations.
-_SIGNUP_NETWORKS_SQL = sa.text(
-    """
+_SIGNUP_NETWORKS_TEMPLATE = """
     SELECT (metadata ->> :key) COLLATE "C" AS network, count(*) AS n
     FROM analytics.usage_records
     WHERE action = :action AND created_at >= :since AND created_at <= :until AND metadata ? :key
+          {synthetic_filter}
     GROUP BY 1
     ORDER BY n DESC, network
     LIMIT :top
-    """
-)
+"""
+_SIGNUP_NETWORKS_SQL = sa.text(_SIGNUP_NETWORKS_TEMPLATE.format(synthetic_filter="AND NOT synthetic"))
+_SIGNUP_NETWORKS_WITH_SYNTHETIC_SQL = sa.text(_SIGNUP_NETWORKS_TEMPLATE.format(synthetic_filter=""))
 _REBUILD_SQL = """
-    INSERT INTO analytics.usage_daily (day, action, model, style, reason, records, tokens)
+    INSERT INTO analytics.usage_daily (day, action, model, style, reason, synthetic, records, tokens)
     SELECT (created_at AT TIME ZONE 'UTC')::date, action, coalesce(model, ''), coalesce(style, ''),
-           coalesce(reason, ''), count(*), coalesce(sum(tokens), 0)
+           coalesce(reason, ''), synthetic, count(*), coalesce(sum(tokens), 0)
     FROM analytics.usage_records
-    GROUP BY 1, 2, 3, 4, 5
+    GROUP BY 1, 2, 3, 4, 5, 6
 """
 _SET_TOTAL, _SET_DAY, _SET_MODEL, _SET_STYLE, _SET_REASON = 0b1111, 0b0111, 0b1011, 0b1101, 0b1110
 
@@ -296,26 +301,33 @@ class UsageStore:
         )
 
     async def grouped_counts(
-        self, window: Window, actions: Sequence[str], user_id: str | None = None
+        self,
+        window: Window,
+        actions: Sequence[str],
+        user_id: str | None = None,
+        *,
+        include_synthetic: bool = False,
     ) -> list[GroupedCount]:
         """Counts and token sums over the window, per action and per day, model, style, reason.
 
-        ``user_id`` limits them to one user's records (an enterprise user's own analytics),
-        read from the records through the user's index; the platform's come mostly from the
-        daily rollup.
+        ``user_id`` limits them to one user's records (an enterprise user's own analytics, all
+        of them), read from the records through the user's index; the platform's come mostly
+        from the daily rollup, without synthetic records unless ``include_synthetic``.
         """
         params: dict[str, object] = {"actions": list(actions)}
         if user_id:
             sql = _GROUPED_SQL.format(user_filter="AND user_id = :user_id")
             params.update(since=window.since, until=window.until, user_id=user_id)
         else:
-            sql = _ROLLUP_SQL
+            sql = _ROLLUP_WITH_SYNTHETIC_SQL if include_synthetic else _ROLLUP_SQL
             params.update(rollup_params(window))
         async with self._db.transaction() as session:
             rows = (await session.execute(sa.text(sql), params)).all()
         return [grouped for row in rows if (grouped := grouped_count(row)) is not None]
 
-    async def signup_networks(self, window: Window, top: int) -> list[tuple[str, int]]:
+    async def signup_networks(
+        self, window: Window, top: int, *, include_synthetic: bool = False
+    ) -> list[tuple[str, int]]:
         """The ``top`` networks with the most sign-ups in the window, most first."""
         params = {
             "key": usage_log.SIGNUP_NETWORK,
@@ -325,7 +337,8 @@ class UsageStore:
             "top": top,
         }
         async with self._db.transaction() as session:
-            rows = (await session.execute(_SIGNUP_NETWORKS_SQL, params)).all()
+            sql = _SIGNUP_NETWORKS_WITH_SYNTHETIC_SQL if include_synthetic else _SIGNUP_NETWORKS_SQL
+            rows = (await session.execute(sql, params)).all()
         return [(str(row.network), int(row.n)) for row in rows]
 
     async def explain(self, sql: str, params: dict[str, object]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from google.protobuf import message
 
+from kit import telemetry
 from kit.errors import ValidationError
 from kit.events import Event, unpack
 from stylestudio.billing.v1 import events_pb2 as billing_events
@@ -107,6 +108,9 @@ class UsageEntry:
     reason: str | None = None
     tokens: int | None = None
     processing_ms: int | None = None
+    # Load-test traffic (W3C baggage stylestudio.synthetic=true): kept, but left out of the
+    # platform-wide analytics unless asked for.
+    synthetic: bool = False
 
     def row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -307,6 +311,7 @@ def entry_from_event(event: Event, now: datetime, max_clock_skew: timedelta) -> 
         user_id=getattr(data, "user_id", "") or event.user_id,
         action=known.action,
         source=event.source,
+        synthetic=telemetry.baggage_is_synthetic(event.baggage),
     )
     known.translate(data, entry)
     entry.metadata = without_personal_data(entry.metadata)
