@@ -106,7 +106,7 @@ class PoliteCalls:
         stream: bool,
         options: dict[str, Any],
     ) -> Answer:
-        started = time.perf_counter()
+        sent_at, started = time.time(), time.perf_counter()
         with self.session.request(
             method,
             path,
@@ -135,5 +135,5 @@ class PoliteCalls:
                 response.failure(f"{status} {reason or error}")
             else:
                 response.success()  # 4xx are the API's answers; the journeys judge them
-        self.recorder.request(method, route, status, elapsed_ms, reason, error)
+        self.recorder.request(method, route, status, elapsed_ms, reason, error, sent_at=sent_at)
         return Answer(status, body, reason, response)

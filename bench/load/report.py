@@ -4,8 +4,8 @@
   p99, errors), errors by status and reason (the API's error body), throttled answers
   (429/503 with Retry-After, retried), journeys completed and failed by kind.
 - ``requests.jsonl``: every request answered with a 5xx or not answered at all
-  (``{"t", "method", "route", "status", "reason", "error"}``, status null without an
-  answer), for the invariant checker (issue 13, section 4).
+  (``{"t", "method", "route", "status", "reason", "error"}``, ``t`` when it was sent,
+  status null without an answer), for the invariant checker (bench/soak/invariants).
 - ``webhooks.jsonl``: every Stripe webhook sent (``{"t", "payload", "purchase_id"}``), for
   the fault injector to deliver again.
 
@@ -68,8 +68,10 @@ class LoadRecorder:
         elapsed_ms: float,
         reason: str = "",
         error: str = "",
+        sent_at: float | None = None,
     ) -> None:
-        """One attempt: ``status`` None when no answer came (timeout, connection error)."""
+        """One attempt: ``status`` None when no answer came (timeout, connection error);
+        ``sent_at`` (unix time, default now) is its ``t`` in requests.jsonl."""
         with self._lock:
             figures = self._routes[(method, route)]
             figures.times_ms.append(elapsed_ms)
@@ -79,7 +81,7 @@ class LoadRecorder:
                 self._errors[f"{answered} {reason or error}".strip()] += 1
             if status is None or status >= 500:
                 line = {
-                    "t": time.time(),
+                    "t": time.time() if sent_at is None else sent_at,
                     "method": method,
                     "route": route,
                     "status": status,
