@@ -107,8 +107,19 @@ async def _journey(rest: httpx.AsyncClient) -> None:
     # The welcome tokens less the generation's price, captured once the images were stored.
     assert 0 <= int(balance.json()["balance"]) < 10
     assert int(balance.json()["reserved"]) == 0
-    listed = await rest.get("/v1/files", headers=auth)
-    assert listed.status_code == 200, listed.text
+    # Reads in bursts: each statement runs many times on each pooled connection (psycopg would
+    # prepare it from the 5th) while PgBouncer moves the connections' transactions between its
+    # fewer server connections.
+    for _ in range(4):
+        reads = await asyncio.gather(
+            *(
+                rest.get(path, headers=auth)
+                for path in ("/v1/billing/balance", "/v1/generations", "/v1/files", "/v1/users/me") * 6
+            )
+        )
+        assert [response.status_code for response in reads] == [200] * len(reads), [
+            response.text for response in reads if response.status_code != 200
+        ]
 
 
 def _connect(bouncer: PgBouncer, service: str, **arguments: Any) -> psycopg.Connection[Any]:
