@@ -10,6 +10,8 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from kit.bootstrap import role_name
+
 # Constraint names Alembic can rely on when a later migration alters them.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -46,7 +48,7 @@ def connect_args(url: str, schema: str, *, prepared_statements: bool = True) -> 
     connection, where the statement does not exist).
     """
     arguments: dict[str, Any] = {}
-    if make_url(url).username != f"stylestudio_{schema}":
+    if make_url(url).username != role_name(schema):
         arguments["options"] = f"-c search_path={schema}"
     if not prepared_statements:
         arguments["prepare_threshold"] = None
@@ -106,11 +108,6 @@ class Database:
         async with self.engine.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             yield connection
-
-    async def search_path(self) -> list[str]:
-        """The schemas unqualified names resolve to on this engine's connections."""
-        async with self.engine.connect() as connection:
-            return list((await connection.execute(text("SELECT current_schemas(false)"))).scalar_one())
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
