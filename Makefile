@@ -8,13 +8,23 @@ INSTALLED := $(VENV)/.installed
 GENERATED := stylestudio/.generated
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: run test install protos lint format bench clean
+.PHONY: run test install protos lint format bench clean pgbouncer
 
 run: $(INSTALLED) $(GENERATED)
 	$(PY) -m kit.launcher
 
-test: $(INSTALLED) $(GENERATED) lint
+test: $(INSTALLED) $(GENERATED) lint pgbouncer
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian's pgbouncer (1.18 on bookworm), which tests/platform/test_pgbouncer.py runs the platform
+# through; installed with apt-get (as root, else with sudo) when neither PATH nor /usr/sbin has it.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { \
+	  echo "installing Debian's pgbouncer"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer || { \
+	    $(SUDO) apt-get update && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer; }; }
 
 install: $(INSTALLED)
 

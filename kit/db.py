@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import MetaData, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from kit.bootstrap import role_name
 
 # Constraint names Alembic can rely on when a later migration alters them.
 NAMING_CONVENTION = {
@@ -31,6 +35,26 @@ def after_commit(connection: AsyncConnection, callback: Callable[[], None]) -> N
     connection.info.setdefault(_AFTER_COMMIT, set()).add(callback)
 
 
+def connect_args(url: str, schema: str, *, prepared_statements: bool = True) -> dict[str, Any]:
+    """psycopg's connection arguments for a service's engine.
+
+    search_path is the second fence: unqualified names can only mean this service's tables.
+    The service's own role carries it (``ALTER ROLE ... SET search_path``, kit/bootstrap.py),
+    which survives PgBouncer's transaction pooling; any other role (the admin URL a service
+    falls back to without STYLESTUDIO_SERVICE_DATABASE_URL) gets it as the ``options`` start-up
+    parameter, which PgBouncer 1.18 refuses and PostgreSQL itself accepts.
+    ``prepared_statements=False``: psycopg never prepares a statement on the server (behind
+    PgBouncer in transaction mode before 1.21, the next transaction may run on another server
+    connection, where the statement does not exist).
+    """
+    arguments: dict[str, Any] = {}
+    if make_url(url).username != role_name(schema):
+        arguments["options"] = f"-c search_path={schema}"
+    if not prepared_statements:
+        arguments["prepare_threshold"] = None
+    return arguments
+
+
 class Database:
     """The engine of one service, confined to its schema.
 
@@ -40,9 +64,17 @@ class Database:
     """
 
     def __init__(
-        self, url: str, schema: str, *, pool_size: int = 10, max_overflow: int = 20, pre_ping: bool = False
+        self,
+        url: str,
+        schema: str,
+        *,
+        pool_size: int = 4,
+        max_overflow: int = 2,
+        pre_ping: bool = False,
+        prepared_statements: bool = True,
     ) -> None:
         self.schema = schema
+        self.pool_size, self.max_overflow = pool_size, max_overflow
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
@@ -53,8 +85,7 @@ class Database:
             # An error's text never carries the row it was writing (user ids, addresses, prompts);
             # kit.logs.describe_error keeps the statement out of logs and spans as well.
             hide_parameters=True,
-            # search_path as a second fence: unqualified names can only mean this service's tables.
-            connect_args={"options": f"-c search_path={schema}"},
+            connect_args=connect_args(url, schema, prepared_statements=prepared_statements),
         )
 
     @asynccontextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from kit.budget import PoolSize, ServerSlots, fit_pools, platform_connections, read_server_slots
 from kit.infra import DATABASE_URL_ENV, REDIS_URL_ENV, Infrastructure, resolve_infrastructure
 from kit.settings import EXIT_CONFIGURATION, SERVICES, Environment, InsecureSettings, PlatformSettings
 
@@ -261,10 +263,77 @@ def provision_databases(admin_url: str, environment: Environment) -> dict[str, s
     return asyncio.run(provision(admin_url, SERVICES, settings=settings))
 
 
+def service_pool(service: str, pool: PoolSize | None = None) -> PoolSize:
+    """The pool ``service`` would have from this environment (or given ``pool``), as its own
+    settings decide it (generation raises its pool to fit its workers)."""
+    module = importlib.import_module(f"services.{service}.settings")
+    settings_type = getattr(module, f"{service.capitalize()}Settings")
+    overrides = {} if pool is None else {"db_pool_size": pool.pool_size, "db_max_overflow": pool.max_overflow}
+    settings = settings_type(**overrides)
+    return PoolSize(settings.db_pool_size, settings.db_max_overflow)
+
+
+def size_pools(
+    wanted: Mapping[str, PoolSize], floors: Mapping[str, PoolSize], slots: ServerSlots
+) -> tuple[dict[str, PoolSize], str, bool]:
+    """The pools the children get, to fit the slots free now (the server's available slots less
+    the connections other clients hold, the launcher's own query excluded); a line saying so,
+    and whether it is a warning (the platform does not fit even at its smallest)."""
+    free = slots.available - max(slots.in_use - 1, 0)
+    total = platform_connections(wanted)
+
+    def listing(pools: Mapping[str, PoolSize]) -> str:
+        return ", ".join(f"{name} {pool.describe()}" for name, pool in pools.items())
+
+    server = f"PostgreSQL has {slots.describe()}, {slots.in_use - 1} in use by other clients: {free} free"
+    if total <= free:
+        return dict(wanted), f"{server}; the platform may open {total} (pools {listing(wanted)})", False
+    sized = fit_pools(wanted, floors, free)
+    fitted = platform_connections(sized)
+    if fitted <= free:
+        line = (
+            f"{server}; the platform's pools ({listing(wanted)}) may open {total}: "
+            f"sized to {listing(sized)}, {fitted}"
+        )
+        return sized, line, False
+    line = (
+        f"{server}; the platform may open {fitted} even with its smallest pools ({listing(sized)}): "
+        "it may run out of connections (raise max_connections, stop other clients, or see docs/operations.md)"
+    )
+    return sized, line, True
+
+
+def plan_pools(admin_url: str, console: Console) -> dict[str, PoolSize] | None:
+    """Compare the platform's connections with the server's slots and size the pools to fit."""
+    try:
+        slots = read_server_slots(admin_url)
+    except Exception as error:  # the services' own check still runs; the launcher only sizes
+        console.line(LAUNCHER, f"could not read PostgreSQL's connection settings ({type(error).__name__})")
+        return None
+    wanted = {name: service_pool(name) for name in SERVICES}
+    floors = {name: service_pool(name, PoolSize(1, 0)) for name in SERVICES}
+    pools, line, alarm = size_pools(wanted, floors, slots)
+    console.line(LAUNCHER, f"database connections: {line}", alarm=alarm)
+    return pools
+
+
+def pool_env(pool: PoolSize) -> dict[str, str]:
+    """A child's pool settings, and its budget: what the launcher counted for it."""
+    return {
+        "STYLESTUDIO_DB_POOL_SIZE": str(pool.pool_size),
+        "STYLESTUDIO_DB_MAX_OVERFLOW": str(pool.max_overflow),
+        "STYLESTUDIO_DB_CONNECTION_BUDGET": str(pool.connections),
+    }
+
+
 def platform_children(
-    base_env: Mapping[str, str], infrastructure: Infrastructure, service_urls: Mapping[str, str]
+    base_env: Mapping[str, str],
+    infrastructure: Infrastructure,
+    service_urls: Mapping[str, str],
+    pools: Mapping[str, PoolSize] | None = None,
 ) -> list[Child]:
-    """The five services, then the gateway, each with its own copy of the environment."""
+    """The five services, then the gateway, each with its own copy of the environment (and the
+    pool ``pools`` gives it)."""
     shared = {
         # Lines for a person at a terminal; set STYLESTUDIO_LOG_FORMAT=json to see what production logs.
         "STYLESTUDIO_LOG_FORMAT": "text",
@@ -283,7 +352,11 @@ def platform_children(
         Child(
             name,
             (sys.executable, "-m", f"services.{name}"),
-            {**shared, SERVICE_DATABASE_URL_ENV: service_urls[name]},
+            {
+                **shared,
+                SERVICE_DATABASE_URL_ENV: service_urls[name],
+                **(pool_env(pools[name]) if pools and name in pools else {}),
+            },
         )
         for name in SERVICES
     ]
@@ -297,7 +370,8 @@ def launch(settings: LaunchSettings, console: Console) -> int:
         for description in infrastructure.describe():
             console.line(LAUNCHER, description)
         service_urls = provision_databases(infrastructure.database_url, settings.environment)
-        children = platform_children(os.environ, infrastructure, service_urls)
+        pools = plan_pools(infrastructure.database_url, console)
+        children = platform_children(os.environ, infrastructure, service_urls, pools)
         return asyncio.run(run_platform(children, console, settings))
     finally:
         infrastructure.close()

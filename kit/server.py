@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from kit import migrations, telemetry
+from kit import budget, migrations, telemetry
 from kit.access import UserLookup, credential_state_lookup, method_access
 from kit.auth import ServiceCredentials, UserTokenVerifier
 from kit.clients import CHANNEL_OPTIONS, ServiceClients
@@ -133,6 +133,11 @@ def database_url(settings: ServiceSettings) -> str:
     return settings.service_database_url or settings.database_url
 
 
+def migration_database_url(settings: ServiceSettings) -> str:
+    """Where migrations run: straight to PostgreSQL (they hold a session advisory lock)."""
+    return settings.migration_database_url or database_url(settings)
+
+
 class RunningService:
     """A started service: its server, runtime and background tasks (tests drive it in-process)."""
 
@@ -160,14 +165,16 @@ class RunningService:
         url = database_url(settings)
         await _wait_for_database(url, settings)
         if settings.migrate_on_start:
-            await asyncio.to_thread(migrations.upgrade, d.name, url)
+            await asyncio.to_thread(migrations.upgrade, d.name, migration_database_url(settings))
         db = Database(
             url,
             d.name,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pre_ping=settings.db_pool_pre_ping,
+            prepared_statements=settings.db_prepared_statements,
         )
+        await budget.check_service(db, settings)  # search_path fence; warns when the pool may not fit
         redis = Redis.from_url(settings.redis_url, decode_responses=False)
         outbox_table = d.metadata.tables[f"{d.name}.outbox"]
         inbox_table = d.metadata.tables[f"{d.name}.inbox"]
@@ -248,7 +255,7 @@ class RunningService:
                 await runtime.db.ping()
                 await runtime.redis.ping()
             if not self._at_head:  # once at head, a running process stays there
-                url = database_url(runtime.settings)
+                url = migration_database_url(runtime.settings)
                 self._at_head = await asyncio.to_thread(migrations.is_at_head, self.definition.name, url)
             return self._at_head
         except Exception as error:  # any failure of a dependency means "not ready", never a crash

@@ -147,9 +147,25 @@ class PlatformSettings(BaseSettings):
     shutdown_grace_seconds: float = 10.0
     startup_timeout_seconds: float = 60.0
     migrate_on_start: bool = True
-    db_pool_size: int = 10
-    db_max_overflow: int = 20
+    # Migrations hold a session advisory lock, so they need a session of their own on PostgreSQL:
+    # behind PgBouncer in transaction mode, set this to the service role's URL straight to
+    # PostgreSQL (empty: the service's URL). docs/operations.md.
+    migration_database_url: str | None = None
+    # The connection budget (kit/budget.py, docs/operations.md): this process may hold
+    # db_pool_size + db_max_overflow connections, plus one the kit opens beside the pool (a
+    # migration's lock, the readiness check's schema check). Small enough that a platform (five
+    # services) fits a stock PostgreSQL (97 slots) with room for a second one beside it.
+    db_pool_size: int = Field(default=4, ge=1)
+    db_max_overflow: int = Field(default=2, ge=0)
     db_pool_pre_ping: bool = False
+    # At most this many server connections for this process (0: a fair share, the server's
+    # available slots divided by db_processes); start-up warns when the pool may exceed it.
+    db_connection_budget: int = Field(default=0, ge=0)
+    # How many service processes share the server's slots (every replica of every service).
+    db_processes: int = Field(default=5, ge=1)
+    # psycopg's automatic server-side prepared statements; off behind PgBouncer in transaction
+    # mode before 1.21 (a statement prepared on one server connection is missing on the next).
+    db_prepared_statements: bool = True
     rpc_deadline_seconds: float = 10.0
     health_check_interval_seconds: float = 2.0
 

@@ -182,7 +182,13 @@ async def _load_purchase(settings: BillingSettings, purchase_id: str) -> Row:
     from kit.server import database_url
     from services.billing import store
 
-    db = Database(database_url(settings), "billing", pool_size=1, max_overflow=0)
+    db = Database(
+        database_url(settings),
+        "billing",
+        pool_size=1,
+        max_overflow=0,
+        prepared_statements=settings.db_prepared_statements,
+    )
     try:
         async with db.transaction() as session:
             found = await store.purchase(session, uuid.UUID(purchase_id))

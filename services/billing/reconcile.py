@@ -75,7 +75,13 @@ async def reconcile_in(session: AsyncConnection) -> Report:
 
 async def _main() -> int:
     settings = BillingSettings()
-    db = Database(database_url(settings), "billing", pool_size=1, max_overflow=0)
+    db = Database(
+        database_url(settings),
+        "billing",
+        pool_size=1,
+        max_overflow=0,
+        prepared_statements=settings.db_prepared_statements,
+    )
     try:
         report = await reconcile(db)
     finally:

@@ -111,7 +111,7 @@ class GenerationSettings(ServiceSettings):
     hold_expiry_margin_seconds: float = 600.0
     generation_workers: int = 8
     # Pooled connections kept beside one per worker, for RPCs (starts, watch reads) and the sweeper.
-    db_connections_beside_workers: int = 8
+    db_connections_beside_workers: int = 4
     # A worker owns a PROCESSING generation this long, renewing it while the provider runs.
     worker_lease_seconds: float = 30.0
     provider_max_attempts: int = 3

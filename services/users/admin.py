@@ -64,7 +64,13 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = UsersSettings()
-    db = Database(database_url(settings), "users", pool_size=1, max_overflow=0)
+    db = Database(
+        database_url(settings),
+        "users",
+        pool_size=1,
+        max_overflow=0,
+        prepared_statements=settings.db_prepared_statements,
+    )
     try:
         if args.command == "promote":
             message = await _promote(db, settings, args.email)

@@ -118,6 +118,11 @@ def test_kubernetes_takes_its_secrets_from_a_secret_created_out_of_band() -> Non
     for doc in workloads:
         for container in doc["spec"]["template"]["spec"]["containers"]:
             refs = [source.get("secretRef", {}).get("name") for source in container.get("envFrom", [])]
+            # Whole, or (PgBouncer: the roles' passwords only) one key at a time.
+            refs += [
+                variable.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                for variable in container.get("env", [])
+            ]
             assert "stylestudio" in refs, f"{doc['metadata']['name']} reads the Secret"
             for variable in container.get("env", []):
                 assert not SECRET_NAME.search(variable["name"]) or "valueFrom" in variable

@@ -127,6 +127,7 @@ class Platform:
         work_dir: Path,
         extra_env: Mapping[str, str] | None = None,
         tls: PlatformCertificates | None = None,
+        process_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.database = database
         self.redis_url = redis_url
@@ -141,6 +142,8 @@ class Platform:
         self.signing_key = generate_signing_key("test-key-1")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._extra_env = dict(extra_env or {})
+        # More environment for one process only (e.g. a service's database URL through PgBouncer).
+        self._process_env = {process: dict(env) for process, env in (process_env or {}).items()}
         # Mutual TLS on every gRPC port and channel, HTTPS on the gateway; None: plaintext.
         self.tls = tls
         self._security = tls.security() if tls is not None else None
@@ -196,6 +199,7 @@ class Platform:
         if process in self.keyring.keys:
             env["STYLESTUDIO_SERVICE_PRIVATE_KEY"] = self.keyring.keys[process].private_pem()
         env.update(self._extra_env)
+        env.update(self._process_env.get(process, {}))
         return env
 
     def log_path(self, process: str) -> Path:
