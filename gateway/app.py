@@ -51,6 +51,7 @@ from gateway.streaming import (
 )
 from kit import telemetry
 from kit.auth import ServiceCredentials
+from kit.errors import service_of
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER, RELAY_CREDENTIAL_HEADER
 from kit.service_keys import GATEWAY_IDENTITY
@@ -287,11 +288,12 @@ class Gateway:
         content_type = exchange.headers.get("content-type", "")
         request = route.mapping.build(params, exchange.query, body, content_type)
         payload = _serialize(request)
+        service = service_of(route.method.service)
         if kind is CallKind.UNARY or kind is CallKind.RAW_RESPONSE:
             try:
                 response = await route.call(payload, metadata=metadata, timeout=settings.rpc_deadline_seconds)
             except grpc.aio.AioRpcError as error:
-                raise from_rpc_error(error, settings.default_retry_after_seconds) from error
+                raise from_rpc_error(error, settings.default_retry_after_seconds, service) from error
             if kind is CallKind.UNARY:
                 await exchange.respond(200, route.mapping.encode_response(response))
             else:
@@ -300,10 +302,12 @@ class Gateway:
             return
         call = route.call(payload, metadata=metadata, timeout=settings.stream_deadline_seconds)
         if kind is CallKind.DOWNLOAD:
-            await serve_download(exchange, call, settings.default_retry_after_seconds)
+            await serve_download(exchange, call, settings.default_retry_after_seconds, service)
         else:
             retry_after, heartbeat = settings.default_retry_after_seconds, settings.sse_heartbeat_seconds
-            await serve_event_stream(exchange, call, route.mapping.encode_response, retry_after, heartbeat)
+            await serve_event_stream(
+                exchange, call, route.mapping.encode_response, retry_after, heartbeat, service
+            )
 
     async def _upload(
         self, exchange: Exchange, route: ApiRoute, params: Any, metadata: list[tuple[str, str]]
@@ -323,7 +327,8 @@ class Gateway:
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, settings.default_retry_after_seconds) from error
+            service = service_of(route.method.service)
+            raise from_rpc_error(error, settings.default_retry_after_seconds, service) from error
         await exchange.respond(200, route.mapping.encode_response(response))
 
     def _oversized_headers(self, raw: Headers) -> ApiError | None:

@@ -20,6 +20,7 @@ import orjson
 from gateway.descriptors import ApiDescriptors, ApiMethod
 from gateway.errors import ApiError, from_rpc_error
 from gateway.transcoding import to_json
+from kit.errors import service_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ class Dashboard:
         for part, result in zip(PARTS, results, strict=True):
             value: object = None
             if isinstance(result, grpc.aio.AioRpcError):
-                failure = from_rpc_error(result, self._retry_after)
+                failure = from_rpc_error(result, self._retry_after, service_of(part.rpc))
                 if failure.status == "UNAUTHENTICATED":
                     return failure.http_status, failure.json()
                 first_error = first_error or failure

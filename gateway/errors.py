@@ -16,15 +16,18 @@ import orjson
 from google.rpc import error_details_pb2, status_pb2
 
 from kit.errors import (
+    DEPENDENCY_RETRY_AFTER_SECONDS,
     ERROR_DOMAIN,
     INTERNAL_MESSAGE,
     MAX_DETAIL_CHARS,
     MAX_MESSAGE_CHARS,
     REASON_BY_CODE,
+    TRANSPORT_FAILURES,
     Reason,
     excerpt,
     message_for_code,
     status_error_details,
+    unavailable_message,
 )
 
 log = logging.getLogger("stylestudio.gateway")
@@ -34,7 +37,8 @@ HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.UNKNOWN: 500,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    # A call that timed out is a service not keeping up: 503 with Retry-After, as UNAVAILABLE.
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.PERMISSION_DENIED: 403,
@@ -147,13 +151,16 @@ def headers_too_large(message: str, details: dict[str, str]) -> ApiError:
     return ApiError(431, "INVALID_ARGUMENT", Reason.VALIDATION_ERROR, message, details)
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int) -> ApiError:
+def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int, service: str = "") -> ApiError:
     """The client's view of a failed call, from its status code, ErrorInfo and RetryInfo.
 
     Only a status a service raised itself (with ErrorInfo of ERROR_DOMAIN) is passed on with
     its message. Any other was made by gRPC (a refused connection, a deadline, a message or
     metadata over a size limit) or by a kit fallback: the client gets its code's fixed words,
-    and the gateway's log the real ones."""
+    and the gateway's log the real ones. A transport failure (UNAVAILABLE or
+    DEADLINE_EXCEEDED without ErrorInfo) is 503 SERVICE_UNAVAILABLE naming ``service``.
+    Every 429 and 503 carries Retry-After: the service's RetryInfo, else
+    ``default_retry_after`` (429) or kit.errors.DEPENDENCY_RETRY_AFTER_SECONDS (503)."""
     code = error.code()
     info, retry_delay = _status_details(error.trailing_metadata())
     http_status = HTTP_STATUS_BY_CODE.get(code, 500)
@@ -162,6 +169,20 @@ def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int) -> Api
         http_status = HTTP_STATUS_BY_REASON.get(reason, http_status)
         message = error.details() or code.name
         details = dict(info.metadata)
+    elif code in TRANSPORT_FAILURES:
+        log.warning(
+            "call failed in transport",
+            extra={"code": code.name, "service": service, "grpc": excerpt(error.details(), MAX_DETAIL_CHARS)},
+        )
+        dependency = service or "downstream"
+        return ApiError(
+            503,
+            grpc.StatusCode.UNAVAILABLE.name,
+            Reason.SERVICE_UNAVAILABLE,
+            unavailable_message(dependency),
+            {"dependency": dependency},
+            DEPENDENCY_RETRY_AFTER_SECONDS if retry_delay is None else max(0, math.ceil(retry_delay)),
+        )
     else:
         reason = str(REASON_BY_CODE.get(code, Reason.INTERNAL))
         message, details = message_for_code(code), {}
@@ -175,8 +196,10 @@ def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int) -> Api
     retry_after = None
     if retry_delay is not None:
         retry_after = max(0, math.ceil(retry_delay))
-    elif reason == Reason.RATE_LIMITED:
+    elif http_status == 429:
         retry_after = default_retry_after
+    elif http_status == 503:
+        retry_after = DEPENDENCY_RETRY_AFTER_SECONDS
     return ApiError(http_status, code.name, reason, message, details, retry_after)
 
 

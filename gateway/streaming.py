@@ -53,8 +53,9 @@ async def serve_event_stream(
     encode: Callable[[message.Message], bytes],
     default_retry_after: int,
     heartbeat_seconds: float,
+    service: str = "",
 ) -> None:
-    first = await _first_message(call, default_retry_after)
+    first = await _first_message(call, default_retry_after, service)
     await exchange.start_stream(200, EVENT_STREAM, _SSE_HEADERS)
     disconnected = asyncio.Event()
     watcher = watch_disconnect(exchange, _stop(disconnected, call))
@@ -65,7 +66,7 @@ async def serve_event_stream(
             item = await _read_with_heartbeat(exchange, call, heartbeat_seconds)
     except grpc.aio.AioRpcError as error:
         if not disconnected.is_set():
-            failure = from_rpc_error(error, default_retry_after)
+            failure = from_rpc_error(error, default_retry_after, service)
             await exchange.write(b"event: error\ndata: " + failure.json() + b"\n\n")
     except asyncio.CancelledError:
         if not disconnected.is_set():
@@ -76,8 +77,8 @@ async def serve_event_stream(
         await exchange.end_stream()
 
 
-async def serve_download(exchange: Exchange, call: Any, default_retry_after: int) -> None:
-    first = await _first_message(call, default_retry_after)
+async def serve_download(exchange: Exchange, call: Any, default_retry_after: int, service: str = "") -> None:
+    first = await _first_message(call, default_retry_after, service)
     if first is grpc.aio.EOF:
         await exchange.respond(200, b"", OCTET_STREAM.encode(), DOWNLOAD_HEADERS)
         return
@@ -146,11 +147,11 @@ def _stop(disconnected: asyncio.Event, call: Any) -> Callable[[], None]:
     return stop
 
 
-async def _first_message(call: Any, default_retry_after: int) -> Any:
+async def _first_message(call: Any, default_retry_after: int, service: str = "") -> Any:
     try:
         return await call.read()
     except grpc.aio.AioRpcError as error:
-        raise from_rpc_error(error, default_retry_after) from error
+        raise from_rpc_error(error, default_retry_after, service) from error
 
 
 def _is_header_safe(value: str) -> bool:

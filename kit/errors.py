@@ -47,6 +47,10 @@ class Reason(enum.StrEnum):
     FEATURE_NOT_IN_PLAN = "FEATURE_NOT_IN_PLAN"
     PROCESSING_ERROR = "PROCESSING_ERROR"
     PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"
+    # Beyond API.md's list: one of the platform's own dependencies (its database, Redis,
+    # another service) refused or dropped a connection. PROVIDER_UNAVAILABLE is only ever
+    # an outside provider (image generation, payments, OAuth).
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     CONFLICT = "CONFLICT"
     INTERNAL = "INTERNAL"
 
@@ -164,6 +168,42 @@ class ProviderUnavailable(DomainError):
     reason = Reason.PROVIDER_UNAVAILABLE
 
 
+# What a client is told to wait before trying again when a dependency is down.
+DEPENDENCY_RETRY_AFTER_SECONDS = 1
+
+
+class DependencyUnavailable(DomainError):
+    """One of the platform's own dependencies refused or dropped the connection: the database,
+    Redis, or another service (by name). Its details carry ``dependency`` and nothing more:
+    no host, no port, no SQL."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = Reason.SERVICE_UNAVAILABLE
+
+    def __init__(
+        self,
+        dependency: str,
+        message: str | None = None,
+        *,
+        retry_after_seconds: float | None = DEPENDENCY_RETRY_AFTER_SECONDS,
+        **kwargs: object,
+    ) -> None:
+        details = dict(kwargs.pop("details", None) or {})  # type: ignore[call-overload]
+        details.setdefault("dependency", dependency)
+        self.dependency = dependency
+        super().__init__(
+            message or unavailable_message(dependency),
+            details=details,
+            retry_after_seconds=retry_after_seconds,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def unavailable_message(dependency: str) -> str:
+    what = f"The {dependency}" if dependency in ("database", "redis") else f"The {dependency} service"
+    return f"{what} is unavailable; try again shortly"
+
+
 _BY_REASON: dict[Reason, type[DomainError]] = {
     cls.reason: cls
     for cls in (
@@ -180,6 +220,7 @@ _BY_REASON: dict[Reason, type[DomainError]] = {
         FeatureNotInPlan,
         ProcessingError,
         ProviderUnavailable,
+        DependencyUnavailable,
     )
 }
 
@@ -195,9 +236,12 @@ REASON_BY_CODE: dict[grpc.StatusCode, Reason] = {
     grpc.StatusCode.ALREADY_EXISTS: Reason.CONFLICT,
     grpc.StatusCode.ABORTED: Reason.CONFLICT,
     grpc.StatusCode.FAILED_PRECONDITION: Reason.CONFLICT,
-    grpc.StatusCode.UNAVAILABLE: Reason.PROVIDER_UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Reason.PROVIDER_UNAVAILABLE,
+    # A transport failure (no ErrorInfo: the callee's code never answered) is the callee
+    # being unavailable, never an outside provider's problem.
+    grpc.StatusCode.UNAVAILABLE: Reason.SERVICE_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Reason.SERVICE_UNAVAILABLE,
 }
+TRANSPORT_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 # ...and its text is not passed on either: gRPC wrote it ("received metadata size exceeds
 # hard limit", "failed to connect to all addresses; last error: ... 127.0.0.1:50051", ...),
@@ -217,6 +261,15 @@ MESSAGE_BY_CODE: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAVAILABLE: "A service is unavailable; try again",
 }
 INTERNAL_MESSAGE = "Internal error"
+
+
+def service_of(full_name: str) -> str:
+    """The platform service a gRPC service or method name belongs to, from its package
+    ("<org>.<service>.v<N>"): "stylestudio.billing.v1.BillingService" -> "billing"."""
+    parts = full_name.strip("/").split(".")
+    if len(parts) > 3 and parts[2][:1] == "v" and parts[2][1:].isdigit():
+        return parts[1]
+    return full_name
 
 
 def message_for_code(code: grpc.StatusCode) -> str:
@@ -241,13 +294,19 @@ def internal_status(message: str = INTERNAL_MESSAGE) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def from_rpc_error(error: grpc.RpcError) -> DomainError:
-    """Rebuild the domain error a failed call carried (or one derived from its status code)."""
+def from_rpc_error(error: grpc.RpcError, service: str = "") -> DomainError:
+    """Rebuild the domain error a failed call carried (or one derived from its status code).
+
+    A call that failed in transport (UNAVAILABLE or DEADLINE_EXCEEDED without our ErrorInfo:
+    the callee refused the connection, dropped it, or did not answer in time) becomes
+    ``DependencyUnavailable(service)``, ``service`` being the callee's name ("billing")."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     info, retry = _error_details(error)
     if info is not None and info.domain == ERROR_DOMAIN and info.reason in Reason.__members__:
         reason = Reason(info.reason)
         message = (error.details() if hasattr(error, "details") else None) or code.name
+    elif code in TRANSPORT_FAILURES:
+        return DependencyUnavailable(service or "downstream")
     else:
         reason = REASON_BY_CODE.get(code, Reason.INTERNAL)
         message = message_for_code(code)
@@ -262,6 +321,66 @@ def from_rpc_error(error: grpc.RpcError) -> DomainError:
         code=code,
     )
     return result
+
+
+def dependency_failure(error: BaseException) -> DependencyUnavailable | None:
+    """The ``DependencyUnavailable`` an exception means, or None when it is not a refused,
+    dropped or timed-out connection to one of the platform's dependencies.
+
+    Database: a connection PostgreSQL refused or dropped (too many connections, reserved
+    slots, shutting down or restarting, refused, lost mid-query) or that the pool could not
+    hand out in time. Redis: refused, dropped, timed out, or still loading its data.
+    A failed gRPC call in transport is mapped by ``from_rpc_error``, which knows the callee."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DependencyUnavailable):
+            return current
+        dependency = _dependency_of(current)
+        if dependency:
+            return DependencyUnavailable(dependency)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+# SQLSTATE classes and codes of a server that cannot take the work: 08 connection exception,
+# 53 insufficient resources (53300 too_many_connections), 57P01-57P05 (admin/crash shutdown,
+# cannot connect now, database dropped, idle session timeout).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
+
+
+def _dependency_of(error: BaseException) -> str:
+    import psycopg
+    import psycopg_pool
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    if isinstance(error, sqlalchemy.exc.TimeoutError | psycopg_pool.PoolTimeout):
+        return "database"  # no pooled connection came free in time
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        if error.connection_invalidated:
+            return "database"
+        original = error.orig
+        if isinstance(original, BaseException) and _dependency_of(original):
+            return "database"
+        return ""
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        sqlstate = getattr(error, "sqlstate", None)
+        if sqlstate is None:  # failed to connect, or the connection closed under the query
+            return "database"
+        if sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES) or sqlstate in _UNAVAILABLE_SQLSTATES:
+            return "database"
+        return ""
+    if isinstance(error, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+        return ""  # misconfigured, not unavailable
+    if isinstance(
+        error,
+        redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | redis.exceptions.BusyLoadingError,
+    ):
+        return "redis"
+    return ""
 
 
 def _error_details(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, float | None]:

@@ -34,6 +34,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,9 +46,10 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kit import telemetry
+from kit import retry, telemetry
 from kit.db import Database, after_commit
 from kit.logs import describe_error
+from kit.retry import Backoff
 from stylestudio.common.v1 import event_pb2
 
 log = logging.getLogger("stylestudio.events")
@@ -189,15 +191,14 @@ class OutboxRelay:
         self._prefix, self._batch, self._poll, self._max_len = prefix, batch_size, poll_interval, max_length
 
     async def run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(retry.LOOP)
         while True:
             try:
                 moved = await self.relay_once()
-                backoff = 0.1
+                backoff.reset()
             except (RedisError, sa.exc.SQLAlchemyError, OSError) as error:
                 log.warning("outbox relay failed, retrying", extra={"error": describe_error(error)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.wait()
                 continue
             if moved < self._batch:
                 await self._outbox.wait_for_commit(self._poll)
@@ -320,9 +321,23 @@ class EventConsumer:
                     raise
 
     async def run(self) -> None:
-        await self.ensure_groups()
-        # Our own pending messages first (a restart with the same name), then new ones.
-        await self._drain_own_pending()
+        # Redis (or the database, for our own pending events) may be down when the service
+        # starts: wait for them rather than end the consumer.
+        backoff = Backoff(retry.LOOP)
+        while True:
+            try:
+                await self.ensure_groups()
+                # Our own pending messages first (a restart with the same name), then new ones.
+                await self._drain_own_pending()
+                break
+            except (RedisError, OSError, sa.exc.SQLAlchemyError) as error:
+                log.warning(
+                    "event consumer cannot start yet, retrying", extra={"error": describe_error(error)}
+                )
+                await backoff.wait()
+        await self._consume()
+
+    async def _consume(self) -> None:
         claim_every = max(self._claim_idle_ms / 1000 / 2, 0.5)
         last_claim = 0.0
         loop = asyncio.get_running_loop()
@@ -330,6 +345,7 @@ class EventConsumer:
         # slow job never holds back the others (reading N and waiting for all of them did).
         slots = asyncio.Semaphore(self._concurrency)
         in_flight: set[asyncio.Task[object]] = set()
+        backoff = Backoff(retry.LOOP)
         try:
             while True:
                 try:
@@ -345,9 +361,10 @@ class EventConsumer:
                         task = asyncio.create_task(self._in_slot(slots, job))
                         in_flight.add(task)
                         task.add_done_callback(in_flight.discard)
-                except (RedisError, OSError) as error:
-                    log.warning("event consumer lost redis, retrying", extra={"error": str(error)})
-                    await asyncio.sleep(1.0)
+                    backoff.reset()
+                except (RedisError, OSError, sa.exc.SQLAlchemyError) as error:
+                    log.warning("event consumer lost redis, retrying", extra={"error": describe_error(error)})
+                    await backoff.wait()
         finally:
             for task in in_flight:
                 task.cancel()
@@ -479,13 +496,11 @@ class EventConsumer:
             "process batch", kind=trace.SpanKind.CONSUMER, attributes=attributes, links=links
         ) as span:
             try:
-                async with self._db.transaction() as session:
-                    for route, events in (await self._fresh_events(session, deliveries)).items():
-                        await route.handler(session, events)
+                await retry.retried(partial(self._run_batch, deliveries), retry.STEP, "process batch")
             except Exception as error:
                 telemetry.record_error(span, error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
-                if alone:
+                if alone or retry.is_unavailable(error):  # one by one would not fare better
                     log.exception(
                         "event handler failed; it will be redelivered",
                         extra={"event_type": deliveries[0].event.type, "event_id": deliveries[0].event.id},
@@ -501,6 +516,11 @@ class EventConsumer:
         for key, message_ids in by_stream.items():
             await self._redis.xack(key, self._group, *message_ids)
         return len(deliveries)
+
+    async def _run_batch(self, deliveries: Sequence[_Delivery]) -> None:
+        async with self._db.transaction() as session:
+            for route, events in (await self._fresh_events(session, deliveries)).items():
+                await route.handler(session, events)
 
     async def _fresh_events(
         self, session: AsyncConnection, deliveries: Sequence[_Delivery]
@@ -549,12 +569,14 @@ class EventConsumer:
             ) as span,
         ):
             try:
-                async with self._db.transaction() as session:
-                    first_time = event.type in subscription.without_inbox or await self._record_in_inbox(
-                        session, event.id
-                    )
-                    if first_time:
-                        await handler(session, event)
+                # A dependency down (the database, Redis, a service the handler calls) is waited
+                # for here, bounded, instead of leaving the event to a claim after claim_idle_ms
+                # and spending its deliveries towards the dead letters.
+                await retry.retried(
+                    partial(self._run_one, handler, event, event.type in subscription.without_inbox),
+                    retry.STEP,
+                    f"process {event.type}",
+                )
             except Exception as error:
                 telemetry.record_error(span, error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
@@ -565,6 +587,11 @@ class EventConsumer:
                 return False
         await self._redis.xack(key, self._group, message_id)
         return True
+
+    async def _run_one(self, handler: Handler, event: Event, without_inbox: bool) -> None:
+        async with self._db.transaction() as session:
+            if without_inbox or await self._record_in_inbox(session, event.id):
+                await handler(session, event)
 
     async def _record_in_inbox(self, session: AsyncConnection, event_id: str) -> bool:
         inserted = await session.execute(

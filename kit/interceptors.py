@@ -46,10 +46,11 @@ from kit.errors import (
     DomainError,
     Unauthenticated,
     ValidationError,
+    dependency_failure,
     internal_status,
     to_rpc_status,
 )
-from kit.logs import request_id_var
+from kit.logs import describe_error, request_id_var
 from kit.origin import RELAY_CREDENTIAL_HEADER, bind_relayed, reset_relayed
 from kit.service_keys import GATEWAY_IDENTITY
 from stylestudio.common.v1 import access_pb2
@@ -203,7 +204,7 @@ class _Call:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
             except Exception as failure:
-                error = validation.database_refusal(failure)
+                error = _mapped(failure)
                 code = _code_for(error)
                 if code is grpc.StatusCode.INTERNAL:
                     telemetry.record_error(state.span, error)
@@ -230,7 +231,7 @@ class _Call:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
             except Exception as failure:
-                error = validation.database_refusal(failure)
+                error = _mapped(failure)
                 code = _code_for(error)
                 if code is grpc.StatusCode.INTERNAL:
                     telemetry.record_error(state.span, error)
@@ -324,6 +325,23 @@ class _CallState:
         self.span, self.context_token, self.request_id_token = span, context_token, request_id_token
         self.caller_token: Any = None
         self.relayed_token: Any = None
+
+
+def _mapped(failure: Exception) -> Exception:
+    """What a handler's exception means to the caller: a value the database refused is a 400,
+    a dependency that refused or dropped the connection (database, Redis) a 503
+    SERVICE_UNAVAILABLE naming it (kit.errors.dependency_failure); the rest as it is."""
+    error = validation.database_refusal(failure)
+    if isinstance(error, DomainError):
+        return error
+    unavailable = dependency_failure(error)
+    if unavailable is None:
+        return error
+    log.warning(
+        "dependency unavailable",
+        extra={"dependency": unavailable.dependency, "error": describe_error(error)},
+    )
+    return unavailable
 
 
 def _code_for(error: Exception) -> grpc.StatusCode:

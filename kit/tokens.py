@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kit.auth import Caller, CallerKind
 from kit.credential_state import CredentialState, CredentialStates, CredentialStateStore
-from kit.errors import DomainError, ProviderUnavailable, Unauthenticated, from_rpc_error
+from kit.errors import DependencyUnavailable, DomainError, Unauthenticated, from_rpc_error
 
 log = logging.getLogger("stylestudio.tokens")
 
@@ -274,8 +274,8 @@ def users_service_states(
         except grpc.aio.AioRpcError as error:
             # Neither Redis nor the users service can tell whether this credential was revoked.
             log.warning("credential state unavailable", extra={"code": error.code().name})
-            raise ProviderUnavailable(
-                "Cannot check your credentials right now; try again shortly", retry_after_seconds=1
+            raise DependencyUnavailable(
+                "users", "Cannot check your credentials right now; try again shortly"
             ) from error
         return credential_state_from_message(found)
 
@@ -312,7 +312,9 @@ def users_service_verifier(
         try:
             found = await stub().AuthenticateApiKey(auth_pb2.AuthenticateApiKeyRequest(secret=secret))
         except grpc.aio.AioRpcError as error:
-            domain_error = from_rpc_error(error)
+            domain_error = from_rpc_error(error, "users")
+            if isinstance(domain_error, DependencyUnavailable):
+                raise domain_error from error  # 503: the key may well be valid
             if isinstance(domain_error, Unauthenticated) or error.code() == grpc.StatusCode.PERMISSION_DENIED:
                 raise domain_error from error
             raise Unauthenticated("Cannot verify API key right now") from error

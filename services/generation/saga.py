@@ -13,13 +13,15 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Iterator, Sequence
+from functools import partial
 from typing import TypeVar
 
 import grpc
 from opentelemetry import trace
 
-from kit import telemetry
+from kit import retry, telemetry
 from kit.errors import DomainError, FailedPrecondition, NotFound, Reason, from_rpc_error
+from kit.retry import RetryPolicy
 from kit.server import Runtime
 from services.generation import events, faults, store
 from services.generation.catalog import Catalog
@@ -36,12 +38,13 @@ T = TypeVar("T")
 Generation = store.Generation
 
 
-async def call(rpc: Awaitable[T]) -> T:
-    """Await another service's RPC; its failure comes back as the domain error it carried."""
+async def call(rpc: Awaitable[T], service: str) -> T:
+    """Await an RPC to ``service``; its failure comes back as the domain error it carried, or
+    as DependencyUnavailable(service) when the call failed in transport."""
     try:
         return await rpc
     except grpc.aio.AioRpcError as error:
-        raise from_rpc_error(error) from error
+        raise from_rpc_error(error, service) from error
 
 
 def hold_key(generation_id: object) -> str:
@@ -121,18 +124,25 @@ class Saga:
 
     async def fail(self, generation: Generation, reason: Reason | str, message: str) -> Generation | None:
         """Decide FAILED (if nobody decided yet) and give the tokens back."""
-        async with self.db.transaction() as session:
-            decided = await store.decide(
-                session, generation.id, Status.FAILED, reason=str(reason), message=message
-            )
+
+        async def decide() -> Generation | None:
+            async with self.db.transaction() as session:
+                return await store.decide(
+                    session, generation.id, Status.FAILED, reason=str(reason), message=message
+                )
+
+        decided = await retry.retried(decide, retry.STEP, "generation.decide")
         if decided is None:
             return None
         log.info("generation failing", extra={"generation_id": str(generation.id), "reason": str(reason)})
         return await self.finish(decided)
 
     async def complete(self, generation: Generation, result_files: Sequence[str]) -> Generation | None:
-        async with self.db.transaction() as session:
-            decided = await store.decide(session, generation.id, Status.COMPLETED, result_files=result_files)
+        async def decide() -> Generation | None:
+            async with self.db.transaction() as session:
+                return await store.decide(session, generation.id, Status.COMPLETED, result_files=result_files)
+
+        decided = await retry.retried(decide, retry.STEP, "generation.decide")
         if decided is None:
             return None
         await self.checkpoint(decided, "after_decide")
@@ -152,11 +162,17 @@ class Saga:
         if decided is None:  # decided by someone else in between: answer for that outcome
             return await self.cancel(generation_id, user_id)
         with self.span("generation.cancel", decided):
-            finished = await self.finish(decided)
+            # In the client's call: a short wait at most; the sweeper carries out the rest.
+            finished = await self.finish(decided, retry.REQUEST)
         return finished or decided
 
-    async def finish(self, generation: Generation) -> Generation | None:
-        """Carry out a decided outcome: capture or release the hold, then record the status."""
+    async def finish(self, generation: Generation, policy: RetryPolicy = retry.STEP) -> Generation | None:
+        """Carry out a decided outcome: capture or release the hold, then record the status.
+        Every part is idempotent, so while a dependency (billing, files, the database) is
+        unavailable the whole step is run again per ``policy``."""
+        return await retry.retried(partial(self._finish_once, generation), policy, "generation.finish")
+
+    async def _finish_once(self, generation: Generation) -> Generation | None:
         outcome = Status(generation.resolution)
         with self.span(f"generation.finish {outcome.value.lower()}", generation):
             if outcome is Status.CANCELED and generation.prediction_id:
@@ -166,7 +182,8 @@ class Saga:
                 call(
                     self.files.ReleaseFileReferences(
                         files_pb2.ReleaseFileReferencesRequest(generation_id=str(generation.id))
-                    )
+                    ),
+                    "files",
                 )
             ]
             if generation.hold_id:
@@ -194,7 +211,8 @@ class Saga:
                 files_pb2.DiscardGenerationResultsRequest(
                     user_id=generation.user_id, generation_id=str(generation.id)
                 )
-            )
+            ),
+            "files",
         )
 
     async def _settle_hold(self, generation: Generation, outcome: Status) -> None:
@@ -205,7 +223,8 @@ class Saga:
                         billing_pb2.CaptureHoldRequest(
                             hold_id=generation.hold_id, idempotency_key=capture_key(generation.id)
                         )
-                    )
+                    ),
+                    "billing",
                 )
             except FailedPrecondition:
                 # Only an expired hold refuses a capture: the sweeper was down past the deadline.
@@ -217,7 +236,8 @@ class Saga:
         await call(
             self.billing.ReleaseHold(
                 billing_pb2.ReleaseHoldRequest(hold_id=generation.hold_id, reason=reason)
-            )
+            ),
+            "billing",
         )
 
     async def cancel_prediction(self, generation: Generation, prediction_id: str) -> None:
@@ -243,7 +263,8 @@ class Saga:
                             idempotency_key=hold_key(generation.id),
                             reason="generation start abandoned",
                         )
-                    )
+                    ),
+                    "billing",
                 )
             except DomainError as error:
                 if error.reason is not Reason.INSUFFICIENT_TOKENS:
@@ -253,7 +274,8 @@ class Saga:
                 await call(
                     self.billing.ReleaseHold(
                         billing_pb2.ReleaseHoldRequest(hold_id=hold.id, reason="generation start abandoned")
-                    )
+                    ),
+                    "billing",
                 )
             async with self.db.transaction() as session:
                 await store.delete_starting(session, generation.id)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2
 
-from kit import telemetry
+from kit import retry, telemetry
 from kit.auth import Caller
 from kit.errors import Conflict, NotFound
 from kit.idempotency import ensure_same_request, request_fingerprint
@@ -97,21 +97,18 @@ async def start_generation(
 
 async def _price_and_check_files(saga: Saga, user_id: str, parsed: GenerationRequest) -> int:
     parameters = parsed.parameters
+    price = billing_pb2.EstimateCostRequest(
+        model=parameters.model,
+        quality=parameters.quality,
+        aspect_ratio=parameters.aspect_ratio,
+        num_images=parameters.num_images,
+    )
+    owned = files_pb2.CheckFileOwnershipRequest(user_id=user_id, file_ids=list(parsed.input_files))
+    # Reads: asked again (briefly) when billing or files cannot answer.
     estimate, ownership = await asyncio.gather(
-        call(
-            saga.billing.EstimateCost(
-                billing_pb2.EstimateCostRequest(
-                    model=parameters.model,
-                    quality=parameters.quality,
-                    aspect_ratio=parameters.aspect_ratio,
-                    num_images=parameters.num_images,
-                )
-            )
-        ),
-        call(
-            saga.files.CheckFileOwnership(
-                files_pb2.CheckFileOwnershipRequest(user_id=user_id, file_ids=list(parsed.input_files))
-            )
+        retry.retried(lambda: call(saga.billing.EstimateCost(price), "billing"), retry.REQUEST, "estimate"),
+        retry.retried(
+            lambda: call(saga.files.CheckFileOwnership(owned), "files"), retry.REQUEST, "ownership"
         ),
     )
     if ownership.missing_ids:
@@ -138,17 +135,18 @@ async def _hold_and_queue(saga: Saga, starting: Generation) -> Generation:
                 seconds=saga.settings.generation_deadline_seconds + saga.settings.hold_expiry_margin_seconds
             )
         )
-        hold = await call(
-            saga.billing.ReserveTokens(
-                billing_pb2.ReserveTokensRequest(
-                    user_id=user_id,
-                    amount=token_cost,
-                    generation_id=str(generation_id),
-                    idempotency_key=hold_key(generation_id),
-                    expires_in=expires_in,
-                    reason="AI image generation",
-                )
-            )
+        reserve = billing_pb2.ReserveTokensRequest(
+            user_id=user_id,
+            amount=token_cost,
+            generation_id=str(generation_id),
+            idempotency_key=hold_key(generation_id),
+            expires_in=expires_in,
+            reason="AI image generation",
+        )
+        # Keyed by the generation: a reservation that billing could not answer is asked again
+        # (briefly; past that the client gets 503 with Retry-After).
+        hold = await retry.retried(
+            lambda: call(saga.billing.ReserveTokens(reserve), "billing"), retry.REQUEST, "reserve tokens"
         )
     except BaseException:
         async with saga.db.transaction() as session:

@@ -14,14 +14,16 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 from opentelemetry import trace
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kit import telemetry
-from kit.errors import DomainError, FailedPrecondition, Reason
+from kit import retry, telemetry
+from kit.errors import DependencyUnavailable, DomainError, FailedPrecondition, Reason
 from kit.events import Event, EventConsumer, unpack
+from kit.retry import RetryPolicy
 from services.generation import events, store
 from services.generation.lifecycle import Status, is_terminal
 from services.generation.providers import OutputImage, ProviderError, ProviderRequest, Submission
@@ -103,13 +105,17 @@ async def _process(saga: Saga, generation: Generation) -> None:
     if submission.finished:
         await _store_and_complete(saga, generation, submission.outputs)
     else:
-        async with saga.db.transaction() as session:
-            saved = await store.set_prediction(
-                session,
-                generation.id,
-                submission.prediction_id,
-                saga.settings.replicate_poll_interval_seconds,
-            )
+
+        async def save_prediction() -> bool:
+            async with saga.db.transaction() as session:
+                return await store.set_prediction(
+                    session,
+                    generation.id,
+                    submission.prediction_id,
+                    saga.settings.replicate_poll_interval_seconds,
+                )
+
+        saved = await retry.retried(save_prediction, retry.STEP, "generation.save_prediction")
         if not saved:
             async with saga.db.autocommit() as session:
                 current = await store.get(session, generation.id)
@@ -125,9 +131,16 @@ async def _keep_lease(saga: Saga, generation_id: uuid.UUID, worker: asyncio.Task
     period = saga.settings.worker_lease_seconds / 3
     while True:
         await asyncio.sleep(period)
-        async with saga.db.transaction() as session:
-            await store.extend_lease(session, generation_id, saga.settings.worker_lease_seconds)
-            current = await store.get(session, generation_id)
+        try:
+            async with saga.db.transaction() as session:
+                await store.extend_lease(session, generation_id, saga.settings.worker_lease_seconds)
+                current = await store.get(session, generation_id)
+        except Exception as error:
+            if not retry.is_unavailable(error):
+                raise
+            # The database is unavailable: try again at the next period (the lease outlives two).
+            log.warning("could not renew the lease", extra={"generation_id": str(generation_id)})
+            continue
         if current is None or current.resolution:
             if worker is not None:
                 worker.cancel()
@@ -136,22 +149,10 @@ async def _keep_lease(saga: Saga, generation_id: uuid.UUID, worker: asyncio.Task
 
 async def _run_provider(saga: Saga, generation: Generation) -> Submission:
     inputs = list(generation.product_image_files) + list(generation.model_image_files)
-    acquire = call(
-        saga.files.AcquireFileReferences(
-            files_pb2.AcquireFileReferencesRequest(
-                user_id=generation.user_id, generation_id=str(generation.id), file_ids=inputs
-            )
-        )
+    # Pinning is idempotent and reading is a read: both are done again while files is unavailable.
+    contents = await retry.retried(
+        partial(_pin_and_read, saga, generation, inputs), retry.STEP, "generation.read_inputs"
     )
-    # Pinning and reading at once (one round trip of latency instead of two): a file deleted
-    # before the pin fails its read or the pin, and either failure stops the job before the provider.
-    outcomes = await asyncio.gather(
-        acquire, *(_read_file(saga, generation, f) for f in inputs), return_exceptions=True
-    )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    contents: list[bytes] = outcomes[1:]  # type: ignore[assignment]
     products = contents[: len(generation.product_image_files)]
     models = contents[len(generation.product_image_files) :]
     provider = saga.provider_for(generation)
@@ -183,13 +184,33 @@ async def _run_provider(saga: Saga, generation: Generation) -> Submission:
                 span.set_attribute("stylestudio.generation.error", error.reason.value)
                 if not error.transient or try_number >= settings.provider_max_attempts:
                     raise
-        delay = min(
-            settings.provider_retry_backoff_seconds * 2 ** (try_number - 1),
-            settings.provider_retry_backoff_max_seconds,
-        )
+        delay = RetryPolicy(
+            first_delay=settings.provider_retry_backoff_seconds,
+            max_delay=settings.provider_retry_backoff_max_seconds,
+        ).delay(try_number)  # the platform's full jitter, bounded by provider_max_attempts
         log.info("provider failed transiently, retrying", extra={"generation_id": str(generation.id)})
         await asyncio.sleep(delay)
         try_number += 1
+
+
+async def _pin_and_read(saga: Saga, generation: Generation, inputs: list[str]) -> list[bytes]:
+    acquire = call(
+        saga.files.AcquireFileReferences(
+            files_pb2.AcquireFileReferencesRequest(
+                user_id=generation.user_id, generation_id=str(generation.id), file_ids=inputs
+            )
+        ),
+        "files",
+    )
+    # Pinning and reading at once (one round trip of latency instead of two): a file deleted
+    # before the pin fails its read or the pin, and either failure stops the job before the provider.
+    outcomes = await asyncio.gather(
+        acquire, *(_read_file(saga, generation, f) for f in inputs), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes[1:]  # type: ignore[return-value]
 
 
 async def _read_file(saga: Saga, generation: Generation, file_id: str) -> bytes:
@@ -204,7 +225,9 @@ async def _read_file(saga: Saga, generation: Generation, file_id: str) -> bytes:
                 chunks.append(message.chunk)
 
     try:
-        await call(collect())
+        await call(collect(), "files")
+    except DependencyUnavailable:
+        raise  # files (or its database) is unavailable: the caller waits for it, the job stands
     except DomainError as error:
         if error.reason is Reason.NOT_FOUND:
             raise ProviderError(
@@ -252,18 +275,20 @@ async def _store_and_complete(saga: Saga, generation: Generation, outputs: Seque
         return
     await saga.checkpoint(generation, "before_store")
     with saga.span("generation.store_results", generation):
+        results = files_pb2.StoreGenerationResultsRequest(
+            user_id=generation.user_id,
+            generation_id=str(generation.id),
+            images=[
+                files_pb2.GeneratedImage(content=o.content, content_type=o.content_type) for o in outputs
+            ],
+        )
         try:
-            stored = await call(
-                saga.files.StoreGenerationResults(
-                    files_pb2.StoreGenerationResultsRequest(
-                        user_id=generation.user_id,
-                        generation_id=str(generation.id),
-                        images=[
-                            files_pb2.GeneratedImage(content=o.content, content_type=o.content_type)
-                            for o in outputs
-                        ],
-                    )
-                )
+            # Stored once per generation by files: asked again while files is unavailable,
+            # rather than the provider's work being thrown away and done again.
+            stored = await retry.retried(
+                lambda: call(saga.files.StoreGenerationResults(results), "files"),
+                retry.STEP,
+                "generation.store_results",
             )
         except FailedPrecondition:
             # Files refuses the results of a generation whose outcome's finish discarded them

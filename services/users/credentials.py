@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.credential_state import CredentialState, CredentialStates, CredentialStateStore
 from kit.db import Database
-from kit.errors import ProviderUnavailable
+from kit.errors import DependencyUnavailable
 from services.users import store
 from services.users.settings import UsersSettings
 
@@ -57,8 +57,8 @@ class Credentials:
         try:
             await self._store.forget(str(user_id))
         except (RedisError, OSError) as error:
-            raise ProviderUnavailable(
-                "Cannot record this change right now; try again shortly", retry_after_seconds=1
+            raise DependencyUnavailable(
+                "redis", "Cannot record this change right now; try again shortly"
             ) from error
         return state
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from kit.access import UserLookup, credential_state_lookup
 from kit.auth import UserTokenVerifier
-from kit.errors import ProviderUnavailable
+from kit.errors import DependencyUnavailable
 from kit.server import Registration, Runtime, ServiceDefinition
 from kit.tokens import AccessTokenVerifier, ApiKeyVerifier, bearer_verifier
 from services.users import accounts, api, models
@@ -91,7 +91,7 @@ def local_user_verifier(runtime: Runtime) -> UserTokenVerifier:
         try:
             return await p.keys.public_jwks()
         except sa.exc.SQLAlchemyError as error:
-            raise ProviderUnavailable("The key store is unavailable") from error
+            raise DependencyUnavailable("database", "The key store is unavailable") from error
 
     # API keys are not cached here: a revoked key or a downgraded plan takes effect at once.
     return bearer_verifier(

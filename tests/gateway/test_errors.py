@@ -6,12 +6,15 @@ import httpx
 import pytest
 
 from gateway.errors import HTTP_STATUS_BY_CODE
+from kit.errors import TRANSPORT_FAILURES
 from tests.gateway.conftest import TEST_MAX_BODY_BYTES, USER
 
 CODE_CASES = [
     (code.name, status)
     for code, status in HTTP_STATUS_BY_CODE.items()
-    if code.name not in ("OK", "CANCELLED")  # CANCELLED is the client going away, never an answer
+    # CANCELLED is the client going away, never an answer; UNAVAILABLE and DEADLINE_EXCEEDED
+    # without ErrorInfo are transport failures (test_a_transport_failure_is_503_...).
+    if code.name not in ("OK", "CANCELLED") and code not in TRANSPORT_FAILURES
 ]
 
 
@@ -43,6 +46,7 @@ REASON_CASES = [
     ("INVALID_ARGUMENT", "VALIDATION_ERROR", 400),
     ("INTERNAL", "PROCESSING_ERROR", 500),
     ("UNAVAILABLE", "PROVIDER_UNAVAILABLE", 503),
+    ("UNAVAILABLE", "SERVICE_UNAVAILABLE", 503),
 ]
 
 
@@ -91,6 +95,37 @@ async def test_rate_limited_without_retry_info_still_says_when_to_retry(echo: ht
     response = await echo.post("/v1/fail", json={"code": "RESOURCE_EXHAUSTED", "reason": "RATE_LIMITED"})
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "http_status"),
+    [
+        ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", 429),
+        ("UNAVAILABLE", "SERVICE_UNAVAILABLE", 503),
+        ("UNAVAILABLE", "PROVIDER_UNAVAILABLE", 503),
+    ],
+)
+async def test_every_429_and_503_says_when_to_retry(
+    echo: httpx.AsyncClient, code: str, reason: str, http_status: int
+) -> None:
+    response = await echo.post("/v1/fail", json={"code": code, "reason": reason})
+    assert response.status_code == http_status
+    assert int(response.headers["retry-after"]) > 0
+
+
+@pytest.mark.parametrize("code", ["UNAVAILABLE", "DEADLINE_EXCEEDED"])
+async def test_a_transport_failure_is_503_naming_the_service_never_a_provider(
+    echo: httpx.AsyncClient, code: str
+) -> None:
+    # No ErrorInfo: the status did not come from the service's code (a refused or dropped
+    # connection, a call that timed out).
+    response = await echo.post("/v1/fail", json={"code": code, "message": "connect failed 10.1.2.3:50051"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    error = response.json()["error"]
+    assert (error["status"], error["reason"]) == ("UNAVAILABLE", "SERVICE_UNAVAILABLE")
+    assert error["details"] == {"dependency": "echo"}
+    assert error["message"] == "The echo service is unavailable; try again shortly"
 
 
 async def test_failed_precondition_without_a_reason_is_400(echo: httpx.AsyncClient) -> None:

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from kit.auth import Caller, CallerKind
 from kit.credential_state import CredentialState, CredentialStates, CredentialStateStore
-from kit.errors import ProviderUnavailable, Unauthenticated
+from kit.errors import DependencyUnavailable, Unauthenticated
 from kit.tokens import ApiKeyVerifier
 from tests.harness.platform import free_port
 
@@ -76,10 +76,10 @@ async def test_an_unreachable_redis_asks_the_users_service_and_nothing_answering
         assert await states.current("u1") == truth
 
         async def users_service_down(user_id: str) -> CredentialState:
-            raise ProviderUnavailable("Cannot check your credentials right now")
+            raise DependencyUnavailable("users", "Cannot check your credentials right now")
 
         refusing = CredentialStates(CredentialStateStore(dead, _prefix()), users_service_down)
-        with pytest.raises(ProviderUnavailable):
+        with pytest.raises(DependencyUnavailable):
             await refusing.current("u1")
     finally:
         await dead.aclose()

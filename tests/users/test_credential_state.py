@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from kit.db import Database
-from kit.errors import ProviderUnavailable
+from kit.errors import DependencyUnavailable
 from kit.events import Outbox
 from services.users import models, store
 from services.users.credentials import Credentials
@@ -50,7 +50,7 @@ async def test_a_change_redis_cannot_hear_of_is_refused_and_rolled_back(users_db
     try:
         credentials = Credentials(users_db, dead, UsersSettings())
         profiles = Profiles(users_db, Outbox("users", models.outbox), credentials)
-        with pytest.raises(ProviderUnavailable):
+        with pytest.raises(DependencyUnavailable):
             await profiles.set_plan_and_role(user.id, plan="pro", role="admin", changed_by="test")
     finally:
         await dead.aclose()
