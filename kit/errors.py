@@ -190,13 +190,17 @@ class DependencyUnavailable(DomainError):
     ) -> None:
         details = dict(kwargs.pop("details", None) or {})  # type: ignore[call-overload]
         details.setdefault("dependency", dependency)
-        self.dependency = dependency
         super().__init__(
             message or unavailable_message(dependency),
             details=details,
             retry_after_seconds=retry_after_seconds,
             **kwargs,  # type: ignore[arg-type]
         )
+
+    @property
+    def dependency(self) -> str:
+        """ "database", "redis" or a service's name (also when rebuilt from a call's ErrorInfo)."""
+        return str(self.details.get("dependency", ""))
 
 
 def unavailable_message(dependency: str) -> str:
