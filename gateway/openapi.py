@@ -82,7 +82,7 @@ ERROR_SCHEMA: Schema = {
                     "description": "UNAUTHORIZED, FORBIDDEN, NOT_FOUND, VALIDATION_ERROR, "
                     "INSUFFICIENT_TOKENS, FILE_TOO_LARGE, INVALID_FILE_TYPE, RATE_LIMITED, "
                     "QUOTA_EXCEEDED, FEATURE_NOT_IN_PLAN, PROCESSING_ERROR, PROVIDER_UNAVAILABLE, "
-                    "CONFLICT, INTERNAL",
+                    "SERVICE_UNAVAILABLE, CONFLICT, INTERNAL",
                 },
                 "message": {"type": "string"},
                 "details": {"type": "object", "additionalProperties": {"type": "string"}},

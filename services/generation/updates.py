@@ -17,6 +17,9 @@ from collections.abc import Iterator
 
 from redis.asyncio import Redis
 
+from kit import retry
+from kit.retry import Backoff
+
 log = logging.getLogger("stylestudio.generation.updates")
 
 
@@ -49,7 +52,7 @@ class UpdateHub:
 
     async def run(self, poll_seconds: float = 1.0) -> None:
         """Receive notifications until cancelled, reconnecting after an outage."""
-        backoff = 0.1
+        backoff = Backoff(retry.LOOP)
         while True:
             pubsub = self._redis.pubsub()
             try:
@@ -58,13 +61,12 @@ class UpdateHub:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_seconds)
                     if message is not None and message.get("type") == "pmessage":
                         self._deliver(message["channel"], message["data"])
-                    backoff = 0.1
+                    backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.warning("update notifications interrupted", extra={"error": type(error).__name__})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.wait()
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pubsub.aclose())

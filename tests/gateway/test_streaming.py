@@ -70,7 +70,9 @@ async def test_sse_failure_after_the_first_event_is_an_error_event(echo: httpx.A
     assert [data["n"] for kind, data in events if kind == "message"] == [1, 2, 3]
     kind, data = events[-1]
     assert kind == "error"
-    assert data["error"]["status"] == "UNAVAILABLE"
+    # UNAVAILABLE without ErrorInfo (the stream broke in transport): the service named, no provider.
+    assert (data["error"]["status"], data["error"]["reason"]) == ("UNAVAILABLE", "SERVICE_UNAVAILABLE")
+    assert data["error"]["details"] == {"dependency": "echo"}
 
 
 async def test_sse_failure_before_the_first_event_is_a_json_error(echo: httpx.AsyncClient) -> None:
