@@ -146,5 +146,7 @@ async def unreachable(echo_build: EchoBuild) -> AsyncIterator[httpx.AsyncClient]
 async def test_a_service_that_cannot_be_reached_is_503_in_plain_words(unreachable: httpx.AsyncClient) -> None:
     response = await unreachable.get("/v1/things/x")
     error = refused(response, 503)
-    assert error["message"] == "A service is unavailable; try again"
+    assert error["reason"] == "SERVICE_UNAVAILABLE" and error["details"] == {"dependency": "echo"}
+    assert error["message"] == "The echo service is unavailable; try again shortly"
+    assert response.headers["retry-after"] == "1"
     assert "127.0.0.1" not in response.text and "connect" not in response.text
