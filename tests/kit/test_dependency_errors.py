@@ -17,6 +17,8 @@ import pytest
 import redis.exceptions
 import sqlalchemy as sa
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -30,7 +32,6 @@ from kit.errors import (
     from_rpc_error,
     service_of,
 )
-from kit.infra import SINGLE_ATTEMPT
 from services.users.service import definition as users_definition
 from services.users.settings import UsersSettings
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
@@ -152,7 +153,7 @@ async def test_what_the_database_refuses_for_a_reason_of_its_own_is_not_unavaila
 
 
 async def test_redis_gone_or_silent_or_loading_is_redis_unavailable() -> None:
-    dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=SINGLE_ATTEMPT)
+    dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), retries=0))
     with socket.socket() as silent_listener:  # accepts (the kernel's backlog), never answers
         silent_listener.bind(("127.0.0.1", 0))
         silent_listener.listen(1)
@@ -160,7 +161,7 @@ async def test_redis_gone_or_silent_or_loading_is_redis_unavailable() -> None:
             port=silent_listener.getsockname()[1],
             socket_connect_timeout=0.5,
             socket_timeout=0.3,
-            retry=SINGLE_ATTEMPT,
+            retry=Retry(NoBackoff(), retries=0),
         )
         try:
             with pytest.raises(redis.exceptions.ConnectionError) as refused:
