@@ -122,7 +122,9 @@ class Saga:
 
     # --- outcomes ------------------------------------------------------------------------
 
-    async def fail(self, generation: Generation, reason: Reason | str, message: str) -> Generation | None:
+    async def fail(
+        self, generation: Generation, reason: Reason | str, message: str, policy: RetryPolicy = retry.STEP
+    ) -> Generation | None:
         """Decide FAILED (if nobody decided yet) and give the tokens back."""
 
         async def decide() -> Generation | None:
@@ -131,11 +133,11 @@ class Saga:
                     session, generation.id, Status.FAILED, reason=str(reason), message=message
                 )
 
-        decided = await retry.retried(decide, retry.STEP, "generation.decide")
+        decided = await retry.retried(decide, policy, "generation.decide")
         if decided is None:
             return None
         log.info("generation failing", extra={"generation_id": str(generation.id), "reason": str(reason)})
-        return await self.finish(decided)
+        return await self.finish(decided, policy)
 
     async def complete(self, generation: Generation, result_files: Sequence[str]) -> Generation | None:
         async def decide() -> Generation | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kit import retry
 from kit.errors import Reason
 from kit.logs import describe_error
 from services.generation import events, store
@@ -19,6 +20,9 @@ from services.generation.saga import Generation, Saga
 from services.generation.worker import DEADLINE_MESSAGE
 
 log = logging.getLogger("stylestudio.generation.sweeper")
+# A step the sweeper runs waits little for a dependency that is down: the next pass tries
+# again, and one pass is not held up for a minute by an outage.
+SWEEP_POLICY = retry.REQUEST
 
 
 async def sweep_forever(saga: Saga) -> None:
@@ -63,12 +67,12 @@ async def _guard(action: object, generation: Generation, what: str) -> None:
 
 async def _expire(saga: Saga, generation: Generation) -> None:
     with saga.span("generation.sweep deadline", generation, join_saga=True):
-        await saga.fail(generation, Reason.PROVIDER_UNAVAILABLE, DEADLINE_MESSAGE)
+        await saga.fail(generation, Reason.PROVIDER_UNAVAILABLE, DEADLINE_MESSAGE, SWEEP_POLICY)
 
 
 async def _finish(saga: Saga, generation: Generation) -> None:
     with saga.span("generation.sweep finish", generation, join_saga=True):
-        await saga.finish(generation)
+        await saga.finish(generation, SWEEP_POLICY)
 
 
 async def _requeue(saga: Saga, generation: Generation) -> None:
