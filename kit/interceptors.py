@@ -43,10 +43,12 @@ from kit.auth import (
     reset_caller,
 )
 from kit.errors import (
+    TRANSPORT_FAILURES,
     DomainError,
     Unauthenticated,
     ValidationError,
     dependency_failure,
+    from_rpc_error,
     internal_status,
     to_rpc_status,
 )
@@ -334,6 +336,10 @@ def _mapped(failure: Exception) -> Exception:
     error = validation.database_refusal(failure)
     if isinstance(error, DomainError):
         return error
+    if isinstance(error, grpc.aio.AioRpcError) and error.code() in TRANSPORT_FAILURES:
+        # A call to another service that a handler let through: that service is unavailable
+        # (callers that know which pass kit.errors.from_rpc_error the name).
+        return from_rpc_error(error)
     unavailable = dependency_failure(error)
     if unavailable is None:
         return error

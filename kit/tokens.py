@@ -302,7 +302,10 @@ def users_service_verifier(
         return auth_pb2_grpc.AuthServiceStub(channel_for_users())
 
     async def fetch_jwks() -> list[dict[str, str]]:
-        response = await stub().GetJwks(auth_pb2.GetJwksRequest())
+        try:
+            response = await stub().GetJwks(auth_pb2.GetJwksRequest())
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "users") from error  # unreachable: 503 naming users
         return [
             {"kty": k.kty, "crv": k.crv, "x": k.x, "y": k.y, "kid": k.kid, "alg": k.alg, "use": k.use}
             for k in response.keys
