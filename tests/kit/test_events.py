@@ -297,3 +297,40 @@ async def test_a_failing_credential_check_ends_as_internal_with_its_span_ended(
     assert server_span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
     assert server_span.status.status_code is StatusCode.ERROR
     await _write_note(client, "after")  # the caller and trace context of the failed call were reset
+
+
+async def test_a_handler_whose_dependency_is_down_is_retried_in_place_and_a_bug_is_not(
+    note_service, client
+) -> None:
+    """An outage of a dependency (here: billing refusing, twice) is waited for by the consumer
+    (kit.retry.STEP), so the event is handled and acknowledged without waiting for a claim
+    and without spending its deliveries; a handler's bug stays pending at once."""
+    from kit.errors import DependencyUnavailable
+
+    calls: dict[str, int] = {}
+
+    async def handle(session: object, event: Event) -> None:
+        text = unpack(event, wrappers_pb2.StringValue).value  # type: ignore[attr-defined]
+        calls[text] = calls.get(text, 0) + 1
+        if text == "outage" and calls[text] <= 2:
+            raise DependencyUnavailable("billing")
+        if text == "bug":
+            raise ZeroDivisionError("a bug")
+
+    consumer = _consumer(note_service, "outage-test", "member-1")
+    consumer.on(STREAM, NOTE_EVENT, handle)
+    runtime = note_service.runtime
+    key = stream_key(runtime.settings.redis_prefix, STREAM)  # type: ignore[union-attr]
+    await consumer.ensure_groups()
+    await runtime.redis.xgroup_setid(key, "outage-test", id="$")  # type: ignore[union-attr]
+    await _write_note(client, "outage")
+    await _write_note(client, "bug")
+
+    async def both_seen() -> bool:
+        await consumer.consume_once(block_ms=100)
+        return "outage" in calls and "bug" in calls
+
+    await _until(both_seen)
+    assert calls == {"outage": 3, "bug": 1}
+    pending = await runtime.redis.xpending(key, "outage-test")  # type: ignore[union-attr]
+    assert pending["pending"] == 1  # the bug's event, left for a later delivery
