@@ -199,12 +199,13 @@ class DependencyUnavailable(DomainError):
 
     @property
     def dependency(self) -> str:
-        """ "database", "redis" or a service's name (also when rebuilt from a call's ErrorInfo)."""
+        """Which dependency: "database", "redis" or a service's name (from the details, so
+        also when the error was rebuilt from a call's ErrorInfo)."""
         return str(self.details.get("dependency", ""))
 
 
 def unavailable_message(dependency: str) -> str:
-    what = f"The {dependency}" if dependency in ("database", "redis") else f"The {dependency} service"
+    what = {"database": "The database", "redis": "Redis"}.get(dependency, f"The {dependency} service")
     return f"{what} is unavailable; try again shortly"
 
 
@@ -344,7 +345,9 @@ def dependency_failure(error: BaseException) -> DependencyUnavailable | None:
         dependency = _dependency_of(current)
         if dependency:
             return DependencyUnavailable(dependency)
-        current = current.__cause__ or current.__context__
+        # Only what it was raised *from*: an error raised while handling another (its
+        # __context__) may mean something else entirely (a fallback's constraint violation).
+        current = current.__cause__
     return None
 
 

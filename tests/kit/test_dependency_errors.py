@@ -175,7 +175,7 @@ async def test_redis_gone_or_silent_or_loading_is_redis_unavailable() -> None:
     for error in (refused.value, timed_out.value, loading):
         found = dependency_failure(error)
         assert found is not None and found.details == {"dependency": "redis"}, type(error)
-        assert found.message == "The redis is unavailable; try again shortly"
+        assert found.message == "Redis is unavailable; try again shortly"
     assert dependency_failure(redis.exceptions.ResponseError("WRONGTYPE")) is None
     assert dependency_failure(redis.exceptions.AuthenticationError("invalid password")) is None
 
