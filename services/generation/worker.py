@@ -138,7 +138,8 @@ async def _keep_lease(saga: Saga, generation_id: uuid.UUID, worker: asyncio.Task
         except Exception as error:
             if not retry.is_unavailable(error):
                 raise
-            # The database is unavailable: try again at the next period (the lease outlives two).
+            # The database is unavailable: try again next period (one or two missed renewals
+            # leave the lease valid).
             log.warning("could not renew the lease", extra={"generation_id": str(generation_id)})
             continue
         if current is None or current.resolution:
