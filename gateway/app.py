@@ -122,7 +122,9 @@ class Gateway:
         missing = [service for service in self.api.services if service not in targets]
         if missing:
             raise ValueError(f"no gRPC target configured for {', '.join(missing)}")
-        self.backends = Backends(targets, TransportSecurity.from_settings(settings))
+        self.backends = Backends(
+            targets, TransportSecurity.from_settings(settings), settings.grpc_keepalive_ms
+        )
         self.health_targets = dict(health_targets or _health_targets(targets))
         self.readiness: Readiness | None = None
         self.dashboard = Dashboard(

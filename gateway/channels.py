@@ -15,16 +15,22 @@ from typing import Any
 import grpc
 
 from gateway.descriptors import ApiMethod
-from kit.clients import CHANNEL_OPTIONS
+from kit.clients import DEFAULT_KEEPALIVE_MS, channel_options
 from kit.tls import TransportSecurity, dial
 
 
 class Backends:
     """The channels to the services: TLS (with the gateway's certificate) when ``security`` is given."""
 
-    def __init__(self, targets: Mapping[str, str], security: TransportSecurity | None = None) -> None:
+    def __init__(
+        self,
+        targets: Mapping[str, str],
+        security: TransportSecurity | None = None,
+        keepalive_ms: int = DEFAULT_KEEPALIVE_MS,
+    ) -> None:
         self.targets = dict(targets)
         self._security = security
+        self._options = channel_options(keepalive_ms)  # the services accept these pings (kit.server)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def open(self) -> None:
@@ -37,7 +43,7 @@ class Backends:
     def channel_to(self, target: str) -> grpc.aio.Channel:
         """The channel to ``target`` (health checks share the backends' channels)."""
         if target not in self._channels:
-            self._channels[target] = dial(target, self._security, CHANNEL_OPTIONS)
+            self._channels[target] = dial(target, self._security, self._options)
         return self._channels[target]
 
     def callable_for(self, method: ApiMethod) -> Any:

@@ -21,15 +21,29 @@ from kit.tls import TransportSecurity, dial
 StubT = TypeVar("StubT")
 _tracer = trace.get_tracer("stylestudio.rpc")
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-    ("grpc.max_send_message_length", 32 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    # A restarted peer (deploy, crash) is found again within ~2 s, not after minutes of backoff.
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
-]
+# How often a connection with calls open is pinged (both ends read it: kit.server's ping policy
+# accepts pings at half this interval, so clients and servers cannot drift apart).
+# STYLESTUDIO_GRPC_KEEPALIVE_MS (PlatformSettings.grpc_keepalive_ms) overrides it.
+DEFAULT_KEEPALIVE_MS = 30_000
+
+
+def channel_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, int]]:
+    """The options of every channel the platform opens (services, gateway, harness)."""
+    return [
+        ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+        ("grpc.max_send_message_length", 32 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        # gRPC's default (2) stops pinging after two pings until the client sends data: a
+        # quiet watch stream would go unchecked for its whole life. The servers accept it.
+        ("grpc.http2.max_pings_without_data", 0),
+        # A restarted peer (deploy, crash) is found again within ~2 s, not after minutes of backoff.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+CHANNEL_OPTIONS = channel_options()
 
 
 class _CallDefaults:
@@ -144,9 +158,10 @@ def open_channel(
     credentials: ServiceCredentials | None = None,
     deadline_seconds: float = 10.0,
     security: TransportSecurity | None = None,
+    keepalive_ms: int = DEFAULT_KEEPALIVE_MS,
 ) -> TracedChannel:
     """A channel to ``target``: plaintext, or TLS (mutual when ``security`` has a certificate)."""
-    channel = dial(target, security, CHANNEL_OPTIONS)
+    channel = dial(target, security, channel_options(keepalive_ms))
     return TracedChannel(channel, _CallDefaults(credentials, deadline_seconds))
 
 
@@ -167,6 +182,7 @@ class ServiceClients:
                 self._credentials,
                 self._settings.rpc_deadline_seconds,
                 self._security,
+                self._settings.grpc_keepalive_ms,
             )
         return self._channels[service]
 

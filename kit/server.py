@@ -32,7 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from kit import budget, migrations, telemetry
 from kit.access import UserLookup, credential_state_lookup, method_access
 from kit.auth import ServiceCredentials, UserTokenVerifier
-from kit.clients import CHANNEL_OPTIONS, ServiceClients
+from kit.clients import DEFAULT_KEEPALIVE_MS, ServiceClients, channel_options
 from kit.credential_state import CredentialStates, CredentialStateStore
 from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
@@ -45,9 +45,30 @@ from kit.tokens import users_service_states, users_service_verifier
 
 log = logging.getLogger("stylestudio.server")
 
-# gRPC sets SO_REUSEPORT by default, so a second process started on a port already in use
-# shares it silently and takes some of its calls; this makes that a failure at start-up.
-SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+
+
+def server_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, int]]:
+    """The options of every gRPC server of the platform, for clients pinging every ``keepalive_ms``.
+
+    gRPC's default server policy takes a ping less than 5 minutes after the previous one (while
+    a call is open and the server sends nothing) as a strike, and closes the whole connection
+    with GOAWAY "too_many_pings" at the third: a quiet watch stream pinged every 30 s lost its
+    connection, and every call on it, after 90 s. Pings are accepted here at half the clients'
+    interval (timers drift; a real abuser still gets struck), and on a connection without calls.
+    (``grpc.http2.min_ping_interval_without_data_ms`` is the receiving side's minimum; the
+    similarly named ``grpc.http2.min_recv_ping_interval_without_data_ms`` is no option of gRPC's.)
+    """
+    return [
+        *channel_options(keepalive_ms),  # a server pings its clients the same way
+        ("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms // 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC sets SO_REUSEPORT by default, so a second process started on a port already in
+        # use shares it silently and takes some of its calls; this makes that a failure at start-up.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+SERVER_OPTIONS = server_options()
 
 
 @dataclass
@@ -194,7 +215,7 @@ class RunningService:
         access = method_access(r.service for r in registrations)
         server = grpc.aio.server(
             interceptors=[KitServerInterceptor(authenticator, access)],
-            options=SERVER_OPTIONS,
+            options=server_options(settings.grpc_keepalive_ms),
         )
         for registration in registrations:
             registration.add_to_server(registration.servicer, server)
@@ -233,7 +254,7 @@ class RunningService:
 
     async def _serve_health_only(self, address: str) -> None:
         """The probes' port: the same health statuses, no other service, no TLS."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=server_options(self.definition.settings.grpc_keepalive_ms))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.health_port = server.add_insecure_port(address)
         if self.health_port == 0:

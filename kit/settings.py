@@ -132,6 +132,9 @@ class PlatformSettings(BaseSettings):
     grpc_tls_key_file: str = ""
     grpc_tls_ca_file: str = ""
     grpc_tls_require_client_cert: bool = True
+    # How often every gRPC connection with calls open is pinged; the services accept pings at
+    # half this interval (kit/clients.py channel_options, kit/server.py server_options).
+    grpc_keepalive_ms: int = Field(default=30_000, ge=100)
 
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
