@@ -14,6 +14,8 @@ Once the caller may call it, the request (each message of a client stream) is ch
 against its descriptor (kit.validation: control characters, enum numbers, integer bounds).
 A ``DomainError`` raised by a handler becomes its gRPC status with ErrorInfo; any
 other exception becomes INTERNAL with no detail leaked to the caller.
+Before any of it, admission control (kit.admission) refuses a call from outside when the
+process already runs as many as it may; such a call is not authenticated, only logged.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from opentelemetry.trace import SpanKind
 
 from kit import telemetry, validation
 from kit.access import UNDECLARED, MethodAccess, UserLookup, acting_for_user, authorize
+from kit.admission import UNLIMITED, InFlightLimiter
 from kit.auth import (
     ANONYMOUS,
     Caller,
@@ -137,9 +140,15 @@ class Authenticator:
 
 
 class KitServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, access: Mapping[str, MethodAccess]) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        access: Mapping[str, MethodAccess],
+        admission: InFlightLimiter = UNLIMITED,
+    ) -> None:
         self._authenticator = authenticator
         self._access = access
+        self._admission = admission
         # Wrapped handlers are built once per method: nothing per call but the call itself.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -160,7 +169,7 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        call = _Call(self._authenticator, method, self._access.get(method, UNDECLARED))
+        call = _Call(self._authenticator, method, self._access.get(method, UNDECLARED), self._admission)
         handler = validation.checking(handler, method)  # every request message, after the access check
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -190,15 +199,28 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
 class _Call:
     """The per-method wrapper: binds context, checks access, maps errors, logs one line."""
 
-    def __init__(self, authenticator: Authenticator, method: str, access: MethodAccess) -> None:
+    def __init__(
+        self, authenticator: Authenticator, method: str, access: MethodAccess, admission: InFlightLimiter
+    ) -> None:
         self._authenticator, self._method, self._access = authenticator, method, access
+        self._admission = admission
         self._attributes = telemetry.rpc_attributes(method)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            state, auth_error = await self._enter(context)
+            admitted = self._admission.admits(self._access)
+            if admitted:  # held until the call ends, however it ends
+                self._admission.enter()
+            try:
+                state, auth_error = await self._enter(context, authenticate=admitted)
+            except BaseException:  # canceled while authenticating
+                if admitted:
+                    self._admission.leave()
+                raise
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
+                if not admitted:
+                    raise self._admission.refusal()
                 self._check(auth_error)
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
@@ -212,15 +234,21 @@ class _Call:
                     telemetry.record_error(state.span, error)
                 await self._abort(error, code, context)
             finally:
+                if admitted:
+                    self._admission.leave()
                 self._exit(state, started, code)
 
         return run
 
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            state, auth_error = await self._enter(context)
+            # Checked on entry; a stream mostly waits, so it holds no place (kit.admission).
+            admitted = self._admission.admits(self._access)
+            state, auth_error = await self._enter(context, authenticate=admitted)
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
+                if not admitted:
+                    raise self._admission.refusal()
                 self._check(auth_error)
                 responses = behavior(request, context)
                 if hasattr(responses, "__aiter__"):
@@ -256,7 +284,9 @@ class _Call:
             log.error("unhandled error", extra={"rpc": self._method}, exc_info=error)
             await context.abort_with_status(internal_status())
 
-    async def _enter(self, context: grpc.aio.ServicerContext) -> tuple[_CallState, Exception | None]:
+    async def _enter(
+        self, context: grpc.aio.ServicerContext, *, authenticate: bool = True
+    ) -> tuple[_CallState, Exception | None]:
         metadata = {
             key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
         }
@@ -277,11 +307,13 @@ class _Call:
             request_id_var.set(request_id),
         )
         auth_error: Exception | None = None
-        try:
-            state.relayed_token = bind_relayed(self._authenticator.relayed_by_gateway(metadata))
-            caller = await self._authenticator.caller_from(metadata, self._method, self._access)
-        except Exception as error:  # raised inside the call's try, so it is mapped, logged and ended there
-            auth_error, caller = error, ANONYMOUS
+        caller = ANONYMOUS
+        if authenticate:  # a call admission control refused spends nothing on its credentials
+            try:
+                state.relayed_token = bind_relayed(self._authenticator.relayed_by_gateway(metadata))
+                caller = await self._authenticator.caller_from(metadata, self._method, self._access)
+            except Exception as error:  # raised inside the call's try: mapped, logged and ended there
+                auth_error, caller = error, ANONYMOUS
         if caller.kind is CallerKind.USER:
             span.set_attribute(telemetry.ATTR_USER_ID, caller.subject)
         service = caller.acting_service or (caller.subject if caller.kind is CallerKind.SERVICE else "")

@@ -31,6 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from kit import budget, migrations, telemetry
 from kit.access import UserLookup, credential_state_lookup, method_access
+from kit.admission import InFlightLimiter
 from kit.auth import ServiceCredentials, UserTokenVerifier
 from kit.clients import DEFAULT_KEEPALIVE_MS, ServiceClients, channel_options
 from kit.credential_state import CredentialStates, CredentialStateStore
@@ -44,7 +45,6 @@ from kit.tls import TransportSecurity, listen
 from kit.tokens import users_service_states, users_service_verifier
 
 log = logging.getLogger("stylestudio.server")
-
 
 
 def server_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, int]]:
@@ -170,6 +170,7 @@ class RunningService:
         self.health = health.aio.HealthServicer()
         self.port: int = 0
         self.health_port: int = 0
+        self.admission = InFlightLimiter(None, 1.0, definition.name)
         self._tasks: list[asyncio.Task[None]] = []
         self._service_names: list[str] = []
         self._at_head = False
@@ -213,8 +214,11 @@ class RunningService:
         registrations = d.register(runtime)
         authenticator = Authenticator(credentials, d.user_verifier(runtime), d.user_lookup(runtime))
         access = method_access(r.service for r in registrations)
+        self.admission = InFlightLimiter(
+            settings.in_flight_limit, settings.admission_retry_after_seconds, d.name
+        )
         server = grpc.aio.server(
-            interceptors=[KitServerInterceptor(authenticator, access)],
+            interceptors=[KitServerInterceptor(authenticator, access, self.admission)],
             options=server_options(settings.grpc_keepalive_ms),
         )
         for registration in registrations:

@@ -237,9 +237,24 @@ class ServiceSettings(PlatformSettings):
     # probes that cannot speak TLS (the kubelet's gRPC probe); empty: none.
     health_addr: str = ""
 
+    # Admission control (kit/admission.py): at most this many calls from outside (PUBLIC, USER,
+    # ADMIN) run at once in this process; past it a new one is refused at once with RATE_LIMITED
+    # and Retry-After. Unset: twice what the database pool can lend (db_pool_size +
+    # db_max_overflow); 0 or less: no limit. INTERNAL calls are never refused (they finish work
+    # already accepted) but count.
+    max_in_flight_rpcs: int | None = None
+    admission_retry_after_seconds: float = Field(default=1.0, ge=0.0)
+
     @property
     def listen_addr(self) -> str:
         return self.address_of(self.service_name)
+
+    @property
+    def in_flight_limit(self) -> int | None:
+        """The cap admission control applies (None: none)."""
+        if self.max_in_flight_rpcs is None:
+            return 2 * (self.db_pool_size + self.db_max_overflow)
+        return self.max_in_flight_rpcs if self.max_in_flight_rpcs > 0 else None
 
 
 def _plain(value: object) -> str:
