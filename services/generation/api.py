@@ -93,6 +93,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                 details={"max": settings.batch_max_requests},
             )
         key = idempotency_key(context)
+        await self.saga.admission.check()  # a full queue refuses the whole batch, not item by item
         batch_fingerprint = request_fingerprint(request)
         # Item keys live apart from single-create keys (kit.idempotency.item_key); each item's
         # fingerprint includes the whole batch's, so a key reused for another batch is a 409.

@@ -24,6 +24,7 @@ from kit.errors import DomainError, FailedPrecondition, NotFound, Reason, from_r
 from kit.retry import RetryPolicy
 from kit.server import Runtime
 from services.generation import events, faults, store
+from services.generation.admission import QueueAdmission
 from services.generation.catalog import Catalog
 from services.generation.lifecycle import Status, check_cancelable
 from services.generation.providers import Provider
@@ -72,6 +73,7 @@ class Saga:
             settings.hourly_generation_limits,
             settings.rate_limit_window_seconds,
         )
+        self.admission = QueueAdmission(runtime.db, settings)
         self.tracer = telemetry.tracer("stylestudio.generation")
         self.updates = UpdateHub(runtime.redis, f"{settings.redis_prefix}:generation:updates:")
 

@@ -118,6 +118,13 @@ class GenerationSettings(ServiceSettings):
     provider_retry_backoff_seconds: float = 0.5
     provider_retry_backoff_max_seconds: float = 10.0
 
+    # Admission (services/generation/admission.py): a start is refused with RATE_LIMITED and
+    # Retry-After while this many generations wait for a worker (QUEUED); 0: no limit. Each
+    # process reads the depth at most once per queue_depth_refresh_seconds.
+    max_queued_generations: int = Field(default=500, ge=0)
+    queue_depth_refresh_seconds: float = Field(default=1.0, ge=0.0)
+    queue_full_retry_after_seconds: int = Field(default=10, ge=1)
+
     # The sweeper finishes sagas that stopped half-way.
     sweeper_interval_seconds: float = 5.0
     sweeper_batch_size: int = 100

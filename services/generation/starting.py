@@ -1,5 +1,6 @@
-"""Starting a generation: validate, limit, price, check files, hold tokens, queue.
+"""Starting a generation: validate, admit, limit, price, check files, hold tokens, queue.
 
+A full queue refuses the start before anything is counted, written or held (admission.py).
 Nothing is held when any step before the hold fails; a failure after the hold
 releases it. The row is written as STARTING (invisible to the user) before the
 hold, so a crash between the hold and QUEUED leaves a trace the sweeper undoes.
@@ -63,6 +64,7 @@ async def start_generation(
         if earlier is not None:
             return _replay(earlier, fingerprint)
     parsed = parse_request(saga, request)
+    await saga.admission.check()  # before any count, row or hold: a refusal costs nothing
     generation_id = uuid.uuid4()
     tracer = telemetry.tracer("stylestudio.generation")
     attributes = {
@@ -91,6 +93,7 @@ async def start_generation(
             await saga.limiter.give_back(user_id, str(generation_id))
             raise
         span.set_attribute(telemetry.ATTR_GENERATION_STATUS, queued.status)
+    saga.admission.accepted()
     await saga.notify(queued)
     return queued
 

@@ -232,6 +232,14 @@ async def user_stats(session: AsyncConnection, user_id: str) -> tuple[int, int, 
     return int(row[0]), int(row[1]), int(row[2])
 
 
+async def queued_count(session: AsyncConnection) -> int:
+    """How many generations wait for a worker (QUEUED): the queue's depth, for admission."""
+    count = await session.scalar(
+        sa.select(sa.func.count()).select_from(g).where(g.c.status == Status.QUEUED.value)
+    )
+    return int(count or 0)
+
+
 # --- The sweeper's views of sagas that stopped half-way ---------------------------------
 
 

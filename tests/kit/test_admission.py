@@ -62,7 +62,7 @@ async def _serve(limiter: InFlightLimiter) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-async def _outcome(call: object) -> str | Exception:
+async def _outcome(call: object) -> bytes | Exception:
     try:
         return await call  # type: ignore[misc,no-any-return]
     except grpc.aio.AioRpcError as error:
