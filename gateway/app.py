@@ -30,6 +30,7 @@ from gateway.docs import docs_assets
 from gateway.errors import (
     ApiError,
     bad_request,
+    busy,
     from_rpc_error,
     headers_too_large,
     internal_error,
@@ -134,6 +135,7 @@ class Gateway:
             settings.default_retry_after_seconds,
         )
         self.metrics = GatewayMetrics()
+        self.in_flight = 0  # API requests being served (admission control, _serve_route)
         self.metrics_access = MetricsAccess(
             settings.metrics_bearer_token.get_secret_value(),
             settings.metrics_allow_networks,
@@ -265,6 +267,21 @@ class Gateway:
         await exchange.fail(error, extra)
 
     async def _serve_route(
+        self, exchange: Exchange, route: ApiRoute, params: Any, metadata: list[tuple[str, str]]
+    ) -> None:
+        limit = self.settings.gateway_max_in_flight_requests
+        if limit and self.in_flight >= limit:
+            raise busy(self.settings.gateway_busy_retry_after_seconds)
+        if route.kind is CallKind.EVENTS or route.kind is CallKind.DOWNLOAD:
+            await self._call_route(exchange, route, params, metadata)  # streams hold no place
+            return
+        self.in_flight += 1
+        try:
+            await self._call_route(exchange, route, params, metadata)
+        finally:
+            self.in_flight -= 1
+
+    async def _call_route(
         self, exchange: Exchange, route: ApiRoute, params: Any, metadata: list[tuple[str, str]]
     ) -> None:
         self._add_credentials(exchange, metadata, required=not route.method.is_public)

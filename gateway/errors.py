@@ -143,6 +143,13 @@ def unsupported_media_type(message: str) -> ApiError:
     return ApiError(415, "INVALID_ARGUMENT", Reason.VALIDATION_ERROR, message)
 
 
+def busy(retry_after_seconds: int) -> ApiError:
+    """The gateway runs as many requests as it may (admission control): come back shortly."""
+    message = f"The service is busy; try again in {retry_after_seconds} s"
+    details = {"scope": "gateway", "retry_after_seconds": str(retry_after_seconds)}
+    return ApiError(429, "RESOURCE_EXHAUSTED", Reason.RATE_LIMITED, message, details, retry_after_seconds)
+
+
 def internal_error() -> ApiError:
     return ApiError(500, "INTERNAL", Reason.INTERNAL, INTERNAL_MESSAGE)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.client_address import parse_networks
 from kit.settings import SERVICES, PlatformSettings, SecretCheck
@@ -65,6 +65,12 @@ class GatewaySettings(PlatformSettings):
     metrics_bearer_token: SecretStr = SecretStr("")
     metrics_allow_networks: list[IPv4Network | IPv6Network] = []
 
+    # Admission: at most this many API requests in flight in one gateway process; past it a
+    # request is answered at once with 429 RATE_LIMITED and Retry-After (busy_retry_after_seconds)
+    # instead of waiting behind the others. An event stream or download is checked on entry but
+    # holds no place while it streams. 0: no limit. /healthz, /readyz, /metrics are never refused.
+    gateway_max_in_flight_requests: int = Field(default=512, ge=0)
+    gateway_busy_retry_after_seconds: int = Field(default=1, ge=1)
     # Retry-After for a RATE_LIMITED error whose status carries no RetryInfo.
     default_retry_after_seconds: int = 60
     # How many recent generations, usage records and purchases /v1/dashboard shows.

@@ -140,6 +140,8 @@ class EchoService:
         return request
 
     async def fail(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.delay_ms:
+            await asyncio.sleep(min(request.delay_ms, 2000) / 1000)
         code = grpc.StatusCode[request.code] if request.code in grpc.StatusCode.__members__ else None
         if code is None or code == grpc.StatusCode.OK:
             return empty_pb2.Empty()
