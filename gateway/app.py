@@ -9,11 +9,12 @@ X-Trace-Id; every request is counted and timed by route template and status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -269,15 +270,23 @@ class Gateway:
     async def _serve_route(
         self, exchange: Exchange, route: ApiRoute, params: Any, metadata: list[tuple[str, str]]
     ) -> None:
+        streams = route.kind is CallKind.EVENTS or route.kind is CallKind.DOWNLOAD
+        with self._admitted(holds=not streams):
+            await self._call_route(exchange, route, params, metadata)
+
+    @contextlib.contextmanager
+    def _admitted(self, *, holds: bool) -> Iterator[None]:
+        """Admission control: refuse at once past the cap; a stream is checked but holds no place
+        while it streams (it mostly waits)."""
         limit = self.settings.gateway_max_in_flight_requests
         if limit and self.in_flight >= limit:
             raise busy(self.settings.gateway_busy_retry_after_seconds)
-        if route.kind is CallKind.EVENTS or route.kind is CallKind.DOWNLOAD:
-            await self._call_route(exchange, route, params, metadata)  # streams hold no place
+        if not holds:
+            yield
             return
         self.in_flight += 1
         try:
-            await self._call_route(exchange, route, params, metadata)
+            yield
         finally:
             self.in_flight -= 1
 
@@ -430,7 +439,8 @@ class Gateway:
 
     async def _dashboard(self, exchange: Exchange, metadata: list[tuple[str, str]]) -> None:
         self._add_credentials(exchange, metadata, required=True)
-        status, body = await self.dashboard.render(metadata)
+        with self._admitted(holds=True):  # calls several services: an API request like the others
+            status, body = await self.dashboard.render(metadata)
         await exchange.respond(status, body)
 
 
