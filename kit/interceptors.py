@@ -20,6 +20,7 @@ process already runs as many as it may; such a call is not authenticated, only l
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -227,6 +228,9 @@ class _Call:
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
+            except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as failure:
                 error = _mapped(failure)
                 code = _code_for(error)
@@ -259,6 +263,9 @@ class _Call:
                         yield response
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline
+                code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as failure:
                 error = _mapped(failure)
@@ -304,6 +311,7 @@ class _Call:
         state = _CallState(
             span,
             otel_context.attach(trace.set_span_in_context(span, parent)),
+            request_id,
             request_id_var.set(request_id),
         )
         auth_error: Exception | None = None
@@ -341,22 +349,27 @@ class _Call:
         elif caller.kind is CallerKind.SERVICE:
             extra["caller_service"] = caller.subject
         log.log(level, "rpc", extra=extra)
+        telemetry.end_rpc_span(state.span, code, server=True)
+        if request_id_var.get(None) != state.request_id:
+            # A stream abandoned by its client is closed by grpc from another context than the
+            # one the call set its variables in: there is nothing of the call's to undo here.
+            return
         if state.caller_token is not None:
             reset_caller(state.caller_token)
         if state.relayed_token is not None:
             reset_relayed(state.relayed_token)
         request_id_var.reset(state.request_id_token)
-        telemetry.end_rpc_span(state.span, code, server=True)
         otel_context.detach(state.context_token)
 
 
 class _CallState:
     """What one call set up on entry and undoes on exit."""
 
-    __slots__ = ("caller_token", "context_token", "relayed_token", "request_id_token", "span")
+    __slots__ = ("caller_token", "context_token", "relayed_token", "request_id", "request_id_token", "span")
 
-    def __init__(self, span: trace.Span, context_token: Any, request_id_token: Any) -> None:
-        self.span, self.context_token, self.request_id_token = span, context_token, request_id_token
+    def __init__(self, span: trace.Span, context_token: Any, request_id: str, request_id_token: Any) -> None:
+        self.span, self.context_token = span, context_token
+        self.request_id, self.request_id_token = request_id, request_id_token
         self.caller_token: Any = None
         self.relayed_token: Any = None
 
