@@ -7,23 +7,32 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kit.clients import open_channel
 from kit.server import SERVER_OPTIONS
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
-from tests.harness import TestDatabase, free_port
+from tests.harness import TestDatabase, free_port, own_database
 from tests.harness.identities import Keyring
 from tests.harness.platform import REPO_ROOT
 from tests.kit.note_service import create_notes_table
 
 
+@pytest.fixture
+def sigterm_database(infrastructure: object) -> Iterator[TestDatabase]:
+    """Its own database: the note its in-flight call writes must not reach the kit tests' outbox."""
+    with own_database(infrastructure, ["analytics"]) as database:
+        yield database
+
+
 async def test_sigterm_lets_an_in_flight_rpc_finish(
-    kit_database: TestDatabase, redis_url: str, tmp_path
+    sigterm_database: TestDatabase, redis_url: str, tmp_path
 ) -> None:
-    url = kit_database.service_urls["analytics"]
+    url = sigterm_database.service_urls["analytics"]
     await create_notes_table(url)
     addr = f"127.0.0.1:{free_port()}"
     env = {
