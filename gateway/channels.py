@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 
 from gateway.descriptors import ApiMethod
-from kit.clients import DEFAULT_KEEPALIVE_MS, channel_options
-from kit.tls import TransportSecurity, dial
+from kit.clients import DEFAULT_KEEPALIVE_MS, channel_options, dial_service
+from kit.tls import TransportSecurity
 
 
 class Backends:
@@ -43,7 +43,7 @@ class Backends:
     def channel_to(self, target: str) -> grpc.aio.Channel:
         """The channel to ``target`` (health checks share the backends' channels)."""
         if target not in self._channels:
-            self._channels[target] = dial(target, self._security, self._options)
+            self._channels[target] = dial_service(target, self._security, self._options)
         return self._channels[target]
 
     def callable_for(self, method: ApiMethod) -> Any:

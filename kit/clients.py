@@ -16,7 +16,7 @@ from kit.auth import ServiceCredentials
 from kit.interceptors import REQUEST_ID_HEADER
 from kit.logs import request_id_var
 from kit.settings import PlatformSettings
-from kit.tls import TransportSecurity, dial
+from kit.tls import ChannelOptions, TransportSecurity, dial
 
 StubT = TypeVar("StubT")
 _tracer = trace.get_tracer("stylestudio.rpc")
@@ -153,6 +153,27 @@ class TracedChannel:
         await self.close()
 
 
+# Several replicas of one service behind one address setting: each call goes to the next
+# replica that is up (a replica that is down is skipped until it is back).
+ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
+
+
+def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """gRPC's target for an address setting, and the options it needs beside CHANNEL_OPTIONS.
+
+    ``host:port`` is used as it is. A comma-separated list (``127.0.0.1:7001,127.0.0.1:7002``,
+    replicas of one service) becomes gRPC's ``ipv4:`` (or ``ipv6:``) target, balanced round robin;
+    a list already written as such a target (``ipv4:a:1,b:2``) is only balanced.
+    """
+    if "," not in address:
+        return address, []
+    if address.startswith(("ipv4:", "ipv6:")):
+        return address, [ROUND_ROBIN]
+    addresses = [part.strip() for part in address.split(",") if part.strip()]
+    scheme = "ipv6" if any(part.startswith("[") for part in addresses) else "ipv4"
+    return f"{scheme}:{','.join(addresses)}", [ROUND_ROBIN]
+
+
 def open_channel(
     target: str,
     credentials: ServiceCredentials | None = None,
@@ -160,9 +181,20 @@ def open_channel(
     security: TransportSecurity | None = None,
     keepalive_ms: int = DEFAULT_KEEPALIVE_MS,
 ) -> TracedChannel:
-    """A channel to ``target``: plaintext, or TLS (mutual when ``security`` has a certificate)."""
-    channel = dial(target, security, channel_options(keepalive_ms))
+    """A channel to ``target``: plaintext, or TLS (mutual when ``security`` has a certificate).
+
+    ``target`` may list several replicas, comma-separated (``channel_target``)."""
+    channel = dial_service(target, security, channel_options(keepalive_ms))
     return TracedChannel(channel, _CallDefaults(credentials, deadline_seconds))
+
+
+def dial_service(
+    address: str, security: TransportSecurity | None = None, options: ChannelOptions = CHANNEL_OPTIONS
+) -> grpc.aio.Channel:
+    """A plain grpc.aio channel (``options``) to a service's address setting, one replica or
+    several (``channel_target``)."""
+    target, extra = channel_target(address)
+    return dial(target, security, [*options, *extra])
 
 
 class ServiceClients:
