@@ -19,7 +19,7 @@ from google.protobuf import descriptor
 import stylestudio
 from kit.access import MethodAccess, method_access
 from kit.auth import ServiceCredentials
-from kit.clients import CHANNEL_OPTIONS
+from kit.clients import CHANNEL_OPTIONS, channel_target
 from kit.service_keys import IDENTITIES, PublicKeySet, SigningIdentity, development_key, public_keys_json
 from kit.tls import TransportSecurity
 from stylestudio.common.v1 import access_pb2
@@ -73,12 +73,12 @@ class Keyring:
         """A channel to ``target`` (over TLS when ``security`` is given) whose INTERNAL calls
         present a declared caller's credential."""
         interceptors = declared_caller(self.credentials, deadline_seconds)
+        target, extra = channel_target(target)  # one replica or several
+        options = [*CHANNEL_OPTIONS, *extra]
         if security is None:
-            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+            return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
         credentials = security.channel_credentials()
-        return grpc.aio.secure_channel(
-            target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors
-        )
+        return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 class _DeclaredCaller:

@@ -117,6 +117,11 @@ def _libpq_dsn(url: object) -> str:
     return sa_url.set(drivername="postgresql").render_as_string(hide_password=False)  # type: ignore[attr-defined]
 
 
+def service_of(process: str) -> str:
+    """The service a process runs: ``files-2`` (a replica) runs ``files``."""
+    return process.rsplit("-", 1)[0] if process.rsplit("-", 1)[-1].isdigit() else process
+
+
 class Platform:
     """The five services and the gateway, each a real process, on free ports."""
 
@@ -128,12 +133,23 @@ class Platform:
         extra_env: Mapping[str, str] | None = None,
         tls: PlatformCertificates | None = None,
         process_env: Mapping[str, Mapping[str, str]] | None = None,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         self.database = database
         self.redis_url = redis_url
         self.redis_prefix = f"sstest:{uuid.uuid4().hex[:8]}"
         self.work_dir = work_dir
-        self.addresses = {service: f"127.0.0.1:{free_port()}" for service in SERVICES}
+        # Each service's processes ("files", then "files-2", ...), each on its own port; callers
+        # reach a service through all of its replicas' addresses (balanced round robin).
+        self.instance_addresses: dict[str, str] = {}
+        for service in SERVICES:
+            for index in range(max(1, (replicas or {}).get(service, 1))):
+                name = service if index == 0 else f"{service}-{index + 1}"
+                self.instance_addresses[name] = f"127.0.0.1:{free_port()}"
+        self.addresses = {
+            service: ",".join(self.instance_addresses[name] for name in self.instances(service))
+            for service in SERVICES
+        }
         self.gateway_addr = f"127.0.0.1:{free_port()}"
         self.trace_file = work_dir / "spans.jsonl"
         # A fresh key per identity for this run, given to each process as production would.
@@ -151,6 +167,15 @@ class Platform:
 
     async def __aenter__(self) -> Platform:
         return self
+
+    def instances(self, service: str) -> list[str]:
+        """The process names of ``service``'s replicas: ``service``, ``service-2``, ..."""
+        return [name for name in self.instance_addresses if service_of(name) == service]
+
+    @property
+    def service_processes(self) -> list[str]:
+        """Every service process, replicas included."""
+        return list(self.instance_addresses)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
@@ -171,6 +196,9 @@ class Platform:
         )
 
     def env(self, process: str) -> dict[str, str]:
+        """``process``'s environment: a service's replica (``files-2``) listens on its own address,
+        and calls the other services through all of their replicas' addresses."""
+        service = service_of(process)
         env = {key: value for key, value in os.environ.items() if not key.startswith("STYLESTUDIO_")}
         env.update(
             {
@@ -190,14 +218,16 @@ class Platform:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        for service, addr in self.addresses.items():
-            env[f"STYLESTUDIO_{service.upper()}_ADDR"] = addr
-        if process in self.database.service_urls:
-            env["STYLESTUDIO_SERVICE_DATABASE_URL"] = self.database.service_urls[process]
+        for called, addr in self.addresses.items():
+            env[f"STYLESTUDIO_{called.upper()}_ADDR"] = addr
+        if process in self.instance_addresses:
+            env[f"STYLESTUDIO_{service.upper()}_ADDR"] = self.instance_addresses[process]
+        if service in self.database.service_urls:
+            env["STYLESTUDIO_SERVICE_DATABASE_URL"] = self.database.service_urls[service]
         if self.tls is not None:
-            env.update(self.tls.env(process))
-        if process in self.keyring.keys:
-            env["STYLESTUDIO_SERVICE_PRIVATE_KEY"] = self.keyring.keys[process].private_pem()
+            env.update(self.tls.env(service))
+        if service in self.keyring.keys:
+            env["STYLESTUDIO_SERVICE_PRIVATE_KEY"] = self.keyring.keys[service].private_pem()
         env.update(self._extra_env)
         env.update(self._process_env.get(process, {}))
         return env
@@ -206,7 +236,7 @@ class Platform:
         return self.work_dir / f"{process}.log"
 
     def start(self, process: str) -> None:
-        module = "gateway" if process == "gateway" else f"services.{process}"
+        module = "gateway" if process == "gateway" else f"services.{service_of(process)}"
         log = self.log_path(process).open("ab")
         self.processes[process] = subprocess.Popen(
             [sys.executable, "-m", module], cwd=REPO_ROOT, env=self.env(process), stdout=log, stderr=log
@@ -282,11 +312,15 @@ class Platform:
     def stub(self, service: str, stub_type: type[StubT]) -> StubT:
         return stub_type(self.channel(service))  # type: ignore[call-arg]
 
-    async def health(self, service: str) -> str:
-        """The health of ``service``'s own gRPC service (not the server-wide "" entry, which any
-        of the platform's processes would answer had it taken this address)."""
-        stub = health_pb2_grpc.HealthStub(self.channel(service))
-        request = health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service])
+    async def health(self, process: str) -> str:
+        """The health of a service process's own gRPC service (not the server-wide "" entry, which
+        any of the platform's processes would answer had it taken this address)."""
+        key = f"instance:{process}"
+        if key not in self._channels:
+            address = self.instance_addresses[process]
+            self._channels[key] = self.keyring.channel(address, 10.0, self._security)
+        stub = health_pb2_grpc.HealthStub(self._channels[key])
+        request = health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service_of(process)])
         try:
             response = await stub.Check(request, timeout=1.0)
         except grpc.aio.AioRpcError:
@@ -313,8 +347,9 @@ class Platform:
                         return
                 except (httpx.TransportError, ValueError, KeyError):  # not up yet
                     pass
-                for process in (*services, "gateway"):
-                    self._fail_if_exited(process)
+                for process in list(self.processes):
+                    if process == "gateway" or service_of(process) in services:
+                        self._fail_if_exited(process)
                 await asyncio.sleep(0.2)
         raise TimeoutError(
             "gateway /readyz not ready:\n"
@@ -335,10 +370,10 @@ class Platform:
         for service in services:
             await self.wait_serving(service, timeout)
         if "gateway" in processes:
-            await self.wait_ready(timeout, services)
+            await self.wait_ready(timeout, list(dict.fromkeys(map(service_of, services))))
 
     async def start_all(self) -> None:
-        await self.start_and_wait(*SERVICES, "gateway")
+        await self.start_and_wait(*self.instance_addresses, "gateway")
 
     async def close(self) -> None:
         for channel in self._channels.values():
