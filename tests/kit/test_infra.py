@@ -194,6 +194,28 @@ def test_a_second_start_keeps_the_data_of_the_first(tmp_path: Path) -> None:
             assert client.xlen("billing.events") == 1
 
 
+def test_embedded_servers_restart_on_the_same_urls_with_their_data_and_stop_at_close(tmp_path: Path) -> None:
+    with nothing_local(tmp_path) as infra:
+        assert infra.embedded_postgres is not None and infra.embedded_redis is not None
+        with psycopg.connect(libpq_url(infra.database_url)) as connection:
+            connection.execute("CREATE TABLE plans (name text)")
+            connection.execute("INSERT INTO plans VALUES ('pro')")
+        with redis.Redis.from_url(infra.redis_url) as client:
+            client.xadd("billing.events", {"type": "TokensGranted"})
+        old_postgres, old_redis = infra.embedded_postgres.pid, infra.embedded_redis.pid
+
+        infra.embedded_postgres.restart(down_seconds=0.2)
+        infra.embedded_redis.restart(down_seconds=0.2, crash=True)  # the AOF keeps the stream
+
+        new_postgres, new_redis = infra.embedded_postgres.pid, infra.embedded_redis.pid
+        assert new_postgres != old_postgres and new_redis != old_redis
+        with psycopg.connect(libpq_url(infra.database_url)) as connection:
+            assert connection.execute("SELECT name FROM plans").fetchall() == [("pro",)]
+        with redis.Redis.from_url(infra.redis_url) as client:
+            assert client.xlen("billing.events") == 1
+    assert new_postgres is not None and gone(new_postgres) and gone(new_redis)
+
+
 # A launcher that dies without closing anything: its embedded servers keep running.
 KILLED_LAUNCHER = """
 import json, os, signal, sys
