@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from kit.events import EventConsumer
 from kit.server import Registration, Runtime, ServiceDefinition, run
 from services.generation import api, models
+from services.generation.faults import read_provider_fault
 from services.generation.providers import Provider
 from services.generation.providers.local import LocalProvider
 from services.generation.providers.replicate import ReplicateProvider
@@ -25,7 +27,10 @@ class GenerationService:
         self.saga: Saga | None = None
 
     def register(self, runtime: Runtime) -> Sequence[Registration]:
-        providers: dict[str, Provider] = {"local": LocalProvider(self.settings)}
+        switch = None
+        if self.settings.local_provider_fault_switch:
+            switch = functools.partial(read_provider_fault, runtime.redis, self.settings.redis_prefix)
+        providers: dict[str, Provider] = {"local": LocalProvider(self.settings, switch)}
         if any(model.provider == "replicate" for model in self.settings.image_models):
             providers["replicate"] = ReplicateProvider(self.settings)
         self.saga = Saga(runtime, self.settings, providers)

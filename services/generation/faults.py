@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 _DIRECTIVE = re.compile(r"\[(fail|latency|queued|pause):([a-z0-9_.:]+)\]")
 # Checkpoints of the saga, in order.
@@ -81,3 +82,36 @@ async def checkpoint(
         if await redis.get(key) != PAUSED:
             return
         await asyncio.sleep(0.05)
+
+
+# A switch the soak's fault injector flips at run time, read by the local provider on every
+# try when ``local_provider_fault_switch`` is set (refused in production): "fail:S" fails
+# every try like a timeout, "stall:S" and "slow:S" hold every try S seconds. The key expires
+# when the fault is over.
+PROVIDER_FAULT_MODES = ("fail", "stall", "slow")
+
+
+def provider_fault_key(prefix: str) -> str:
+    return f"{prefix}:generation:local-provider-fault"
+
+
+@dataclass(frozen=True)
+class ProviderFault:
+    mode: str
+    seconds: float
+
+
+async def read_provider_fault(redis: Redis, prefix: str) -> ProviderFault | None:
+    """The fault the switch asks for now, or None (also when Redis cannot be read)."""
+    try:
+        raw = await redis.get(provider_fault_key(prefix))
+    except (RedisError, OSError):
+        return None
+    if not raw:
+        return None
+    mode, _, seconds = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition(":")
+    try:
+        duration = float(seconds or 0)
+    except ValueError:
+        return None
+    return ProviderFault(mode, duration) if mode in PROVIDER_FAULT_MODES else None

@@ -148,6 +148,9 @@ class GenerationSettings(ServiceSettings):
     # Tests and demos only (refused in production): honour "[fail:...]", "[latency:...]",
     # "[pause:...]" directives in prompts; off, they are plain prompt text.
     fault_injection: bool = False
+    # Soak runs only (refused in production): the local provider reads a Redis key the fault
+    # injector sets to make it fail, stall or answer slowly for a while (faults.py).
+    local_provider_fault_switch: bool = False
 
     # Replicate.
     replicate_api_token: SecretStr = SecretStr("")
@@ -176,6 +179,11 @@ class GenerationSettings(ServiceSettings):
                 self.variable_of("fault_injection"),
                 self.fault_injection,
                 "prompts could steer the saga ([fail:...], [pause:...] directives)",
+            ),
+            DevelopmentOnly(
+                self.variable_of("local_provider_fault_switch"),
+                self.local_provider_fault_switch,
+                "anyone who can write the platform's Redis could make the local provider fail",
             ),
             DevelopmentOnly(
                 self.variable_of("local_provider_latency_seconds"),

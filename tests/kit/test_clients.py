@@ -7,7 +7,6 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kit.clients import ROUND_ROBIN, channel_target, open_channel
-
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc
 from tests.harness import Platform
 

@@ -182,6 +182,7 @@ async def test_a_replicate_token_needs_its_webhook_secret() -> None:
         ({"fault_injection": True}, "STYLESTUDIO_FAULT_INJECTION"),
         ({"local_provider_latency_seconds": 0.5}, "STYLESTUDIO_LOCAL_PROVIDER_LATENCY_SECONDS"),
         ({"local_provider_failure_rate": 0.1}, "STYLESTUDIO_LOCAL_PROVIDER_FAILURE_RATE"),
+        ({"local_provider_fault_switch": True}, "STYLESTUDIO_LOCAL_PROVIDER_FAULT_SWITCH"),
         ({"local_provider_transient_failure_rate": 0.1}, "STYLESTUDIO_LOCAL_PROVIDER_TRANSIENT_FAILURE_RATE"),
     ],
 )

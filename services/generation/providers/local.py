@@ -11,9 +11,11 @@ import asyncio
 import functools
 import io
 import random
+from collections.abc import Awaitable, Callable
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from services.generation.faults import ProviderFault
 from services.generation.providers import (
     OutputImage,
     ProviderRequest,
@@ -31,12 +33,22 @@ MAX_INPUT_SIDE = 2048
 class LocalProvider:
     name = "local"
 
-    def __init__(self, settings: GenerationSettings) -> None:
+    def __init__(
+        self,
+        settings: GenerationSettings,
+        fault_switch: Callable[[], Awaitable[ProviderFault | None]] | None = None,
+    ) -> None:
         self._settings = settings
         self._format = settings.local_output_format
         self._random = random.Random()
+        # Development only (local_provider_fault_switch): the fault injector's run-time switch.
+        self._fault_switch = fault_switch
 
     async def submit(self, request: ProviderRequest) -> Submission:
+        if self._fault_switch is not None and (fault := await self._fault_switch()) is not None:
+            if fault.mode == "fail":
+                raise transient("The local provider timed out (injected at run time)")
+            await asyncio.sleep(fault.seconds)  # stalled or slow
         latency = request.directives.latency_seconds
         if latency is None:
             latency = self._settings.local_provider_latency_seconds
