@@ -11,11 +11,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from kit.errors import RateLimited
+from kit.infra import EmbeddedRedis
 from services.users.settings import UsersSettings
+from services.users.throttle import SignupLimit
 from tests.harness import Platform, TestDatabase, own_database
 from tests.users.conftest import PASSWORD
 
@@ -108,3 +113,22 @@ async def test_sign_ups_per_network_show_in_the_system_analytics_without_address
         _, user = limited.user_token(plan="enterprise")
         own = await client.get("/v1/analytics/advanced", headers={"Authorization": f"Bearer {user}"})
         assert own.status_code == 200 and not own.json().get("topSignupNetworks")
+
+
+async def test_the_limit_works_on_the_embedded_redis_6_2_too(tmp_path: Path) -> None:
+    """Found by the soak run: the window was set with EXPIRE's NX option (Redis 7 only), so on
+    the embedded Redis `make run` falls back to (6.2) every sign-up failed with INTERNAL."""
+    server = EmbeddedRedis.start(tmp_path / "redis")
+    redis = Redis.from_url(server.url)
+    try:
+        assert (await redis.info("server"))["redis_version"].startswith("6.2.")
+        settings = UsersSettings(signup_max_per_address=2, signup_window_seconds=60, redis_prefix="t")
+        limit = SignupLimit(redis, settings)
+        await limit.count("127.0.0.9")
+        await limit.count("127.0.0.9")
+        with pytest.raises(RateLimited) as refused:
+            await limit.count("127.0.0.9")
+        assert 0 < refused.value.retry_after_seconds <= 60  # the first sign-up's window, kept
+    finally:
+        await redis.aclose()
+        server.stop()
