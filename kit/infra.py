@@ -121,7 +121,7 @@ class EmbeddedPostgres:
     def restart(self, down_seconds: float = 0.0) -> None:
         """Stop the server (fast: open connections are cut), leave it down ``down_seconds``, start
         it again on the same folder and socket, so clients' URLs stay valid (fault injection)."""
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
         server = self._server
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
