@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 GENERATED := stylestudio/.generated
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: run test install protos lint format bench clean pgbouncer
+.PHONY: run test soak install protos lint format bench clean pgbouncer
 
 run: $(INSTALLED) $(GENERATED)
 	$(PY) -m kit.launcher
@@ -25,6 +25,15 @@ pgbouncer:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer || { \
 	    $(SUDO) apt-get update && \
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer; }; }
+
+# Load + faults + invariants against a platform of its own (docs/operations.md, "Soak runs"):
+# make soak DURATION=30m SEED=13 FAULT_EVERY=20s; the last line is `violations: N`.
+DURATION ?= 2m
+FAULT_EVERY ?= 20s
+SEED ?=
+USERS ?= 8
+soak: $(INSTALLED) $(GENERATED)
+	$(PY) -m bench.soak --duration $(DURATION) --fault-every $(FAULT_EVERY) --users $(USERS) $(if $(SEED),--seed $(SEED))
 
 install: $(INSTALLED)
 
