@@ -23,6 +23,7 @@ _DIRECTIVE = re.compile(r"\[(fail|latency|queued|pause):([a-z0-9_.:]+)\]")
 # Checkpoints of the saga, in order.
 CHECKPOINTS = (
     "after_hold",
+    "after_queue",
     "after_processing",
     "before_store",
     "after_store",

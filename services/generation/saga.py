@@ -255,32 +255,41 @@ class Saga:
             )
 
     async def release_start(self, generation: Generation) -> None:
-        """Undo a start that did not reach QUEUED: the hold (if any) back, the row and the count gone."""
+        """Undo a start that did not reach QUEUED: the hold (if any) back, the row and the count gone.
+
+        Only while the generation is still STARTING, its row locked meanwhile: a start whose
+        queueing committed (its call cancelled as it committed, say) owns its hold, which the
+        saga captures or releases; releasing it here left a COMPLETED generation uncapturable."""
         with self.span("generation.abort_start", generation, join_saga=True):
-            try:
-                hold = await call(
-                    self.billing.ReserveTokens(
-                        billing_pb2.ReserveTokensRequest(
-                            user_id=generation.user_id,
-                            amount=generation.token_cost,
-                            generation_id=str(generation.id),
-                            idempotency_key=hold_key(generation.id),
-                            reason="generation start abandoned",
-                        )
-                    ),
-                    "billing",
-                )
-            except DomainError as error:
-                if error.reason is not Reason.INSUFFICIENT_TOKENS:
-                    raise
-            else:
-                # Reserving with the start's key returns the start's hold if it got one.
-                await call(
-                    self.billing.ReleaseHold(
-                        billing_pb2.ReleaseHoldRequest(hold_id=hold.id, reason="generation start abandoned")
-                    ),
-                    "billing",
-                )
             async with self.db.transaction() as session:
+                if not await store.lock_starting(session, generation.id):
+                    return  # queued after all, or already undone
+                await self._release_start_hold(generation)
                 await store.delete_starting(session, generation.id)
             await self.limiter.give_back(generation.user_id, str(generation.id))
+
+    async def _release_start_hold(self, generation: Generation) -> None:
+        try:
+            hold = await call(
+                self.billing.ReserveTokens(
+                    billing_pb2.ReserveTokensRequest(
+                        user_id=generation.user_id,
+                        amount=generation.token_cost,
+                        generation_id=str(generation.id),
+                        idempotency_key=hold_key(generation.id),
+                        reason="generation start abandoned",
+                    )
+                ),
+                "billing",
+            )
+        except DomainError as error:
+            if error.reason is not Reason.INSUFFICIENT_TOKENS:
+                raise
+        else:
+            # Reserving with the start's key returns the start's hold if it got one.
+            await call(
+                self.billing.ReleaseHold(
+                    billing_pb2.ReleaseHoldRequest(hold_id=hold.id, reason="generation start abandoned")
+                ),
+                "billing",
+            )

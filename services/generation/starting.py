@@ -162,6 +162,9 @@ async def _hold_and_queue(saga: Saga, starting: Generation) -> Generation:
             assert queued is not None, "a STARTING generation vanished while its start was running"
             await events.publish_started(saga.outbox, session, queued)
             await events.enqueue_job(saga.outbox, session, queued)
+        # The start's call may still be cancelled here (the caller gone) or while it commits:
+        # release_start then finds the generation QUEUED and leaves its hold to the saga.
+        await saga.checkpoint(queued, "after_queue")
     except BaseException:
         await saga.release_start(starting)
         raise

@@ -70,6 +70,16 @@ async def insert_starting(session: AsyncConnection, values: dict[str, Any]) -> G
     return (await session.execute(statement.returning(g))).first()
 
 
+async def lock_starting(session: AsyncConnection, generation_id: uuid.UUID) -> bool:
+    """Lock the generation's row if it is still STARTING (queueing it waits meanwhile)."""
+    found = await session.execute(
+        sa.select(g.c.id)
+        .where(g.c.id == generation_id, g.c.status == Status.STARTING.value)
+        .with_for_update()
+    )
+    return found.first() is not None
+
+
 async def delete_starting(session: AsyncConnection, generation_id: uuid.UUID) -> bool:
     deleted = await session.execute(
         sa.delete(g).where(g.c.id == generation_id, g.c.status == Status.STARTING.value).returning(g.c.id)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from services.generation.faults import RESUME, checkpoint_key
 from stylestudio.files.v1 import files_pb2
-from stylestudio.generation.v1 import generation_pb2, resources_pb2
+from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
 from tests.generation.conftest import Shopper
 from tests.harness import Platform
 
@@ -168,3 +168,35 @@ async def test_a_store_that_lands_after_the_cancel_is_refused_even_if_the_worker
     assert sorted(usage.by_category) == ["product_image"] and usage.file_count == 1
     balance = await shopper.balance()
     assert (balance.balance, balance.reserved) == (5, 0)
+
+
+async def test_a_start_cancelled_once_queued_keeps_its_hold_and_is_charged_once(
+    gen_platform: Platform,
+) -> None:
+    """Found by the soak run (the gateway killed mid-request): a start whose call was cancelled
+    after its generation was QUEUED released the generation's hold as if the start had failed;
+    the worker then completed it and the capture was refused for ever (never terminal)."""
+    shopper = Shopper(gen_platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    # The caller's own connection: closed, like a gateway killed mid-request.
+    channel = gen_platform.user_channel("generation")
+    caller = generation_pb2_grpc.GenerationServiceStub(channel)
+    request = generation_pb2.CreateGenerationRequest(
+        product_image_files=[product],
+        prompt="a scarf [pause:after_queue]",
+        parameters=resources_pb2.GenerationParameters(quality="draft"),
+    )
+    start = asyncio.ensure_future(caller.CreateGeneration(request, metadata=shopper.metadata, timeout=60))
+    await _wait_for_checkpoint(gen_platform, "after_queue")
+    await channel.close()  # the server's handler is cancelled where it waits, after QUEUED
+    with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
+        await start
+    listed = await shopper.generation.ListGenerations(
+        generation_pb2.ListGenerationsRequest(), metadata=shopper.metadata
+    )
+    [generation] = listed.generations
+    done = await shopper.wait_terminal(generation.id, timeout=40)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    balance = await shopper.balance()
+    assert (balance.balance, balance.reserved) == (4, 0)  # charged exactly once
