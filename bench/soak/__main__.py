@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from typing import Any
 import psycopg
 
 from bench.soak.faults import FaultInjector, FaultRecord, schedule
+from bench.soak.invariants import Target, check
 from bench.soak.journeys import run_journeys
 from bench.soak.platform import (
     GENERATION_DEADLINE_SECONDS,
@@ -64,22 +64,18 @@ def seconds(text: str) -> float:
     return hours * 3600 + minutes * 60 + secs
 
 
-def locust_available() -> bool:
-    return (
-        importlib.util.find_spec("bench.load") is not None and importlib.util.find_spec("locust") is not None
-    )
-
-
 async def locust_load(
-    gateway_url: str, users: int, duration: float, out_dir: Path, seed: int
+    soak: SoakPlatform, users: int, duration: float, out_dir: Path, seed: int
 ) -> dict[str, Any]:
     """The Locust suite (bench/load), headless, as a child process: its report.json."""
+    from bench.load.__main__ import ADMIN_TOKEN_ENV
+
     command = [
         sys.executable,
         "-m",
         "bench.load",
         "--host",
-        gateway_url,
+        soak.gateway_url,
         "--users",
         str(users),
         "--spawn-rate",
@@ -88,10 +84,11 @@ async def locust_load(
         f"{int(duration)}s",
         "--out",
         str(out_dir),
-        "--webhook-secret",
-        WEBHOOK_SECRET,
     ]
-    env = {**os.environ, "STYLESTUDIO_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    # Secrets through the environment, not a command line: the webhook secret, an admin's token
+    # (some users upgraded to pro for batches, the system analytics read).
+    _, admin_token = soak.platform.user_token(role="admin")
+    env = {**os.environ, "STYLESTUDIO_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, ADMIN_TOKEN_ENV: admin_token}
     with (out_dir / "load.log").open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             *command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log
@@ -102,11 +99,11 @@ async def locust_load(
 
 
 async def run_load(
-    kind: str, gateway_url: str, users: int, duration: float, out_dir: Path, seed: int
+    kind: str, soak: SoakPlatform, users: int, duration: float, out_dir: Path, seed: int
 ) -> dict[str, Any]:
-    if kind == "locust" or (kind == "auto" and locust_available()):
-        return await locust_load(gateway_url, users, duration, out_dir, seed)
-    return await run_journeys(gateway_url, users, duration, out_dir, WEBHOOK_SECRET, seed)
+    if kind == "locust":
+        return await locust_load(soak, users, duration, out_dir, seed)
+    return await run_journeys(soak.gateway_url, users, duration, out_dir, WEBHOOK_SECRET, seed)
 
 
 def _in_flight(admin_url: str) -> tuple[int, int]:
@@ -137,36 +134,7 @@ async def settle(soak: SoakPlatform, limit: float) -> float:
     return time.monotonic() - started
 
 
-def _basic_checks(soak: SoakPlatform, out_dir: Path) -> list[str]:
-    """Without the invariant checker (bench/soak/invariants): generations left open, and 5xx
-    answers other than a 503 while a dependency was down."""
-    found = []
-    open_generations, unrelayed = _in_flight(soak.admin_url)
-    if open_generations:
-        found.append(f"generation_not_terminal: {open_generations} generations after the deadline")
-    if unrelayed:
-        found.append(f"event_not_relayed: {unrelayed} events still in an outbox")
-    windows = (
-        [json.loads(line) for line in (out_dir / "faults.jsonl").read_text().splitlines() if line]
-        if (out_dir / "faults.jsonl").exists()
-        else []
-    )
-    down = [(w["started"], w["ended"] + 5.0, w["target"]) for w in windows if w["dependency_down"]]
-    requests = out_dir / "requests.jsonl"
-    for line in requests.read_text().splitlines() if requests.exists() else []:
-        failed = json.loads(line)
-        during = [target for start, end, target in down if start <= failed["t"] <= end]
-        status = failed["status"]
-        if (status == 503 and during) or (status is None and "gateway" in during):
-            continue
-        found.append(f"http: {failed['method']} {failed['route']} answered {status}: {failed['error'][:200]}")
-    return found
-
-
 async def check_invariants(soak: SoakPlatform, out_dir: Path) -> list[str]:
-    if importlib.util.find_spec("bench.soak.invariants") is None:
-        return await asyncio.to_thread(_basic_checks, soak, out_dir)
-    from bench.soak.invariants import Target, check
 
     target = Target(
         database_url=soak.admin_url,
@@ -216,9 +184,7 @@ async def soak_run(args: argparse.Namespace, out_dir: Path) -> int:
         stop = asyncio.Event()
         faults = asyncio.create_task(injector.run(stop, args.duration))
         try:
-            report = await run_load(
-                args.load, soak.gateway_url, args.users, args.duration, out_dir, args.seed
-            )
+            report = await run_load(args.load, soak, args.users, args.duration, out_dir, args.seed)
         finally:
             stop.set()
             records = await faults  # the fault under way ends (a process restarted, a pause over)
