@@ -111,14 +111,19 @@ class FaultInjector:
         self._rng = random.Random(seed + 1)
 
     async def run(self, stop: asyncio.Event, duration: float) -> list[FaultRecord]:
-        """Until ``stop`` is set: wait ``every`` seconds, inject the next fault, and so on."""
+        """Until ``stop`` is set: the schedule's faults, one starting every ``every`` seconds."""
         count = max(1, int(duration // self.every) + 1)
-        for fault in schedule(self.seed, count, self.soak.processes):
+        started = time.monotonic()
+        for index, fault in enumerate(schedule(self.seed, count, self.soak.processes), start=1):
+            # one every `every` seconds from the start, whatever the previous one took
+            wait = max(0.0, started + index * self.every - time.monotonic())
             try:
-                await asyncio.wait_for(stop.wait(), self.every)
+                await asyncio.wait_for(stop.wait(), wait)
                 return self.records
             except TimeoutError:
                 pass
+            if stop.is_set():
+                break
             await self.inject(fault)
         return self.records
 

@@ -1,7 +1,7 @@
 """A short soak run (issue 13): load, a fault every 20 s on a fixed seed, then the invariants.
 
 The command is run as `make soak` runs it, as a subprocess, on its own embedded PostgreSQL and
-Redis; it takes about two minutes (platform start, 60 s of load, settling, the checks).
+Redis; it takes about two minutes (platform start, 70 s of load, settling, the checks).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def test_a_short_soak_run_ends_with_no_violation(tmp_path: Path) -> None:
         "-m",
         "bench.soak",
         "--duration",
-        "60s",
+        "70s",
         "--fault-every",
         "20s",
         "--seed",
