@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from bench.soak.faults import FaultInjector, FaultRecord, schedule
+from bench.soak.faults import KINDS, FaultInjector, FaultRecord, schedule
 from bench.soak.invariants import Target, check
 from bench.soak.journeys import run_journeys
 from bench.soak.platform import (
@@ -180,7 +180,8 @@ async def soak_run(args: argparse.Namespace, out_dir: Path) -> int:
     soak = await SoakPlatform.start(out_dir / "platform")
     print(f"platform up in {time.monotonic() - started:.1f} s: {', '.join(soak.processes)}", flush=True)
     try:
-        injector = FaultInjector(soak, out_dir, args.seed, args.fault_every, out_dir / "webhooks.jsonl")
+        webhooks = out_dir / "webhooks.jsonl"
+        injector = FaultInjector(soak, out_dir, args.seed, args.fault_every, webhooks, args.faults)
         stop = asyncio.Event()
         faults = asyncio.create_task(injector.run(stop, args.duration))
         try:
@@ -201,6 +202,14 @@ async def soak_run(args: argparse.Namespace, out_dir: Path) -> int:
     return 1 if violations else 0
 
 
+def _kinds(text: str) -> list[str]:
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
+    return kinds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -211,19 +220,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=8, help="simulated users of the load")
     parser.add_argument(
         "--load",
-        choices=("auto", "locust", "journeys"),
-        default="auto",
-        help="Locust (bench/load) or the built-in one",
+        choices=("locust", "journeys"),
+        default="locust",
+        help="the Locust suite (bench/load) or the small built-in one (bench/soak/journeys.py)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="the run's folder (default: a fresh one, kept)"
+    )
+    parser.add_argument(
+        "--faults",
+        type=_kinds,
+        default=KINDS,
+        help=f"the kinds of fault to draw from, comma-separated (default all: {','.join(KINDS)})",
     )
     parser.add_argument("--schedule", action="store_true", help="print the seed's fault schedule and stop")
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(2), "big")
     if args.schedule:
-        for fault in schedule(args.seed, int(args.duration // args.fault_every) + 1, process_names()):
+        for fault in schedule(
+            args.seed, int(args.duration // args.fault_every) + 1, process_names(), args.faults
+        ):
             print(f"{fault.kind} {fault.target}")
         return
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="soak-"))

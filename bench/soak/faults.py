@@ -74,12 +74,12 @@ class FaultRecord:
     dependency_down: bool
 
 
-def schedule(seed: int, count: int, processes: Sequence[str]) -> list[Fault]:
-    """The faults of a run with ``seed``, in order: the same for the same seed and processes."""
+def schedule(seed: int, count: int, processes: Sequence[str], kinds: Sequence[str] = KINDS) -> list[Fault]:
+    """The faults of a run with ``seed``, in order: the same for the same seed, processes and kinds."""
     rng = random.Random(seed)
     faults = []
     for _ in range(count):
-        kind = rng.choice(KINDS)
+        kind = rng.choice(list(kinds))
         target = rng.choice(list(processes)) if kind in ("kill", "pause") else _default_target(kind)
         faults.append(Fault(kind, target))
     return faults
@@ -99,9 +99,16 @@ class FaultInjector:
     """Injects ``schedule(seed, ...)`` into a running soak platform, one fault every ``every`` s."""
 
     def __init__(
-        self, soak: SoakPlatform, out_dir: Path, seed: int, every: float, webhooks: Path | None = None
+        self,
+        soak: SoakPlatform,
+        out_dir: Path,
+        seed: int,
+        every: float,
+        webhooks: Path | None = None,
+        kinds: Sequence[str] = KINDS,
     ) -> None:
         self.soak = soak
+        self.kinds = kinds
         self.seed = seed
         self.every = every
         self.webhooks = webhooks
@@ -114,7 +121,7 @@ class FaultInjector:
         """Until ``stop`` is set: the schedule's faults, one starting every ``every`` seconds."""
         count = max(1, int(duration // self.every) + 1)
         started = time.monotonic()
-        for index, fault in enumerate(schedule(self.seed, count, self.soak.processes), start=1):
+        for index, fault in enumerate(schedule(self.seed, count, self.soak.processes, self.kinds), start=1):
             # one every `every` seconds from the start, whatever the previous one took
             wait = max(0.0, started + index * self.every - time.monotonic())
             try:
