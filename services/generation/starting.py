@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2
 
 from kit import retry, telemetry
 from kit.auth import Caller
-from kit.errors import Conflict, NotFound
+from kit.errors import Conflict, DependencyUnavailable, NotFound
 from kit.idempotency import ensure_same_request, request_fingerprint
 from services.generation import events, store
 from services.generation.prompts import enhance_prompt
@@ -159,14 +159,19 @@ async def _hold_and_queue(saga: Saga, starting: Generation) -> Generation:
     try:
         async with saga.db.transaction() as session:
             queued = await store.mark_queued(session, generation_id, hold.id)
-            assert queued is not None, "a STARTING generation vanished while its start was running"
-            await events.publish_started(saga.outbox, session, queued)
-            await events.enqueue_job(saga.outbox, session, queued)
+            if queued is not None:
+                await events.publish_started(saga.outbox, session, queued)
+                await events.enqueue_job(saga.outbox, session, queued)
+        if queued is None:
+            # Slower than start_abandoned_after_seconds: the sweeper undid it (hold released).
+            raise DependencyUnavailable(
+                "generation", "The generation could not be started in time; try again"
+            )
         # The start's call may still be cancelled here (the caller gone) or while it commits:
         # release_start then finds the generation QUEUED and leaves its hold to the saga.
         await saga.checkpoint(queued, "after_queue")
     except BaseException:
-        await saga.release_start(starting)
+        await saga.release_start(starting)  # undoes nothing once QUEUED
         raise
     return queued
 
