@@ -1,6 +1,6 @@
 """Benchmark: reserve+capture pairs through the gRPC API vs pgbench running the same SQL.
 
-    .venv/bin/python -m bench.billing [--seconds 10] [--clients 64]
+    .venv/bin/python -m bench.billing [--seconds 10] [--clients 64] [--until-stopped]
 
 Starts a billing service process on a fresh database, then from ``--clients``
 concurrent gRPC clients runs ReserveTokens(1) + CaptureHold pairs, once spread over
@@ -11,6 +11,8 @@ statements) with the same number of clients.
 Prints pairs/s, p50/p99 latency and the ratio to pgbench, and how this machine does on the
 issue's own pgbench yardstick (the goals scaled by it). Needs PostgreSQL, Redis
 and pgbench (postgresql-client).
+With ``--until-stopped`` it measures nothing: the pairs and pgbench run at once, round
+after round, until it is sent SIGTERM or SIGINT (the load ``bench.overload`` runs beside).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +40,7 @@ from services.billing import store
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from tests.harness import Platform, TestDatabase
 
-FUNDS = 10**12
+FUNDS = 10**9  # a pair spends 1; GrantTokens' proto allows up to this (the service is told to)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,14 +53,18 @@ async def fund(stub: billing_pb2_grpc.BillingServiceStub, user_id: str) -> None:
 
 
 async def grpc_pairs(
-    stub: billing_pb2_grpc.BillingServiceStub, wallets: list[str], clients: int, seconds: float
+    stub: billing_pb2_grpc.BillingServiceStub,
+    wallets: list[str],
+    clients: int,
+    seconds: float,
+    stopping: asyncio.Event | None = None,
 ) -> tuple[int, list[float]]:
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
 
     async def client(index: int) -> None:
         user_id = wallets[index % len(wallets)]
-        while time.perf_counter() < stop:
+        while time.perf_counter() < stop and not (stopping and stopping.is_set()):
             started = time.perf_counter()
             generation_id = uuid.uuid4().hex
             hold = await stub.ReserveTokens(
@@ -165,16 +172,22 @@ def create_reference_tables(url: str) -> None:
         connection.execute(REFERENCE_TABLES)
 
 
-def run_pgbench(url: str, script_text: str, clients: int, seconds: float) -> float:
+def pgbench_command(url: str, script: str, clients: int, seconds: float) -> tuple[list[str], dict[str, str]]:
+    """pgbench running the file ``script`` against ``url``'s database, and its environment."""
     dsn = make_url(url).set(drivername="postgresql")
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(script_text)
     env = os.environ | {"PGPASSWORD": dsn.password or ""}
     command = [
         "pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(int(seconds)),
         "-h", dsn.host or "127.0.0.1", "-p", str(dsn.port or 5432), "-U", dsn.username or "",
-        "-f", script.name, dsn.database or "",
+        "-f", script, dsn.database or "",
     ]  # fmt: skip
+    return command, env
+
+
+def run_pgbench(url: str, script_text: str, clients: int, seconds: float) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(script_text)
+    command, env = pgbench_command(url, script.name, clients, seconds)
     for _ in range(40):  # other test runs share the server's connection slots: wait for room
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if "remaining connection slots" not in result.stderr:
@@ -185,6 +198,44 @@ def run_pgbench(url: str, script_text: str, clients: int, seconds: float) -> flo
     if result.returncode != 0 or match is None:
         raise RuntimeError(f"pgbench failed:\n{result.stdout}\n{result.stderr}")
     return float(match.group(1))
+
+
+async def contend(
+    stub: billing_pb2_grpc.BillingServiceStub,
+    wallets: list[str],
+    url: str,
+    pgbench_clients: int,
+    seconds: float,
+    stopping: asyncio.Event,
+) -> None:
+    """The pairs through the service and pgbench's same SQL at once, in rounds of ``seconds``,
+    until ``stopping``: a load on the database server for another benchmark to run beside
+    (``bench.overload``). A line per round; a pgbench that found no connection slots is
+    started again at the next round."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(pgbench_script(False, len(wallets)))
+    command, env = pgbench_command(url, script.name, pgbench_clients, seconds)
+    print(f"contending: {len(wallets)} gRPC clients and {pgbench_clients} pgbench clients", flush=True)
+    try:
+        while not stopping.is_set():
+            pgbench = await asyncio.create_subprocess_exec(
+                *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            pairs, _ = await grpc_pairs(stub, wallets, len(wallets), seconds, stopping)
+            if stopping.is_set() and pgbench.returncode is None:
+                pgbench.terminate()
+            out, err = await pgbench.communicate()
+            tps = re.search(r"tps = ([\d.]+)", out.decode())
+            pgbench_text = (
+                f"{float(tps.group(1)):.0f} tps" if tps else f"failed: {err.decode().strip()[-160:]}"
+            )
+            print(
+                f"round: {pairs / seconds:.0f} pairs/s through the service; pgbench {pgbench_text}; "
+                f"load 1 min {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    finally:
+        os.unlink(script.name)
 
 
 def profiler(platform: Platform, path: str, seconds: float) -> subprocess.Popen[bytes]:
@@ -230,6 +281,12 @@ async def main() -> None:
         "--pool-size", type=int, help="the service's STYLESTUDIO_DB_POOL_SIZE (default: the kit's)"
     )
     parser.add_argument(
+        "--until-stopped",
+        action="store_true",
+        help="no measurement: pairs and pgbench at once, in rounds of --seconds, until SIGTERM or SIGINT "
+        "(a load for bench.overload)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="py-spy the billing process during the spread run (collapsed stacks)",
@@ -247,6 +304,7 @@ async def main() -> None:
         "STYLESTUDIO_LOG_LEVEL": "WARNING",
         "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "2",
         "STYLESTUDIO_TRACE_FILE": "",
+        "STYLESTUDIO_MAX_GRANT_TOKENS": str(FUNDS),
     }
     if args.pool_size:
         env |= {"STYLESTUDIO_DB_POOL_SIZE": str(args.pool_size), "STYLESTUDIO_DB_MAX_OVERFLOW": "0"}
@@ -261,6 +319,14 @@ async def main() -> None:
         async with open_channel(platform.addresses["billing"], platform.credentials("operator")) as funding:
             for user_id in [*spread, "bench-hot"]:
                 await fund(billing_pb2_grpc.BillingServiceStub(funding), user_id)
+        if args.until_stopped:
+            stopping = asyncio.Event()
+            for signal_number in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(signal_number, stopping.set)
+            url = database.service_urls["billing"]
+            await contend(stub, spread, url, args.pgbench_clients or args.clients, args.seconds, stopping)
+            await channel.close()
+            return
         results = {}
         for name, wallets in (("spread over wallets", spread), ("one hot wallet", ["bench-hot"])):
             await grpc_pairs(stub, wallets, args.clients, 1.0)  # warm-up: connections, prepared statements
