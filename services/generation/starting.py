@@ -27,6 +27,11 @@ from stylestudio.billing.v1 import billing_pb2
 from stylestudio.files.v1 import files_pb2
 from stylestudio.generation.v1 import generation_pb2
 
+# A request whose Idempotency-Key's first request is still starting: the client asks again
+# shortly (Retry-After), and then gets that generation.
+IN_PROGRESS = "A request with this Idempotency-Key is being processed; retry shortly"
+IN_PROGRESS_RETRY_AFTER_SECONDS = 1.0
+
 
 def parse_request(saga: Saga, request: generation_pb2.CreateGenerationRequest) -> GenerationRequest:
     parameters = request.parameters
@@ -86,7 +91,7 @@ async def start_generation(
                 async with saga.db.autocommit() as session:
                     earlier = await store.find_by_idempotency_key(session, user_id, idempotency_key or "")
                 if earlier is None:
-                    raise Conflict("A request with this Idempotency-Key is being processed; retry shortly")
+                    raise Conflict(IN_PROGRESS, retry_after_seconds=IN_PROGRESS_RETRY_AFTER_SECONDS)
                 return _replay(earlier, fingerprint)
             queued = await _hold_and_queue(saga, starting)
         except BaseException:
@@ -220,7 +225,7 @@ def _row(
 def _replay(earlier: Generation, fingerprint: str) -> Generation:
     ensure_same_request(earlier.idempotency_key or "", earlier.request_hash, fingerprint)
     if earlier.status == "STARTING":
-        raise Conflict("A request with this Idempotency-Key is being processed; retry shortly")
+        raise Conflict(IN_PROGRESS, retry_after_seconds=IN_PROGRESS_RETRY_AFTER_SECONDS)
     return earlier
 
 

@@ -1,7 +1,8 @@
 """A start undone while it is still running, or after it queued: the hold goes back only for
 a start that never queued, and a queued generation keeps its hold (found by bench.overload:
 a start cancelled by the gateway's deadline just after it queued released the hold, and the
-generation could then never be captured, nor end)."""
+generation could then never be captured, nor end); a request repeated with the Idempotency-Key
+of a start still running is told when to ask again."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 
+from kit.errors import from_rpc_error
 from services.generation.faults import RESUME, checkpoint_key
 from stylestudio.generation.v1 import generation_pb2
 from tests.generation.conftest import Shopper, reason_of
@@ -76,3 +78,26 @@ async def test_a_start_the_sweeper_undid_answers_unavailable_and_holds_nothing(
     assert list(listed.generations) == []
     balance = await shopper.balance()
     assert (balance.balance, balance.reserved) == (5, 0)
+
+
+async def test_a_key_whose_first_request_is_still_starting_is_asked_again_after_retry_after(
+    gen_platform: Platform,
+) -> None:
+    shopper = Shopper(gen_platform)
+    await shopper.grant(5)
+    product = await shopper.upload()
+    before = await _keys_now(gen_platform, "after_hold")
+    first = asyncio.create_task(shopper.create([product], prompt="a cap [pause:after_hold]", key="cap-1"))
+    generation_id = await _new_pause(gen_platform, "after_hold", before)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await shopper.create([product], prompt="a cap [pause:after_hold]", key="cap-1")
+    error = from_rpc_error(raised.value)
+    assert (error.reason, error.retry_after_seconds) == ("CONFLICT", 1.0)
+    redis = Redis.from_url(gen_platform.redis_url)
+    try:
+        await redis.set(checkpoint_key(gen_platform.redis_prefix, generation_id, "after_hold"), RESUME)
+    finally:
+        await redis.aclose()
+    assert (await first).id == generation_id
+    again = await shopper.create([product], prompt="a cap [pause:after_hold]", key="cap-1")
+    assert again.id == generation_id
