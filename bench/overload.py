@@ -183,6 +183,8 @@ async def start_load(args: argparse.Namespace, pgbench_clients: int, log: Path) 
         "--seconds", str(args.billing_round_seconds), "--clients", str(args.billing_clients),
         "--pgbench-clients", str(pgbench_clients),
     ]  # fmt: skip
+    if args.pgbench_rate:
+        command += ["--pgbench-rate", str(args.pgbench_rate)]
     print(f"\nload: {' '.join(command[1:])} (its log: {log})", flush=True)
     return await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=log.open("wb"), cwd=Path(__file__).parents[1]
@@ -282,6 +284,12 @@ def main() -> None:
         "--pgbench-clients",
         type=int,
         help=f"bench.billing's pgbench clients (default: free slots - {SLOTS_LEFT})",
+    )
+    parser.add_argument(
+        "--pgbench-rate",
+        type=int,
+        help="pace pgbench to this many transactions/s (its -R): its connections still take the slots, "
+        "without taking the CPU too",
     )
     parser.add_argument("--billing-round-seconds", type=int, default=15, help="bench.billing's rounds")
     args = parser.parse_args()

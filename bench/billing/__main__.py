@@ -207,6 +207,7 @@ async def contend(
     pgbench_clients: int,
     seconds: float,
     stopping: asyncio.Event,
+    rate: int | None = None,
 ) -> None:
     """The pairs through the service and pgbench's same SQL at once, in rounds of ``seconds``,
     until ``stopping``: a load on the database server for another benchmark to run beside
@@ -215,6 +216,8 @@ async def contend(
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
         script.write(pgbench_script(False, len(wallets)))
     command, env = pgbench_command(url, script.name, pgbench_clients, seconds)
+    if rate:  # pgbench's -R: its connections held, its transactions paced
+        command[1:1] = ["-R", str(rate)]
     print(f"contending: {len(wallets)} gRPC clients and {pgbench_clients} pgbench clients", flush=True)
     try:
         while not stopping.is_set():
@@ -287,6 +290,9 @@ async def main() -> None:
         "(a load for bench.overload)",
     )
     parser.add_argument(
+        "--pgbench-rate", type=int, help="with --until-stopped: pgbench's transactions/s in all (its -R)"
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="py-spy the billing process during the spread run (collapsed stacks)",
@@ -324,7 +330,8 @@ async def main() -> None:
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().add_signal_handler(signal_number, stopping.set)
             url = database.service_urls["billing"]
-            await contend(stub, spread, url, args.pgbench_clients or args.clients, args.seconds, stopping)
+            pgbench_clients = args.pgbench_clients or args.clients
+            await contend(stub, spread, url, pgbench_clients, args.seconds, stopping, args.pgbench_rate)
             await channel.close()
             return
         results = {}

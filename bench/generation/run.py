@@ -57,7 +57,7 @@ def product_photo() -> bytes:
     return out.getvalue()
 
 
-# A polite client (as bench/load's): a 429 or 503 with a Retry-After of at most
+# A polite client (as bench/load's): a 429 or 503 (or 409) with a Retry-After of at most
 # MAX_RETRY_WAIT_SECONDS is waited for, plus jitter, and retried, MAX_ATTEMPTS attempts in all.
 MAX_ATTEMPTS = 4
 MAX_RETRY_WAIT_SECONDS = 5.0
@@ -108,7 +108,8 @@ async def polite(
             answers.no_answer[f"{route} {type(error).__name__}"] += 1
             raise
         wait = retry_after(response)
-        sheddable = response.status_code in (429, 503) and wait is not None
+        # 409 with Retry-After: the same Idempotency-Key's first request is still starting.
+        sheddable = response.status_code in (409, 429, 503) and wait is not None
         if sheddable and wait is not None and wait <= MAX_RETRY_WAIT_SECONDS and attempt < MAX_ATTEMPTS:
             answers.shed[(route, response.status_code, error_reason(response))] += 1
             await asyncio.sleep(wait + random.uniform(0.0, max(wait, 0.5)))
