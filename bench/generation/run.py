@@ -57,10 +57,11 @@ def product_photo() -> bytes:
     return out.getvalue()
 
 
-# A polite client (as bench/load's): a 429 or 503 (or 409) with a Retry-After of at most
+# A polite client (as bench/load's): a 429 or 503 with a Retry-After of at most
 # MAX_RETRY_WAIT_SECONDS is waited for, plus jitter, and retried, MAX_ATTEMPTS attempts in all.
 MAX_ATTEMPTS = 4
 MAX_RETRY_WAIT_SECONDS = 5.0
+IN_PROGRESS_PATIENCE_SECONDS = 60.0
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
 # A generation not terminal after this long is reported as such (not waited for forever).
 GIVE_UP_SECONDS = 300.0
@@ -100,23 +101,33 @@ class Answers:
 async def polite(
     http: httpx.AsyncClient, answers: Answers, route: str, method: str, url: str, **options: Any
 ) -> httpx.Response:
-    """One call, retried on a 429/503 with a short Retry-After (bounded, jittered)."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+    """One call, asked again after a 429/503 with a short Retry-After (bounded, jittered), and
+    after a 409 with Retry-After (the same Idempotency-Key's first request still starting:
+    that one may take as long as a start does, so for up to IN_PROGRESS_PATIENCE_SECONDS)."""
+    started, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
         try:
             response = await http.request(method, url, **options)
         except httpx.TransportError as error:
             answers.no_answer[f"{route} {type(error).__name__}"] += 1
             raise
         wait = retry_after(response)
-        # 409 with Retry-After: the same Idempotency-Key's first request is still starting.
-        sheddable = response.status_code in (409, 429, 503) and wait is not None
-        if sheddable and wait is not None and wait <= MAX_RETRY_WAIT_SECONDS and attempt < MAX_ATTEMPTS:
-            answers.shed[(route, response.status_code, error_reason(response))] += 1
+        code = response.status_code
+        again = (
+            wait is not None
+            and wait <= MAX_RETRY_WAIT_SECONDS
+            and (
+                (code in (429, 503) and attempt < MAX_ATTEMPTS)
+                or (code == 409 and time.monotonic() - started < IN_PROGRESS_PATIENCE_SECONDS)
+            )
+        )
+        if again and wait is not None:
+            answers.shed[(route, code, error_reason(response))] += 1
             await asyncio.sleep(wait + random.uniform(0.0, max(wait, 0.5)))
             continue
-        answers.final[(route, response.status_code, error_reason(response))] += 1
+        answers.final[(route, code, error_reason(response))] += 1
         return response
-    raise AssertionError("unreachable")
 
 
 class Client:
