@@ -229,9 +229,10 @@ async def contend(
                 pgbench.terminate()
             out, err = await pgbench.communicate()
             tps = re.search(r"tps = ([\d.]+)", out.decode())
-            pgbench_text = (
-                f"{float(tps.group(1)):.0f} tps" if tps else f"failed: {err.decode().strip()[-160:]}"
-            )
+            if tps:
+                pgbench_text = f"{float(tps.group(1)):.0f} tps"
+            else:
+                pgbench_text = "stopped" if stopping.is_set() else f"failed: {err.decode().strip()[-160:]}"
             print(
                 f"round: {pairs / seconds:.0f} pairs/s through the service; pgbench {pgbench_text}; "
                 f"load 1 min {os.getloadavg()[0]:.1f}",
