@@ -2,9 +2,10 @@
 
 Every attempt goes through Locust's HTTP client (so Locust's own statistics see it) under
 its route template, and into the run's ``LoadRecorder``. A 429 or 503 that carries a
-``Retry-After`` of at most ``MAX_RETRY_WAIT_SECONDS`` is waited for (plus jitter) and
-retried, ``MAX_ATTEMPTS`` attempts in all; it is counted as throttled, and the journey
-sees only the final answer. A longer Retry-After (an hourly plan limit) is the answer.
+``Retry-After`` of at most ``MAX_RETRY_WAIT_SECONDS`` (or a 409 that does: a create repeated
+with the Idempotency-Key of one still running) is waited for (plus jitter) and retried,
+``MAX_ATTEMPTS`` attempts in all; it is counted as throttled, and the journey sees only the
+final answer. A longer Retry-After (an hourly plan limit) is the answer.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class PoliteCalls:
             answer = self._attempt(method, route, path or route, sent_headers, stream, options)
             wait = retry_after(answer.response)
             if (
-                answer.status in (429, 503)
+                answer.status in (409, 429, 503)
                 and wait is not None
                 and wait <= MAX_RETRY_WAIT_SECONDS
                 and attempt < MAX_ATTEMPTS - 1

@@ -92,7 +92,7 @@ class LoadRecorder:
                 self._requests_out.flush()
 
     def throttled(self, status: int, recovered: bool) -> None:
-        """A 429/503 with Retry-After that was waited for and retried (``recovered``: then answered)."""
+        """A 409/429/503 with Retry-After that was waited for and retried (``recovered``: then answered)."""
         with self._lock:
             self._throttled[str(status)] += 1
             self._recovered += int(recovered)
