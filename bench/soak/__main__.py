@@ -34,7 +34,6 @@ import psycopg
 
 from bench.soak.faults import KINDS, FaultInjector, FaultRecord, schedule
 from bench.soak.invariants import Target, check
-from bench.soak.journeys import run_journeys
 from bench.soak.platform import (
     GENERATION_DEADLINE_SECONDS,
     SWEEPER_INTERVAL_SECONDS,
@@ -96,14 +95,6 @@ async def locust_load(
         await process.wait()
     report = out_dir / "report.json"
     return dict(json.loads(report.read_text())) if report.exists() else {}
-
-
-async def run_load(
-    kind: str, soak: SoakPlatform, users: int, duration: float, out_dir: Path, seed: int
-) -> dict[str, Any]:
-    if kind == "locust":
-        return await locust_load(soak, users, duration, out_dir, seed)
-    return await run_journeys(soak.gateway_url, users, duration, out_dir, WEBHOOK_SECRET, seed)
 
 
 def _in_flight(admin_url: str) -> tuple[int, int]:
@@ -185,7 +176,7 @@ async def soak_run(args: argparse.Namespace, out_dir: Path) -> int:
         stop = asyncio.Event()
         faults = asyncio.create_task(injector.run(stop, args.duration))
         try:
-            report = await run_load(args.load, soak, args.users, args.duration, out_dir, args.seed)
+            report = await locust_load(soak, args.users, args.duration, out_dir, args.seed)
         finally:
             stop.set()
             records = await faults  # the fault under way ends (a process restarted, a pause over)
@@ -218,12 +209,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="the fault schedule's seed (default: random)")
     parser.add_argument("--fault-every", type=seconds, default=seconds("20s"), help="one fault this often")
     parser.add_argument("--users", type=int, default=8, help="simulated users of the load")
-    parser.add_argument(
-        "--load",
-        choices=("locust", "journeys"),
-        default="locust",
-        help="the Locust suite (bench/load) or the small built-in one (bench/soak/journeys.py)",
-    )
     parser.add_argument(
         "--out", type=Path, default=None, help="the run's folder (default: a fresh one, kept)"
     )
