@@ -154,6 +154,18 @@ def database_url(settings: ServiceSettings) -> str:
     return settings.service_database_url or settings.database_url
 
 
+def command_database(settings: ServiceSettings, schema: str) -> Database:
+    """The database of an operator's command (promote, reconcile, confirm a payment): the
+    service's own URL and settings, one connection."""
+    return Database(
+        database_url(settings),
+        schema,
+        pool_size=1,
+        max_overflow=0,
+        prepared_statements=settings.db_prepared_statements,
+    )
+
+
 def migration_database_url(settings: ServiceSettings) -> str:
     """Where migrations run: straight to PostgreSQL (they hold a session advisory lock)."""
     return settings.migration_database_url or database_url(settings)

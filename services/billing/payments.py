@@ -178,17 +178,10 @@ def charge_refunded_event(purchase: Row) -> dict[str, Any]:
 
 
 async def _load_purchase(settings: BillingSettings, purchase_id: str) -> Row:
-    from kit.db import Database
-    from kit.server import database_url
+    from kit.server import command_database
     from services.billing import store
 
-    db = Database(
-        database_url(settings),
-        "billing",
-        pool_size=1,
-        max_overflow=0,
-        prepared_statements=settings.db_prepared_statements,
-    )
+    db = command_database(settings, "billing")
     try:
         async with db.transaction() as session:
             found = await store.purchase(session, uuid.UUID(purchase_id))

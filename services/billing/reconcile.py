@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
-from kit.server import database_url
+from kit.server import command_database
 from services.billing import store
 from services.billing.settings import BillingSettings
 
@@ -75,13 +75,7 @@ async def reconcile_in(session: AsyncConnection) -> Report:
 
 async def _main() -> int:
     settings = BillingSettings()
-    db = Database(
-        database_url(settings),
-        "billing",
-        pool_size=1,
-        max_overflow=0,
-        prepared_statements=settings.db_prepared_statements,
-    )
+    db = command_database(settings, "billing")
     try:
         report = await reconcile(db)
     finally:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from kit.db import Database
 from kit.errors import DomainError, NotFound
-from kit.server import database_url
+from kit.server import command_database
 from services.users import accounts, keys, store
 from services.users.credentials import Credentials
 from services.users.profiles import promote_by_email
@@ -64,13 +64,7 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = UsersSettings()
-    db = Database(
-        database_url(settings),
-        "users",
-        pool_size=1,
-        max_overflow=0,
-        prepared_statements=settings.db_prepared_statements,
-    )
+    db = command_database(settings, "users")
     try:
         if args.command == "promote":
             message = await _promote(db, settings, args.email)
