@@ -109,4 +109,9 @@ async def _unsaved_prediction(
         adopted = {"generation_id": str(generation.id), "prediction_id": prediction_id}
         log.info("adopted a prediction", extra=adopted)
         return await store.get(session, generation.id), None
+    # The worker saved this very prediction meanwhile (its "start" webhook raced the worker's
+    # save of the create answer): the generation's own prediction, not a duplicate to cancel.
+    current = await store.get(session, generation.id)
+    if current is not None and current.prediction_id == prediction_id:
+        return current, None
     return None, generation
