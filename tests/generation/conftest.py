@@ -80,12 +80,14 @@ async def gen_platform(
         generation_database, redis_url, tmp_path_factory.mktemp("generation"), extra_env=GENERATION_ENV
     )
     # The webhook URL is the gateway's, known once the platform picked its ports.
-    running._extra_env |= {
-        "STYLESTUDIO_REPLICATE_BASE_URL": replicate.url,
-        "STYLESTUDIO_REPLICATE_API_TOKEN": replicate.api_token,
-        "STYLESTUDIO_REPLICATE_WEBHOOK_SECRET": replicate.secret,
-        "STYLESTUDIO_REPLICATE_WEBHOOK_URL": f"{running.gateway_url}/webhooks/replicate",
-    }
+    running.add_env(
+        {
+            "STYLESTUDIO_REPLICATE_BASE_URL": replicate.url,
+            "STYLESTUDIO_REPLICATE_API_TOKEN": replicate.api_token,
+            "STYLESTUDIO_REPLICATE_WEBHOOK_SECRET": replicate.secret,
+            "STYLESTUDIO_REPLICATE_WEBHOOK_URL": f"{running.gateway_url}/webhooks/replicate",
+        }
+    )
     async with running:
         await running.start_all()
         yield running

@@ -7,16 +7,22 @@ input, webhook, webhook_events_filter; ``Authorization: Bearer``), ``GET
 Webhooks scheme Replicate uses: ``webhook-id``, ``webhook-timestamp`` (Unix seconds),
 ``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed with
 the base64 part of the ``whsec_`` secret. A prediction stays ``processing`` until the
-test finishes it, with or without a webhook.
+test finishes it, with or without a webhook; with ``complete_after`` set (the soak runs it so),
+the server finishes each prediction itself: a "start" webhook at once, then after that many
+seconds the prediction succeeds with output URLs served here and its "completed" webhook is
+sent. Every webhook sent is kept in ``sent`` (body and id), so it can be delivered again,
+re-signed with a fresh timestamp (``redeliver``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import io
 import json
+import logging
 import threading
 import time
 import uuid
@@ -35,6 +41,21 @@ from starlette.routing import Route
 
 from tests.harness.platform import free_port
 
+log = logging.getLogger("tests.replicate_server")
+RUNNING = ("starting", "processing")
+
+
+@dataclass(frozen=True)
+class SentWebhook:
+    """A webhook as the server sent it: enough to send it again, re-signed."""
+
+    prediction_id: str
+    url: str
+    webhook_id: str
+    status: str
+    body: bytes
+    sent_at: float
+
 
 @dataclass
 class FakeReplicate:
@@ -50,6 +71,12 @@ class FakeReplicate:
     # Run with each new prediction before the create request is answered (a test's way to
     # have something happen while the service waits for Replicate's answer).
     before_answering: Callable[[str], Awaitable[None]] | None = None
+    # Seconds after which the server itself succeeds a prediction and sends its webhooks
+    # ("start" at once, "completed" then); None: a test finishes each prediction.
+    complete_after: float | None = None
+    # Every webhook sent, in order (appended from the server's thread).
+    sent: list[SentWebhook] = field(default_factory=list, repr=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     @property
     def url(self) -> str:
@@ -106,7 +133,30 @@ class FakeReplicate:
             await self.send_webhook(prediction["id"])
         if self.before_answering is not None:
             await self.before_answering(prediction["id"])
+        if self.complete_after is not None:
+            task = asyncio.create_task(self._complete(prediction["id"], self.complete_after))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return JSONResponse(self._prediction(prediction), 201)
+
+    async def _complete(self, prediction_id: str, after: float) -> None:
+        """What Replicate does with a prediction: start it, run it, succeed, telling the webhook."""
+        prediction = self.predictions[prediction_id]
+        events = prediction["_webhook_events_filter"] or ["start", "output", "logs", "completed"]
+        if prediction["_webhook"] and "start" in events:
+            await self._try_webhook(prediction_id)
+        await asyncio.sleep(after)
+        if prediction["status"] not in RUNNING:  # cancelled meanwhile
+            return
+        self.succeed(prediction_id)
+        if prediction["_webhook"] and "completed" in events:
+            await self._try_webhook(prediction_id)
+
+    async def _try_webhook(self, prediction_id: str) -> None:
+        try:
+            await self.send_webhook(prediction_id)
+        except httpx.HTTPError as error:  # the receiver is down: Replicate's poll finds it later
+            log.warning("a webhook was not delivered: %s", type(error).__name__)
 
     async def _get(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -168,17 +218,30 @@ class FakeReplicate:
     ) -> httpx.Response:
         """POST the prediction (or ``payload``) to the webhook URL it was created with, signed."""
         prediction = self.predictions[prediction_id]
-        body = json.dumps(payload if payload is not None else self._prediction(prediction)).encode()
+        shown = payload if payload is not None else self._prediction(prediction)
+        body = json.dumps(shown).encode()
         webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+        url = prediction["_webhook"]
+        sent = SentWebhook(prediction_id, url, webhook_id, str(shown.get("status", "")), body, time.time())
+        self.sent.append(sent)
+        return await self._post(sent, webhook_id, timestamp, signature)
+
+    async def redeliver(self, sent: SentWebhook, webhook_id: str | None = None) -> httpx.Response:
+        """``sent`` once more, signed anew with the current time (under its own id, or ``webhook_id``)."""
+        return await self._post(sent, webhook_id or sent.webhook_id)
+
+    async def _post(
+        self, sent: SentWebhook, webhook_id: str, timestamp: int | None = None, signature: str | None = None
+    ) -> httpx.Response:
         timestamp = int(time.time()) if timestamp is None else timestamp
         headers = {
             "content-type": "application/json",
             "webhook-id": webhook_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature or self.sign(webhook_id, timestamp, body),
+            "webhook-signature": signature or self.sign(webhook_id, timestamp, sent.body),
         }
         async with httpx.AsyncClient(timeout=10.0) as client:
-            return await client.post(prediction["_webhook"], content=body, headers=headers)
+            return await client.post(sent.url, content=sent.body, headers=headers)
 
 
 class ReplicateServer:
@@ -200,4 +263,5 @@ class ReplicateServer:
 
     def stop(self) -> None:
         self._server.should_exit = True
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)

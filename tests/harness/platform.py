@@ -168,6 +168,11 @@ class Platform:
     async def __aenter__(self) -> Platform:
         return self
 
+    def add_env(self, env: Mapping[str, str]) -> None:
+        """More environment for every process started from now on (e.g. the gateway's URL,
+        known once the platform picked its ports)."""
+        self._extra_env |= env
+
     def instances(self, service: str) -> list[str]:
         """The process names of ``service``'s replicas: ``service``, ``service-2``, ..."""
         return [name for name in self.instance_addresses if service_of(name) == service]
