@@ -11,8 +11,10 @@ import json
 import time
 
 import httpx
+import psycopg
 import pytest
 
+from kit.infra import libpq_url
 from stylestudio.generation.v1 import resources_pb2
 from tests.generation.conftest import REPLICATE_MODEL, REPLICATE_VERSION, Shopper
 from tests.generation.replicate_server import FakeReplicate
@@ -157,6 +159,60 @@ async def test_cancel_cancels_the_prediction_and_releases(
     assert (await shopper.get(generation_id)).status == resources_pb2.CANCELED
     balance = await shopper.balance()
     assert (balance.balance, balance.reserved) == (5, 0)
+
+
+def _waiting_to_save_a_prediction(admin_url: str) -> int:
+    """Connections waiting on a row lock to save a generation's prediction id."""
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND query ILIKE '%SET prediction_id%'"
+        ).fetchone()
+    return row[0] if row else 0
+
+
+async def test_a_start_webhook_racing_the_workers_save_does_not_cancel_the_prediction(
+    gen_platform: Platform, replicate: FakeReplicate
+) -> None:
+    # The prediction's "start" webhook finds no generation with its id (the worker's save is not
+    # committed yet), then fails to adopt it (the save committed meanwhile): it is the generation's
+    # own prediction, not a duplicate. A row lock held by the test orders the two saves.
+    admin_url = gen_platform.database.admin_url
+    lock = psycopg.connect(libpq_url(admin_url))
+    webhook: asyncio.Task[httpx.Response] | None = None
+
+    async def lock_the_generation(prediction_id: str) -> None:
+        url = replicate.predictions[prediction_id]["_webhook"]
+        generation_id = url.rsplit("generation_id=", 1)[1]
+        lock.execute("SELECT 1 FROM generation.generations WHERE id = %s FOR UPDATE", (generation_id,))
+
+    replicate.before_answering = lock_the_generation
+    try:
+        shopper, generation_id, prediction_id = await _started_prediction(
+            gen_platform, replicate, "racing start gloves"
+        )
+        replicate.before_answering = None
+        deadline = time.monotonic() + 10
+        # the worker's save waits first, then the webhook's adoption
+        for waiting in (1, 2):
+            while await asyncio.to_thread(_waiting_to_save_a_prediction, admin_url) < waiting:
+                assert time.monotonic() < deadline, f"{waiting} saves never waited"
+                await asyncio.sleep(0.05)
+            if waiting == 1:
+                webhook = asyncio.create_task(replicate.send_webhook(prediction_id))
+    finally:
+        replicate.before_answering = None
+        lock.rollback()
+        lock.close()
+    assert webhook is not None
+    assert (await webhook).status_code == 200
+    await asyncio.sleep(0.5)
+    assert prediction_id not in replicate.canceled
+    replicate.succeed(prediction_id)
+    assert (await replicate.send_webhook(prediction_id)).status_code == 200
+    done = await shopper.wait_terminal(generation_id, timeout=5)
+    assert done.status == resources_pb2.COMPLETED, done.error
+    assert (await shopper.balance()).balance == 4
 
 
 async def _create_prediction(
