@@ -1,7 +1,8 @@
 """Run the load headless against a running platform and write its report.
 
     .venv/bin/python -m bench.load --host http://127.0.0.1:8080 --users 20 --spawn-rate 5 \\
-        --duration 60s --out DIR [--webhook-secret SECRET] [--admin-token TOKEN]
+        --duration 60s --out DIR [--models stable-diffusion-xl,dall-e-3] \\
+        [--webhook-secret SECRET] [--admin-token TOKEN]
 
 Locust runs as a process of its own (it monkey-patches the standard library with gevent),
 ``locust -f bench/load/locustfile.py --headless``; this command builds that command line,
@@ -48,6 +49,8 @@ def locust_command(args: argparse.Namespace) -> list[str]:
         "--out",
         str(args.out),
         "--only-summary",
+        "--models",
+        args.models,
         "--loglevel",
         args.log_level,
         "--exit-code-on-error",
@@ -72,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get(ADMIN_TOKEN_ENV, ""),
         help=f"an admin's access token: upgrades some users to pro (batches) and reads the "
         f"system analytics (default ${ADMIN_TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--models",
+        default="stable-diffusion-xl",
+        help="image models the generations pick from, comma-separated (a name twice: twice as often)",
     )
     parser.add_argument("--stop-timeout", type=int, default=STOP_TIMEOUT_SECONDS)
     parser.add_argument("--log-level", default="WARNING", help="Locust's log level")

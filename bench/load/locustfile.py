@@ -60,6 +60,12 @@ recorder: LoadRecorder | None = None
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
     parser.add_argument("--out", type=str, default="load-report", help="where the report is written")
+    parser.add_argument(
+        "--models",
+        type=str,
+        default=DRAFT["model"],
+        help="image models the generations pick from, comma-separated (a name twice: twice as often)",
+    )
 
 
 @events.init.add_listener
@@ -115,6 +121,9 @@ class StyleStudioUser(HttpUser):
         self.user_id = ""
         self.generations: list[str] = []
         self.tour: list[str] | None = None
+        options = self.environment.parsed_options
+        names = str(options.models if options is not None else DRAFT["model"])
+        self.models = [name.strip() for name in names.split(",") if name.strip()] or [names]
         self._journey("signup", self._sign_up)
 
     # --- journeys ------------------------------------------------------------------------------
@@ -143,6 +152,10 @@ class StyleStudioUser(HttpUser):
         else:
             self.recorder.journey(kind, completed=True)
 
+    def _parameters(self) -> dict[str, Any]:
+        """A draft's parameters, on one of the models the run picks from."""
+        return DRAFT | {"model": random.choice(self.models)}
+
     def _sign_up(self) -> None:
         self.email = f"load-{uuid.uuid4().hex}@example.com"
         body = {"email": self.email, "password": self.password, "name": "Load Tester"}
@@ -163,13 +176,14 @@ class StyleStudioUser(HttpUser):
     def _create(self) -> None:
         product = self._upload("product_image", PRODUCT_IMAGES)
         models = [self._upload("model_image", MODEL_IMAGES)] if random.random() < 0.4 else []
-        estimate = {key: DRAFT[key] for key in ("model", "quality", "aspectRatio", "numImages")}
+        parameters = self._parameters()
+        estimate = {key: parameters[key] for key in ("model", "quality", "aspectRatio", "numImages")}
         self._expect(self.api.call("POST", "/v1/billing/estimate", json=estimate))
         request = {
             "productImageFiles": [product],
             "modelImageFiles": models,
             "prompt": "a model wearing the product, city street",
-            "parameters": DRAFT,
+            "parameters": parameters,
         }
         key = uuid.uuid4().hex
         generation = self._start(request, key)
@@ -187,7 +201,11 @@ class StyleStudioUser(HttpUser):
 
     def _batch(self) -> None:
         product = self._upload("product_image", PRODUCT_IMAGES)
-        one = {"productImageFiles": [product], "prompt": "studio shot of the product", "parameters": DRAFT}
+        one = {
+            "productImageFiles": [product],
+            "prompt": "studio shot of the product",
+            "parameters": self._parameters(),
+        }
         answer = self.api.call("POST", "/v1/generations:batch", json={"requests": [one, one]})
         results = self._expect(answer).get("results", [])
         started = [r["generation"]["id"] for r in results if "generation" in r]
@@ -241,7 +259,11 @@ class StyleStudioUser(HttpUser):
 
     def _cancel(self) -> None:
         product = self._upload("product_image", PRODUCT_IMAGES)
-        request = {"productImageFiles": [product], "prompt": "the product on a beach", "parameters": DRAFT}
+        request = {
+            "productImageFiles": [product],
+            "prompt": "the product on a beach",
+            "parameters": self._parameters(),
+        }
         generation = self._start(request, uuid.uuid4().hex)
         path = f"/v1/generations/{generation['id']}:cancel"
         answer = self.api.call("POST", "/v1/generations/{id}:cancel", path)
