@@ -36,6 +36,7 @@ from bench.soak.faults import KINDS, FaultInjector, FaultRecord, schedule
 from bench.soak.invariants import Target, check
 from bench.soak.platform import (
     GENERATION_DEADLINE_SECONDS,
+    LOAD_MODELS,
     SWEEPER_INTERVAL_SECONDS,
     WEBHOOK_SECRET,
     SoakPlatform,
@@ -83,6 +84,8 @@ async def locust_load(
         f"{int(duration)}s",
         "--out",
         str(out_dir),
+        "--models",
+        ",".join(LOAD_MODELS),
     ]
     # Secrets through the environment, not a command line: the webhook secret, an admin's token
     # (some users upgraded to pro for batches, the system analytics read).

@@ -16,6 +16,9 @@ Kinds:
   provider_stall     the local provider holds every try longer than a lease, for a while
   provider_slow      the local provider takes seconds per try, for a while
   stripe_webhooks    payment events the load sent, delivered again: twice, late, out of order
+  replicate_webhooks webhooks the local Replicate sent about finished predictions, delivered
+                     again, re-signed with a fresh timestamp: the "completed" one twice (its
+                     own id, then a new one), then the older "start" one (out of order)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ from bench.soak.platform import CONSUMER_CLAIM_IDLE_MS, WEBHOOK_SECRET, WORKER_L
 from kit.infra import libpq_url
 from services.billing.payments import sign_payload
 from services.generation.faults import provider_fault_key
+from tests.generation.replicate_server import SentWebhook
 
 log = logging.getLogger("bench.soak.faults")
 
@@ -50,6 +55,7 @@ KINDS = (
     "provider_stall",
     "provider_slow",
     "stripe_webhooks",
+    "replicate_webhooks",
 )
 # How long a dependency stays down, and a provider fault lasts.
 DOWN_SECONDS = 2.0
@@ -57,6 +63,8 @@ PROVIDER_FAULT_SECONDS = 12.0
 PAUSE_SECONDS = max(WORKER_LEASE_SECONDS, CONSUMER_CLAIM_IDLE_MS / 1000) + 4.0
 # Webhooks re-delivered per fault, and how late (beyond their first delivery) at least.
 REDELIVERED_WEBHOOKS = 6
+# A prediction's outcome: its webhook is the last one Replicate sends.
+FINISHED = ("succeeded", "failed", "canceled")
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ def _default_target(kind: str) -> str:
         return "postgres"
     if kind.startswith("provider_"):
         return "local-provider"
+    if kind == "replicate_webhooks":
+        return "replicate"
     return "gateway"
 
 
@@ -230,6 +240,32 @@ class FaultInjector:
                 if answer.status_code != 200:
                     log.warning("stripe webhook answered %s: %s", answer.status_code, answer.text[:200])
                 await asyncio.sleep(0.2)
+        return False
+
+    async def _replicate_webhooks(self, target: str) -> bool:
+        """Finished predictions' webhooks again, late: for a random few, in shuffled order, the
+        "completed" one twice (a redelivery under its own id, then under a new one, which the
+        id's deduplication does not catch) and then the "start" one, older than the outcome."""
+        replicate = self.soak.replicate
+        sent = list(replicate.sent)
+        finished = sorted({hook.prediction_id for hook in sent if hook.status in FINISHED})
+        chosen = self._rng.sample(finished, min(REDELIVERED_WEBHOOKS, len(finished)))
+        deliveries: list[tuple[SentWebhook, str | None]] = []
+        for prediction_id in chosen:
+            hooks = [hook for hook in sent if hook.prediction_id == prediction_id]
+            completed = [hook for hook in hooks if hook.status in FINISHED][-1]
+            started = [hook for hook in hooks if hook.status not in FINISHED]
+            deliveries += [(completed, None), (completed, f"msg_replay_{uuid.uuid4().hex}")]
+            deliveries += [(hook, None) for hook in started]
+        for hook, webhook_id in deliveries:
+            try:
+                answer = await replicate.redeliver(hook, webhook_id)
+            except httpx.TransportError as error:
+                log.warning("replicate webhook not delivered: %s", error)
+                continue
+            if answer.status_code != 200:
+                log.warning("replicate webhook answered %s: %s", answer.status_code, answer.text[:200])
+            await asyncio.sleep(0.1)
         return False
 
 

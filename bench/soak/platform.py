@@ -5,6 +5,10 @@ PostgreSQL and Redis, kill and pause processes, without touching the machine's s
 Two processes each of the generation and files services (sharing their consumer groups,
 reached through one balanced address), one of every other service and the gateway; the
 sweeper's deadline and the workers' leases are short, so a run settles within a minute.
+One model (``REPLICATE_MODEL``) runs on the Replicate provider, against a local server speaking
+Replicate's API (tests/generation/replicate_server.py) that finishes each prediction itself
+after ``REPLICATE_SECONDS`` and sends its signed webhooks to the gateway; the other models run
+on the local provider.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 from kit.infra import EmbeddedPostgres, EmbeddedRedis
 from kit.settings import SERVICES
+from services.generation.settings import DEFAULT_MODELS
+from tests.generation.replicate_server import FakeReplicate, ReplicateServer
 from tests.harness import Platform, TestDatabase, service_of
 
 # Known in development only: the load signs its purchases' payment events with it.
@@ -31,6 +37,13 @@ GENERATION_DEADLINE_SECONDS = 60.0
 SWEEPER_INTERVAL_SECONDS = 2.0
 WORKER_LEASE_SECONDS = 10.0
 CONSUMER_CLAIM_IDLE_MS = 8_000
+
+# The model whose generations go to (the local) Replicate, and how long a prediction runs there.
+REPLICATE_MODEL = "dall-e-3"
+REPLICATE_VERSION = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
+REPLICATE_SECONDS = 2.0
+# The models the load picks from (a name twice: twice as often): a third on Replicate.
+LOAD_MODELS = ("stable-diffusion-xl", "stable-diffusion-xl", REPLICATE_MODEL)
 
 
 def soak_env() -> dict[str, str]:
@@ -54,6 +67,30 @@ def soak_env() -> dict[str, str]:
         "STYLESTUDIO_DB_POOL_SIZE": "4",
         "STYLESTUDIO_DB_MAX_OVERFLOW": "4",
         "STYLESTUDIO_DB_CONNECTIONS_BESIDE_WORKERS": "3",
+        # a webhook lost to a fault (the gateway down): the prediction is polled soon after
+        "STYLESTUDIO_REPLICATE_POLL_INTERVAL_SECONDS": "3",
+        "STYLESTUDIO_IMAGE_MODELS": json.dumps(
+            [model.model_dump() for model in DEFAULT_MODELS if model.name != REPLICATE_MODEL]
+            + [
+                {
+                    "name": REPLICATE_MODEL,
+                    "display_name": "DALL-E 3",
+                    "multiplier": 2.0,
+                    "provider": "replicate",
+                    "replicate_version": REPLICATE_VERSION,
+                }
+            ]
+        ),
+    }
+
+
+def replicate_env(replicate: FakeReplicate, gateway_url: str) -> dict[str, str]:
+    """The generation service's Replicate settings: the local server, its webhooks to the gateway."""
+    return {
+        "STYLESTUDIO_REPLICATE_BASE_URL": replicate.url,
+        "STYLESTUDIO_REPLICATE_API_TOKEN": replicate.api_token,
+        "STYLESTUDIO_REPLICATE_WEBHOOK_SECRET": replicate.secret,
+        "STYLESTUDIO_REPLICATE_WEBHOOK_URL": f"{gateway_url}/webhooks/replicate",
     }
 
 
@@ -84,6 +121,7 @@ class SoakPlatform:
     redis: EmbeddedRedis
     database: TestDatabase
     platform: Platform
+    replicate_server: ReplicateServer
     # a process restarted by the fault injector: SIGCONT is owed to a paused one
     paused: set[str] = field(default_factory=set)
 
@@ -94,8 +132,11 @@ class SoakPlatform:
         platform = Platform(
             database, redis.url, folder, extra_env=soak_env() | (extra_env or {}), replicas=REPLICAS
         )
-        soak = cls(folder, postgres, redis, database, platform)
+        replicate_server = ReplicateServer(FakeReplicate(complete_after=REPLICATE_SECONDS))
+        platform.add_env(replicate_env(replicate_server.fake, platform.gateway_url))
+        soak = cls(folder, postgres, redis, database, platform, replicate_server)
         try:
+            replicate_server.start()
             await asyncio.to_thread(database.create)
             await platform.start_all()
         except BaseException:
@@ -106,6 +147,11 @@ class SoakPlatform:
     @property
     def gateway_url(self) -> str:
         return self.platform.gateway_url
+
+    @property
+    def replicate(self) -> FakeReplicate:
+        """The local Replicate: its predictions, and every webhook it sent."""
+        return self.replicate_server.fake
 
     @property
     def admin_url(self) -> str:
@@ -169,5 +215,6 @@ class SoakPlatform:
             await self.platform.close()
         except Exception:  # Redis may be down when a run is cut short; stop the rest anyway
             self.platform.stop_all()
+        self.replicate_server.stop()
         self.redis.stop()
         self.postgres.stop()
