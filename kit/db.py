@@ -92,13 +92,16 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside one transaction: committed on success, rolled back on any error."""
         async with self.engine.connect() as connection:
+            # Held from the start: after a lost connection, reading ``connection.info`` would try
+            # to reconnect synchronously (MissingGreenlet) and hide the database's own error.
+            info = connection.info
             try:
                 async with connection.begin():
                     yield connection
             except BaseException:
-                connection.info.pop(_AFTER_COMMIT, None)
+                info.pop(_AFTER_COMMIT, None)
                 raise
-            for callback in connection.info.pop(_AFTER_COMMIT, ()):
+            for callback in info.pop(_AFTER_COMMIT, ()):
                 callback()
 
     @asynccontextmanager

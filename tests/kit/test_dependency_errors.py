@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from kit import retry
 from kit.clients import open_channel
+from kit.db import Database
 from kit.errors import (
     DependencyUnavailable,
     ProviderUnavailable,
@@ -110,6 +111,24 @@ async def test_a_backend_ended_mid_session_is_the_database_unavailable(infrastru
                 await connection.execute(sa.text("SELECT 1"))
     finally:
         await engine.dispose()
+    _assert_database(caught.value)
+
+
+async def test_a_transaction_whose_backend_ends_is_the_database_unavailable(infrastructure: object) -> None:
+    """kit.db's transaction() itself: the error that leaves it is the database's (the soak found a
+    restart answered 500 when its clean-up reconnected synchronously and raised MissingGreenlet)."""
+    db = Database(_url(infrastructure), "public", pool_size=1, max_overflow=0)
+    try:
+        with pytest.raises(Exception) as caught:
+            async with db.transaction() as connection:
+                pid = (await connection.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+                async with await psycopg.AsyncConnection.connect(
+                    _libpq(_url(infrastructure)), autocommit=True
+                ) as admin:
+                    await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                await connection.execute(sa.text("SELECT 1"))
+    finally:
+        await db.engine.dispose()
     _assert_database(caught.value)
 
 
