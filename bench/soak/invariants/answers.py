@@ -30,7 +30,10 @@ class FaultWindow:
     dependency_down: bool
 
     def covers(self, t: float, grace: float) -> bool:
-        return self.started <= t <= self.ended + grace
+        """Whether a request sent at ``t`` may have met the fault: sent during it, within
+        ``grace`` after it, or within ``grace`` before it (still in flight when it began; the
+        30-minute soak saw 503s for requests sent milliseconds before a PostgreSQL restart)."""
+        return self.started - grace <= t <= self.ended + grace
 
 
 def read_faults(path: Path | None) -> list[FaultWindow]:
