@@ -120,10 +120,11 @@ def print_trace(ident: str, directory: Path | None, *, as_json: bool) -> int:
             file=sys.stderr,
         )
         return EXIT_NOT_FOUND
-    trace = Trace(spans)
     if as_json:
-        dump_json(trace, sys.stdout)
+        dump_json(Trace(spans), sys.stdout)
     else:
+        store = SpanStore(directory)
+        trace = Trace(spans, linked_from=store.linking_to(str(spans[0]["trace_id"])))
         render(trace, sys.stdout, colour=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     return 0
 

@@ -201,6 +201,21 @@ class SpanStore:
                     spans.setdefault(str(span.get("span_id")), span)
         return sorted(spans.values(), key=lambda span: _number(span.get("start_ns"))) or None
 
+    def linking_to(self, trace_id: str) -> list[dict[str, object]]:
+        """Spans of other traces with a link into ``trace_id`` (a batch consumer's span links the
+        events it handled), by start."""
+        found = []
+        for line in self.lines():
+            if trace_id not in line:
+                continue
+            span = _parsed(line)
+            links = span.get("links") if span is not None else None
+            if span is None or span.get("trace_id") == trace_id or not isinstance(links, list):
+                continue
+            if any(isinstance(link, dict) and link.get("trace_id") == trace_id for link in links):
+                found.append(span)
+        return sorted(found, key=lambda span: _number(span.get("start_ns")))
+
     def _trace_of(self, ident: str) -> str | None:
         as_trace_id = ident.lower() if len(ident) == _TRACE_ID_LENGTH else None
         needles = {json.dumps(ident), *([json.dumps(as_trace_id)] if as_trace_id else [])}

@@ -4,7 +4,8 @@ The tree shows each span's start offset and duration, its service, name, status 
 ``*`` marks the critical path (the chain of spans the trace's end waited on), ``!`` an error, ``~``
 a compensation (a hold released, a refund, results discarded, a saga undone). A queue hop shows the
 producer, the queue and the consumer, with the time the message waited; span links show what a
-batch span handled. ``--json`` prints the spans, each with ``critical`` added.
+batch span handled, and under a producer the batch consumers (other traces) that linked to it.
+``--json`` prints the trace's own spans, each with ``critical`` added.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from kit import telemetry
 Span = dict[str, Any]
 
 # What undoes a saga step (docs/generation.md): RPC methods, event types and span names.
-COMPENSATION_METHODS = frozenset(
-    {"ReleaseHold", "ReleaseFileReferences", "DiscardGenerationResults", "RefundPurchase"}
-)
+COMPENSATION_METHODS = frozenset({"ReleaseHold", "DiscardGenerationResults", "RefundPurchase"})
 COMPENSATION_EVENTS = frozenset(
     {"billing.hold_released", "billing.tokens_refunded", "generation.failed", "generation.canceled"}
 )
@@ -72,6 +71,8 @@ class Trace:
     """The spans of one trace, as a tree (children by start), with its critical path."""
 
     spans: list[Span]
+    # Spans of other traces that link into this one (``SpanStore.linking_to``), shown, not counted.
+    linked_from: list[Span] = field(default_factory=list)
     by_id: dict[str, Span] = field(init=False)
     children: dict[str, list[Span]] = field(init=False)
     roots: list[Span] = field(init=False)
@@ -222,6 +223,9 @@ def _status(span: Span) -> str:
 def _notes(span: Span, trace: Trace) -> list[str]:
     """Lines under a span: its links, and the exceptions it recorded."""
     notes = []
+    for other in trace.linked_from:
+        if any(link.get("span_id") == span["span_id"] for link in other.get("links") or []):
+            notes.append(f"linked from {service_of(other)} {other['name']} (trace {other['trace_id']})")
     for link in span.get("links") or []:
         target = trace.by_id.get(link.get("span_id", ""))
         if target is not None:

@@ -103,9 +103,16 @@ def test_the_critical_path_follows_the_work_the_end_waited_for() -> None:
     assert [span["critical"] for span in printed["spans"]] == [True] * 5 + [False, True, True, True]
 
 
+# A batch of another trace that handled the job's event (its links name the producer span).
+ELSEWHERE = [
+    _span("aa", "", "process batch", "analytics", 50, 70, kind="CONSUMER")
+    | {"trace_id": "ef" * 16, "links": [{"trace_id": "ab" * 16, "span_id": "05", "attributes": {}}]}
+]
+
+
 def test_the_tree_shows_hops_links_errors_and_compensations() -> None:
     out = io.StringIO()
-    render(Trace(FAILED_GENERATION), out)
+    render(Trace(FAILED_GENERATION, linked_from=ELSEWHERE), out)
     text = out.getvalue()
     lines = text.splitlines()
     assert lines[0].startswith(
@@ -124,5 +131,7 @@ def test_the_tree_shows_hops_links_errors_and_compensations() -> None:
     job = next(line for line in lines if "process generation.job" in line)
     assert "<- hop generation -> jobs.generation -> generation, waited 5.00 ms" in job
     assert f"link -> trace {'cd' * 16} span {'ff' * 8}" in text
+    publish = lines.index(next(line for line in lines if "publish generation.job" in line))
+    assert f"linked from analytics process batch (trace {'ef' * 16})" in lines[publish + 1]
     offsets = [line[3:14].strip() for line in lines[2:] if line[3:25].strip()]
     assert offsets[:3] == ["0.00 ms", "2.00 ms", "4.00 ms"]
