@@ -70,6 +70,7 @@ def stage(into: Path, version: str) -> None:
         shutil.copy(CLIENT / name, into / name)
     shutil.copytree(CLIENT / "src" / "stylestudio_client", into / "src" / "stylestudio_client", ignore=ignore)
     shutil.copytree(OUTPUT, into / "src" / "stylestudio", ignore=ignore)
+    (into / "src" / "stylestudio" / "py.typed").touch()  # type checkers read the stubs' .pyi files
     (into / "VERSION").write_text(version + "\n")
 
 

@@ -71,6 +71,7 @@ def test_make_dist_builds_a_wheel_of_the_stubs_and_the_helper_versioned_with_the
     assert "stylestudio/generation/v1/generation_pb2_grpc.py" in names
     assert "stylestudio/common/v1/error_pb2.pyi" in names
     assert "stylestudio_client/channel.py" in names
+    assert {"stylestudio/py.typed", "stylestudio_client/py.typed"} <= set(names)
     assert not [name for name in names if name.startswith(("kit/", "services/", "gateway/"))]
     assert f"Version: {VERSION}" in metadata
     required = {
@@ -92,6 +93,34 @@ def test_the_installed_package_needs_nothing_of_the_platform(client_python: Path
         [client_python, "-I", "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.split() == [VERSION, "[]"]
+
+
+def test_a_calling_service_makes_its_key_and_credentials_the_kit_accepts(client_python: Path) -> None:
+    """docs/clients.md's steps from the calling service's side: `generate-key` prints its identity
+    and private key as env lines and the public key for the platform; `token` signs with them."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        command = [str(client_python), "-m", "stylestudio_client", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=60)
+
+    generated = run("generate-key", "--identity", "storefront")
+    env = dict(line.split("=", 1) for line in generated.stdout.splitlines())
+    assert env["STYLESTUDIO_SERVICE_IDENTITY"] == "storefront"
+    public_keys = generated.stderr.split(": ", 1)[1]  # {"storefront": ["-----BEGIN PUBLIC KEY-----..."]}
+    verifier = ServiceCredentials(
+        generate_signing_identity("generation"), PublicKeySet.from_json(public_keys)
+    )
+    token = run("token", "--on-behalf-of", "user-7", env=env).stdout.strip()
+    principal = verifier.verify(token)
+    assert principal is not None and (principal.identity, principal.on_behalf_of) == ("storefront", "user-7")
+
+
+def test_the_docs_show_the_example_as_it_is() -> None:
+    doc = (REPO_ROOT / "docs" / "clients.md").read_text()
+    shown = doc[doc.index("```python\nfrom __future__ import annotations") + len("```python\n") :]
+    shown = shown[: shown.index("```")]
+    example = EXAMPLE.read_text()
+    assert example.endswith(shown) and "def main(" in shown
 
 
 class Customer:
