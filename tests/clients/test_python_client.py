@@ -24,12 +24,14 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from PIL import Image
 
+from kit import clients as kit_clients
 from kit.auth import ServiceCredentials
 from kit.service_keys import PublicKeySet, generate_signing_identity
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc
 from stylestudio_client import ServiceIdentity, connect, error_details
+from stylestudio_client import channel as client_channel
 from tests.harness import Platform
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -213,6 +215,11 @@ def test_the_kit_verifies_the_client_credential_for_itself_and_for_a_user() -> N
     assert itself is not None and (itself.identity, itself.on_behalf_of) == ("operator", "")
     acting = verifier.verify(identity.token(on_behalf_of="user-1"))
     assert acting is not None and (acting.identity, acting.on_behalf_of) == ("operator", "user-1")
+
+
+def test_the_package_keeps_the_kits_channel_options() -> None:
+    """The package cannot import the kit: its copy of the platform's channel options stays equal."""
+    assert dict(client_channel.CHANNEL_OPTIONS) == dict(kit_clients.CHANNEL_OPTIONS)
 
 
 async def test_calls_carry_the_callers_trace_context_and_a_deadline(platform: Platform) -> None:

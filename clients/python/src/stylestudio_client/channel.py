@@ -26,8 +26,8 @@ from stylestudio_client.identity import ServiceIdentity
 DEFAULT_DEADLINE_SECONDS = 10.0
 DEFAULT_STREAM_DEADLINE_SECONDS = 600.0
 
-# The platform's own channels' options (keepalive pings on quiet streams, quick reconnects,
-# 32 MiB messages: an image upload or download fits in a few).
+# The platform's own channels' options (kit/clients.py; tests/clients keeps the two equal):
+# keepalive pings on quiet streams, quick reconnects, 32 MiB messages.
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
