@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from google.protobuf import descriptor
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -139,7 +141,7 @@ def _declared_reason(cls: ast.ClassDef) -> Reason | None:
     return None
 
 
-def platform_services() -> Iterator[object]:
+def platform_services() -> Iterator[descriptor.ServiceDescriptor]:
     for module_info in pkgutil.walk_packages(stylestudio.__path__, "stylestudio."):
         if module_info.name.endswith("_pb2"):
             module = importlib.import_module(module_info.name)
@@ -149,13 +151,13 @@ def platform_services() -> Iterator[object]:
 def rows() -> Iterable[tuple[str, str, str]]:
     """(``service.Service/Method``, access, its own reasons) for every RPC of the protos."""
     code: dict[str, ServiceCode] = {}
-    for service in sorted(platform_services(), key=lambda s: s.full_name):  # type: ignore[attr-defined]
-        name = service.full_name.split(".")[1]  # type: ignore[attr-defined]
+    for service in sorted(platform_services(), key=lambda service: service.full_name):
+        name = service.full_name.split(".")[1]  # stylestudio.<service>.v1.<Service>
         code.setdefault(name, ServiceCode(name))
-        for method in service.methods:  # type: ignore[attr-defined]
+        for method in service.methods:
             level = method.GetOptions().Extensions[access_pb2.access]
             reasons = sorted(str(reason) for reason in code[name].reasons(method.name))
-            yield f"`{service.name}/{method.name}`", ACCESS[level], ", ".join(reasons) or "-"  # type: ignore[attr-defined]
+            yield f"`{service.name}/{method.name}`", ACCESS[level], ", ".join(reasons) or "-"
 
 
 def table() -> str:
