@@ -183,7 +183,8 @@ async def test_the_example_starts_a_generation_for_a_user_and_watches_it_to_comp
     lines = result.stdout.splitlines()
     generation_id = lines[0].split()[1]
     statuses = [line.split()[1] for line in lines if line.startswith(f"{generation_id} ")]
-    assert statuses[-1] == "COMPLETED" and statuses[0] in {"QUEUED", "PROCESSING"}, result.stdout
+    # The watch starts with the generation as it is then (already COMPLETED if the worker was quick).
+    assert statuses and statuses[-1] == "COMPLETED", result.stdout
     assert lines[-1].startswith("results: ") and len(lines[-1].split()) > 1
 
     # The user's own view: their generation, paid from their tokens; the audit trail names both.
