@@ -53,7 +53,7 @@ from gateway.streaming import (
     serve_download,
     serve_event_stream,
 )
-from gateway.traces import TRACE_ROUTE, AdminTraces, trace_file_lookup
+from gateway.traces import TRACE_ROUTE, AdminTraces, span_store_lookup
 from kit import telemetry
 from kit.auth import ServiceCredentials
 from kit.errors import service_of
@@ -164,7 +164,7 @@ class Gateway:
         self.admin_check = AdminCheck(
             descriptors, settings.rpc_deadline_seconds, settings.default_retry_after_seconds
         )
-        self.traces = AdminTraces(trace_file_lookup(settings.trace_file))
+        self.traces = AdminTraces(span_store_lookup(settings.span_store_dir))
         self._own: RouteTable[OwnHandler] = RouteTable()
         if self.admin_check.available:
             self._own.add("GET", parse_template(TRACE_ROUTE), self._trace)

@@ -17,6 +17,7 @@ import orjson
 
 from gateway.errors import ApiError, bad_request, not_found
 from kit.errors import Reason
+from kit.spanstore import SpanStore
 
 TRACE_ROUTE = "/v1/admin/traces/{id}"
 # Generation ids (UUIDs), trace ids (32 hex digits) and request ids (X-Request-Id: printable ASCII).
@@ -49,31 +50,22 @@ def store_not_configured() -> ApiError:
         503,
         "UNAVAILABLE",
         Reason.SERVICE_UNAVAILABLE,
-        "This gateway keeps no local span store (STYLESTUDIO_TRACE_FILE is not set): "
+        "This gateway keeps no local span store (STYLESTUDIO_SPAN_STORE_DIR is not set): "
         "read traces in Jaeger (docs/operations.md)",
         {"dependency": "span_store"},
     )
 
 
-def trace_file_lookup(path: str) -> Lookup | None:
-    """Until the span store lands: spans of the trace file (kit.telemetry.JsonLinesSpanExporter)."""
-    if not path:
+def span_store_lookup(directory: str) -> Lookup | None:
+    """Traces of the local span store in ``directory`` (kit/spanstore.py); None: no store."""
+    if not directory:
         return None
-    trace_file = Path(path)
+    store = SpanStore(Path(directory))
 
     def lookup(ident: str) -> TraceDocument | None:
-        if not trace_file.exists():
+        spans = store.find(ident)
+        if spans is None:
             return None
-        spans = [orjson.loads(line) for line in trace_file.read_bytes().splitlines() if line.strip()]
-        trace_ids = {
-            span["trace_id"]
-            for span in spans
-            if ident == span["trace_id"] or ident in (span.get("attributes") or {}).values()
-        }
-        if not trace_ids:
-            return None
-        trace_id = min(trace_ids, key=lambda t: min(s["start_ns"] for s in spans if s["trace_id"] == t))
-        chosen = sorted((s for s in spans if s["trace_id"] == trace_id), key=lambda s: s["start_ns"])
-        return {"trace_id": trace_id, "spans": chosen}
+        return {"trace_id": spans[0]["trace_id"], "spans": spans}
 
     return lookup

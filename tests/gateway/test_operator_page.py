@@ -25,7 +25,7 @@ from playwright.async_api import ConsoleMessage, Error, Page, async_playwright
 
 from gateway.descriptors import ApiDescriptors
 from gateway.settings import DEFAULT_DESCRIPTOR_SET
-from gateway.traces import trace_file_lookup
+from gateway.traces import span_store_lookup
 from tests.gateway.conftest import gateway_settings, run_gateway
 from tests.harness import Platform
 from tests.harness.platform import REPO_ROOT
@@ -151,7 +151,7 @@ async def test_a_gateway_without_a_local_span_store_says_so(platform: Platform, 
     """Production: traces go to the collector and Jaeger; the route says where, and is no 500."""
     descriptors = ApiDescriptors.from_file(DEFAULT_DESCRIPTOR_SET)
     targets = {m.service: platform.addresses[m.service.split(".")[1]] for m in descriptors.methods}
-    settings = gateway_settings(trace_file="", **platform.key_settings("gateway"))
+    settings = gateway_settings(span_store_dir="", **platform.key_settings("gateway"))
     running = await run_gateway(DEFAULT_DESCRIPTOR_SET, targets, settings)
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=30.0) as gateway:
@@ -168,7 +168,7 @@ async def test_a_gateway_without_a_local_span_store_says_so(platform: Platform, 
 
 def _cli_trace(platform: Platform, ident: str) -> dict[str, Any]:
     """What `stylestudio trace --json` prints for ``ident``."""
-    found = trace_file_lookup(str(platform.trace_file))
+    found = span_store_lookup(str(platform.span_store))
     assert found is not None
     document = found(ident)
     assert document is not None

@@ -152,6 +152,8 @@ class Platform:
         }
         self.gateway_addr = f"127.0.0.1:{free_port()}"
         self.trace_file = work_dir / "spans.jsonl"
+        # The local span store every process keeps its spans in (kit/spanstore.py), as under `make run`.
+        self.span_store = work_dir / "spans"
         # A fresh key per identity for this run, given to each process as production would.
         self.keyring = Keyring({identity: generate_signing_identity(identity) for identity in IDENTITIES})
         # The users service signs with this key, so tests can also mint tokens for made-up users.
@@ -213,6 +215,7 @@ class Platform:
                 "STYLESTUDIO_REDIS_PREFIX": self.redis_prefix,
                 "STYLESTUDIO_GATEWAY_ADDR": self.gateway_addr,
                 "STYLESTUDIO_TRACE_FILE": str(self.trace_file),
+                "STYLESTUDIO_SPAN_STORE_DIR": str(self.span_store),
                 "STYLESTUDIO_DATA_DIR": str(self.work_dir / "data"),
                 "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "0.3",
                 "STYLESTUDIO_CONSUMER_BLOCK_MS": "200",
