@@ -148,8 +148,6 @@ class Gateway:
             settings.is_production,
         )
         self.tracer = trace.get_tracer("stylestudio.gateway")
-        openapi = build_openapi(self.api, "Style Studio API", "v1", self.dashboard.available)
-        self.openapi_json = orjson.dumps(openapi)
         self._fixed: dict[str, Handler] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -170,6 +168,10 @@ class Gateway:
             self._own.add("GET", parse_template(TRACE_ROUTE), self._trace)
             for path, (content_type, body, headers) in operator_assets().items():
                 self._fixed[path] = _static(content_type, body, headers)
+        openapi = build_openapi(
+            self.api, "Style Studio API", "v1", self.dashboard.available, self.admin_check.available
+        )
+        self.openapi_json = orjson.dumps(openapi)
         self._cors_any = "*" in settings.cors_allow_origins
         self._cors_origins = frozenset(settings.cors_allow_origins)
 

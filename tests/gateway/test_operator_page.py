@@ -145,6 +145,10 @@ async def test_the_trace_route_answers_admins_only_with_the_error_body(
         assert found.status_code == 200, found.text
         assert found.json()["spans"] and found.json()["trace_id"]
         assert (await gateway.post(route, headers=_auth(journey.admin_token))).status_code == 405
+        openapi = (await gateway.get("/openapi.json")).json()
+        assert openapi["paths"]["/v1/admin/traces/{id}"]["get"]["x-access"] == "ACCESS_ADMIN"
+        page = await gateway.get("/operator")
+        assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
 
 
 async def test_a_gateway_without_a_local_span_store_says_so(platform: Platform, journey: Journey) -> None:
