@@ -141,6 +141,8 @@ async def test_the_trace_route_answers_admins_only_with_the_error_body(
         assert unknown.status_code == 404
         assert unknown.json()["error"]["reason"] == "NOT_FOUND"
         assert set(unknown.json()["error"]) == {"code", "status", "reason", "message", "details"}
+        spaced = await gateway.get("/v1/admin/traces/a%20b", headers=_auth(journey.admin_token))
+        assert spaced.status_code == 400 and spaced.json()["error"]["details"] == {"field": "id"}
         found = await gateway.get(route, headers=_auth(journey.admin_token))
         assert found.status_code == 200, found.text
         assert found.json()["spans"] and found.json()["trace_id"]
