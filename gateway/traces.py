@@ -18,6 +18,7 @@ import orjson
 from gateway.errors import ApiError, bad_request, not_found
 from kit.errors import Reason
 from kit.spanstore import SpanStore
+from kit.tracetree import Trace
 
 TRACE_ROUTE = "/v1/admin/traces/{id}"
 # Generation ids (UUIDs), trace ids (32 hex digits) and request ids (X-Request-Id: printable ASCII).
@@ -64,8 +65,7 @@ def span_store_lookup(directory: str) -> Lookup | None:
 
     def lookup(ident: str) -> TraceDocument | None:
         spans = store.find(ident)
-        if spans is None:
-            return None
-        return {"trace_id": spans[0]["trace_id"], "spans": spans}
+        # The same document as `stylestudio trace --json` (kit/cli.py): each span with "critical".
+        return None if spans is None else Trace(spans).as_json()
 
     return lookup

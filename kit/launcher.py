@@ -395,7 +395,15 @@ def launch(settings: LaunchSettings, console: Console) -> int:
         infrastructure.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`stylestudio run` (or `make run`, `python -m kit.launcher`): settings from the environment."""
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="stylestudio run",
+        description="Run the whole platform: PostgreSQL and Redis (found or embedded), provisioning, "
+        "the five services and the gateway, until Ctrl-C.",
+    ).parse_args(argv)
     settings = LaunchSettings()
     console = Console(sys.stdout, (LAUNCHER, *SERVICES, GATEWAY), colour=wants_colour(sys.stdout, os.environ))
     try:

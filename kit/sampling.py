@@ -34,8 +34,10 @@ from kit.spanstore import SpanStore
 
 # A new trace in production is sampled with this probability unless the ratio is set.
 PRODUCTION_SAMPLE_RATIO = 0.1
-# Local parts held at once, past which the oldest is decided early (a root that never ends).
+# Ended spans held, and local parts open, past which the oldest part is decided early with what
+# it holds (a root that never ends, or far too many at once); what it ends later is not kept.
 MAX_HELD_SPANS = 20_000
+MAX_OPEN_PARTS = 20_000
 
 _OTEL_SAMPLERS: Mapping[str, otel_sampling.Sampler] = {
     "always_on": otel_sampling.ALWAYS_ON,
@@ -146,7 +148,7 @@ class KeptTraces(SpanProcessor):
             self._held += 1
             if span_id == root:
                 decided.append((self._take(root), self._keeps(part, span)))
-            while self._held > MAX_HELD_SPANS and self._parts:
+            while (self._held > MAX_HELD_SPANS or len(self._parts) > MAX_OPEN_PARTS) and self._parts:
                 oldest = next(iter(self._parts))
                 early = self._take(oldest)
                 decided.append((early, self._keeps(early, None)))

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import orjson
+
 # The same names kit.telemetry registers (imported there from here would be a cycle).
 ATTR_GENERATION_ID = "stylestudio.generation.id"
 ATTR_REQUEST_ID = "stylestudio.request.id"
@@ -77,7 +79,7 @@ class SpanStore:
         # appends to a segment it did not open.
         self._prefix = f"{_safe(writer)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
-        self._out: IO[str] | None = None
+        self._out: IO[bytes] | None = None
         self._path: Path | None = None
         self._sequence = 0
         self._last_prune = 0.0
@@ -88,7 +90,7 @@ class SpanStore:
         """Append whole lines, flushed at once, so a reader never sees half a span."""
         if not spans:
             return
-        text = "".join(json.dumps(span) + "\n" for span in spans)
+        text = b"".join(orjson.dumps(span, option=orjson.OPT_APPEND_NEWLINE) for span in spans)
         with self._lock:
             out = self._writable()
             out.write(text)
@@ -103,7 +105,7 @@ class SpanStore:
             if self._out is not None:
                 self._rotate(reopen=False)
 
-    def _writable(self) -> IO[str]:
+    def _writable(self) -> IO[bytes]:
         if self._out is not None and os.fstat(self._out.fileno()).st_nlink == 0:
             # Another process dropped this segment (the oldest, past the bound or the retention).
             self._out.close()
@@ -112,7 +114,7 @@ class SpanStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._sequence += 1
             self._path = self.directory / f"{self._prefix}-{self._sequence:06d}{ACTIVE_SUFFIX}"
-            self._out = self._path.open("a", encoding="utf-8")
+            self._out = self._path.open("ab")
             if self._sequence == 1:
                 self._prune_now()
         return self._out
@@ -198,6 +200,21 @@ class SpanStore:
                 if span is not None and span.get("trace_id") == trace_id:
                     spans.setdefault(str(span.get("span_id")), span)
         return sorted(spans.values(), key=lambda span: _number(span.get("start_ns"))) or None
+
+    def linking_to(self, trace_id: str) -> list[dict[str, object]]:
+        """Spans of other traces with a link into ``trace_id`` (a batch consumer's span links the
+        events it handled), by start."""
+        found = []
+        for line in self.lines():
+            if trace_id not in line:
+                continue
+            span = _parsed(line)
+            links = span.get("links") if span is not None else None
+            if span is None or span.get("trace_id") == trace_id or not isinstance(links, list):
+                continue
+            if any(isinstance(link, dict) and link.get("trace_id") == trace_id for link in links):
+                found.append(span)
+        return sorted(found, key=lambda span: _number(span.get("start_ns")))
 
     def _trace_of(self, ident: str) -> str | None:
         as_trace_id = ident.lower() if len(ident) == _TRACE_ID_LENGTH else None

@@ -130,9 +130,10 @@ def span_as_dict(span: ReadableSpan) -> dict[str, object]:
     }
 
 
-def _plain_attributes(attributes: object) -> dict[str, object]:
-    items = attributes.items() if isinstance(attributes, Mapping) else ()
-    return {str(key): _plain(value) for key, value in items}
+def _plain_attributes(attributes: Mapping[str, object] | None) -> dict[str, object]:
+    if not attributes:
+        return {}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in attributes.items()}
 
 
 def _plain(value: object) -> object:
@@ -305,6 +306,32 @@ def record_error(span: trace.Span, error: BaseException) -> None:
             "exception.stacktrace": scrubbed_traceback(error),
         },
     )
+
+
+@contextlib.contextmanager
+def scrubbed_span(
+    tracer_: trace.Tracer,
+    name: str,
+    *,
+    context: otel_context.Context | None = None,
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[trace.Span]:
+    """``tracer_.start_as_current_span``, except that an error leaving the block is recorded as
+    ``record_error`` does: the SDK's own recording keeps ``str(error)`` and the whole traceback,
+    where a database error carries its SQL statement and parameters."""
+    with tracer_.start_as_current_span(
+        name,
+        context=context,
+        attributes=dict(attributes or {}),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except Exception as error:
+            record_error(span, error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
 
 
 def traceparent_of(span: trace.Span) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,14 @@ from playwright.async_api import ConsoleMessage, Error, Page, async_playwright
 
 from gateway.descriptors import ApiDescriptors
 from gateway.settings import DEFAULT_DESCRIPTOR_SET
-from gateway.traces import span_store_lookup
 from tests.gateway.conftest import gateway_settings, run_gateway
 from tests.harness import Platform
 from tests.harness.platform import REPO_ROOT
 from tests.harness.rest import PASSWORD, sign_up
 
 CHARTS = ("trends", "errors", "tokens", "models")
+# The operators' command line (make install), beside this interpreter.
+STYLESTUDIO = str(Path(sys.executable).with_name("stylestudio"))
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ async def journey(platform: Platform) -> Journey:
         await sign_up(gateway, admin_email)
         promoted = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "services.users.admin", "promote", "--email", admin_email],
+            [STYLESTUDIO, "admin", "promote", "--email", admin_email],
             cwd=REPO_ROOT,
             env=platform.env("users"),
             capture_output=True,
@@ -173,12 +175,15 @@ async def test_a_gateway_without_a_local_span_store_says_so(platform: Platform, 
 
 
 def _cli_trace(platform: Platform, ident: str) -> dict[str, Any]:
-    """What `stylestudio trace --json` prints for ``ident``."""
-    found = span_store_lookup(str(platform.span_store))
-    assert found is not None
-    document = found(ident)
-    assert document is not None
-    return document
+    """What `stylestudio trace --json` prints for ``ident`` from the platform's span store."""
+    printed = subprocess.run(
+        [STYLESTUDIO, "trace", ident, "--json", "--dir", str(platform.span_store_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(json.loads(printed.stdout))
 
 
 # Each chart's labels and data, and how many of its canvas's pixels are painted.
@@ -190,6 +195,7 @@ _CHARTS_DRAWN = """names => Object.fromEntries(names.map(name => {
     const chart = Chart.getChart(canvas);
     return [name, {painted, labels: chart.data.labels, data: chart.data.datasets.map(set => set.data)}];
 }))"""
+_SPAN_IDS = "rows => rows.map(row => row.dataset.spanId)"
 _CHART_READY = "name => Chart.getChart(document.getElementById(`chart-${name}`)) !== undefined"
 
 
@@ -221,18 +227,20 @@ async def _show_the_trace(page: Page, platform: Platform, ident: str) -> None:
     The trace may still be growing (consumers finishing late): the command's output is read
     before and after the page's own read, and compared when both agree."""
     for _ in range(10):
-        before = _cli_trace(platform, ident)
+        before = await asyncio.to_thread(_cli_trace, platform, ident)
         await page.fill("#trace-id", ident)
         async with page.expect_response(lambda r: "/v1/admin/traces/" in r.url) as traced:
             await page.click("#trace-form button")
         assert (await traced.value).status == 200
         await page.wait_for_selector(".span-row")
-        shown = await page.eval_on_selector_all(".span-row", "rows => rows.map(r => r.dataset.spanId)")
-        after = _cli_trace(platform, ident)
+        shown = await page.eval_on_selector_all(".span-row", _SPAN_IDS)
+        after = await asyncio.to_thread(_cli_trace, platform, ident)
         if len(before["spans"]) == len(after["spans"]):
             break
     assert len(shown) == len(after["spans"]) > 1
     assert sorted(shown) == sorted(span["span_id"] for span in after["spans"])
+    critical = await page.eval_on_selector_all(".span-row.critical", _SPAN_IDS)
+    assert critical and sorted(critical) == sorted(s["span_id"] for s in after["spans"] if s["critical"])
     summary = await page.text_content("#trace-summary")
     assert summary is not None and after["trace_id"] in summary
     await page.locator(".span-row").first.click()

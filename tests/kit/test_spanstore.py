@@ -7,13 +7,26 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+from opentelemetry import trace as trace_api
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import Link, Status, StatusCode
 
-from kit.sampling import KeptTraces, RecordEverything, head_sampler
+from kit import sampling
+from kit.launcher import LaunchSettings
+from kit.sampling import PRODUCTION_SAMPLE_RATIO, KeptTraces, RecordEverything, head_sampler
+from kit.settings import PlatformSettings
 from kit.spanstore import ACTIVE_SUFFIX, CLOSED_SUFFIX, SpanStore
-from kit.telemetry import ATTR_GENERATION_ID, ATTR_REQUEST_ID, span_as_dict
+from kit.telemetry import (
+    ATTR_GENERATION_ID,
+    ATTR_REQUEST_ID,
+    ATTR_SERVICE,
+    otlp_exporter,
+    service_resource,
+    span_as_dict,
+)
 
 
 def _span(trace: int, span: int, start: int, **attributes: str) -> dict[str, object]:
@@ -48,6 +61,13 @@ def test_find_returns_the_whole_trace_by_trace_generation_or_request_id(tmp_path
         found = reader.find(ident)
         assert found is not None and [span["span_id"] for span in found] == expected, ident
     assert reader.find("gen-2") is None and reader.find("") is None and reader.find('"') is None
+    batch = _span(5, 7, 130) | {
+        "links": [{"trace_id": f"{1:032x}", "span_id": f"{3:016x}", "attributes": {}}]
+    }
+    gateway.append([batch])
+    assert reader.linking_to(f"{1:032x}") == [batch] and reader.linking_to(f"{2:032x}") == []
+    found = reader.find(f"{1:032x}")
+    assert found is not None and len(found) == 3  # a span linking in is not part of the trace
     assert SpanStore(tmp_path / "missing").find("gen-1") is None
 
 
@@ -134,8 +154,6 @@ def test_sampled_traces_are_kept_whole_with_their_links(tmp_path: Path) -> None:
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("producer") as producer:
         pass
-    from opentelemetry.trace import Link
-
     with tracer.start_as_current_span("batch", links=[Link(producer.get_span_context(), {"n": 1})]) as batch:
         pass
     kept = store.find(f"{batch.get_span_context().trace_id:032x}")
@@ -147,4 +165,61 @@ def test_sampled_traces_are_kept_whole_with_their_links(tmp_path: Path) -> None:
             "attributes": {"n": 1},
         }
     ]
+    provider.shutdown()
+
+
+def test_standard_otel_variables_apply_where_the_platform_sets_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging,service.namespace=shop")
+    resource = service_resource("billing").attributes
+    assert resource["service.name"] == "stylestudio-billing" and resource[ATTR_SERVICE] == "billing"
+    assert (resource["deployment.environment"], resource["service.namespace"]) == ("staging", "shop")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "ledger")
+    assert service_resource("billing").attributes["service.name"] == "ledger"
+
+    # The platform's ratio first; else OTEL_TRACES_SAMPLER; else 1.0 in development, 0.1 in production.
+    env = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    assert "0.25" in head_sampler(None, production=True, env=env).get_description()
+    assert head_sampler(None, production=True, env={"OTEL_TRACES_SAMPLER": "always_off"}) is ALWAYS_OFF
+    assert "0.5" in head_sampler(0.5, production=True, env=env).get_description()
+    assert "ParentBased" in head_sampler(None, production=True, env={}).get_description()
+    assert f"{PRODUCTION_SAMPLE_RATIO}" in head_sampler(None, production=True, env={}).get_description()
+    assert "1.0" in head_sampler(None, production=False, env={}).get_description()
+
+
+def test_otlp_export_follows_the_platforms_endpoint_then_the_standard_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert otlp_exporter(PlatformSettings()) is None
+    assert otlp_exporter(PlatformSettings(otel_exporter_otlp_endpoint="http://127.0.0.1:4317")) is not None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    assert otlp_exporter(PlatformSettings()) is not None
+
+
+def test_make_run_keeps_spans_under_its_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STYLESTUDIO_SPAN_STORE_DIR", raising=False)
+    monkeypatch.setenv("STYLESTUDIO_DATA_DIR", str(tmp_path))
+    assert LaunchSettings().span_store_path == tmp_path / "spans"
+    monkeypatch.setenv("STYLESTUDIO_SPAN_STORE_DIR", str(tmp_path / "elsewhere"))
+    assert LaunchSettings().span_store_path == tmp_path / "elsewhere"
+
+
+def test_parts_held_too_long_are_decided_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sampling, "MAX_OPEN_PARTS", 2)
+    provider, store = _provider(tmp_path, 1.0)
+    tracer = provider.get_tracer("test")
+    roots = [tracer.start_span(f"stream {index}") for index in range(3)]
+    child = tracer.start_span("first message", context=trace_api.set_span_in_context(roots[0]))
+    child.end()  # three parts open: the oldest is written with what it holds
+    kept = store.find(f"{roots[0].get_span_context().trace_id:032x}")
+    assert kept is not None and [span["name"] for span in kept] == ["first message"]
+    for root in roots:
+        root.end()
+    assert store.find(f"{roots[2].get_span_context().trace_id:032x}") is not None
     provider.shutdown()
