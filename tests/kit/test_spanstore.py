@@ -1,7 +1,9 @@
-"""The local span store (kit/spanstore.py) and the tail decision that feeds it (kit/sampling.py)."""
+"""The local span store (kit/spanstore.py), the tail decision that feeds it (kit/sampling.py) and
+the tracer set-up around them (kit/telemetry.py): OTEL_* variables, OTLP, scrubbed errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Link, Status, StatusCode
+from sqlalchemy.exc import StatementError
 
 from kit import sampling
 from kit.launcher import LaunchSettings
@@ -24,6 +27,7 @@ from kit.telemetry import (
     ATTR_REQUEST_ID,
     ATTR_SERVICE,
     otlp_exporter,
+    scrubbed_span,
     service_resource,
     span_as_dict,
 )
@@ -222,4 +226,20 @@ def test_parts_held_too_long_are_decided_early(tmp_path: Path, monkeypatch: pyte
     for root in roots:
         root.end()
     assert store.find(f"{roots[2].get_span_context().trace_id:032x}") is not None
+    provider.shutdown()
+
+
+def test_an_error_leaving_a_span_is_recorded_without_its_sql_or_parameters(tmp_path: Path) -> None:
+    provider, store = _provider(tmp_path, 1.0)
+    tracer = provider.get_tracer("test")
+    leaked = "ada@example.com"
+    with pytest.raises(StatementError):
+        with scrubbed_span(tracer, "generation.start", attributes={ATTR_GENERATION_ID: "g-1"}):
+            raise StatementError(
+                "bad", "SELECT 1 WHERE email = %(email)s", {"email": leaked}, ValueError(leaked)
+            )
+    (span,) = cast(list[dict[str, Any]], store.find("g-1"))
+    assert (span["status"], span["status_message"]) == ("ERROR", "StatementError")
+    assert span["events"][0]["attributes"]["exception.message"] == "StatementError: ValueError"
+    assert leaked not in json.dumps(span) and "SELECT" not in json.dumps(span)
     provider.shutdown()

@@ -21,7 +21,7 @@ from PIL import Image
 from kit.cli import COMMANDS, main
 from kit.spanstore import SpanStore
 from tests.harness import Platform
-from tests.harness.rest import PASSWORD, sign_up
+from tests.harness.rest import PASSWORD
 
 STYLESTUDIO = Path(sys.executable).with_name("stylestudio")
 # A client address the journey claims (the tests' peer, 127.0.0.1, is checked for too).
@@ -36,6 +36,8 @@ class Journey:
     trace_id: str
     request_id: str
     spans: list[dict[str, Any]]
+    # Every request of the journey (sign-up, log-in, upload, start), by its X-Request-Id.
+    request_ids: list[str]
 
 
 def _png() -> bytes:
@@ -82,7 +84,10 @@ async def journey(platform: Platform) -> Journey:
     prompt = f"a linen summer dress {uuid.uuid4().hex[:8]}"
     headers = {"X-Forwarded-For": FORWARDED_FOR}
     async with platform.client(headers=headers) as gateway:
-        await sign_up(gateway, email)
+        signed_up = await gateway.post(
+            "/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": "Trace Test"}
+        )
+        assert signed_up.status_code == 200, signed_up.text
         login = await gateway.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
         assert login.status_code == 200, login.text
         auth = {"Authorization": f"Bearer {login.json()['accessToken']}"}
@@ -129,6 +134,7 @@ async def journey(platform: Platform) -> Journey:
         trace_id=started.headers["x-trace-id"],
         request_id=started.headers["x-request-id"],
         spans=spans,
+        request_ids=[r.headers["x-request-id"] for r in (signed_up, login, uploaded, started)],
     )
 
 
@@ -186,14 +192,19 @@ async def test_an_unknown_id_fails_with_a_clear_message(platform: Platform) -> N
 
 
 async def test_spans_hold_no_personal_data(platform: Platform, journey: Journey) -> None:
-    """Ids only: no email, prompt or client address in any span of the journey (sign-up, log-in,
-    upload, generation), in the span store or the trace file."""
-    stored = "\n".join(SpanStore(platform.span_store_dir).lines())
-    traced = platform.trace_file.read_text()
-    assert journey.generation_id in stored and journey.generation_id in traced
+    """Ids only: no email, password, prompt or client address in any span of the journey's traces
+    (sign-up, log-in, upload, generation); no email or prompt anywhere in the store or trace file."""
+    store = SpanStore(platform.span_store_dir)
+    traces = [store.find(request_id) for request_id in journey.request_ids]
+    assert all(traces) and journey.spans[0]["trace_id"] in {trace[0]["trace_id"] for trace in traces if trace}
+    journey_text = json.dumps(traces)
+    assert journey.generation_id in journey_text
     local_part = journey.email.split("@")[0]
-    for text in (stored, traced):
-        for secret in (journey.email, local_part, journey.prompt, FORWARDED_FOR, "127.0.0.1", PASSWORD):
+    for secret in (journey.email, local_part, PASSWORD, journey.prompt, FORWARDED_FOR, "127.0.0.1"):
+        assert secret not in journey_text, secret
+    for text in ("\n".join(store.lines()), platform.trace_file.read_text()):
+        assert journey.generation_id in text
+        for secret in (journey.email, local_part, journey.prompt):
             assert secret not in text, secret
 
 
