@@ -13,18 +13,21 @@ from replicate.webhook import Webhooks, WebhookSigningSecret, WebhookValidationE
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.errors import ValidationError
+from kit.metrics import webhook_verification_failures
 from services.generation import events, store
 from services.generation.lifecycle import Status
 from services.generation.saga import Generation, Saga
 
 log = logging.getLogger("stylestudio.generation.webhooks")
 
+PROVIDER = "replicate"
 TERMINAL_PREDICTION_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 
 def verify_signature(headers: Mapping[str, str], body: bytes, secret: str, tolerance_seconds: int) -> dict:  # type: ignore[type-arg]
     """The verified payload; VALIDATION_ERROR for a bad signature, a stale timestamp or a bad body."""
     if not secret:
+        webhook_verification_failures.labels(PROVIDER).inc()
         raise ValidationError("Replicate webhooks are not configured", field="webhook-signature")
     try:
         text = body.decode("utf-8")
@@ -35,6 +38,7 @@ def verify_signature(headers: Mapping[str, str], body: bytes, secret: str, toler
             tolerance=tolerance_seconds,
         )
     except (WebhookValidationError, UnicodeDecodeError, ValueError) as error:
+        webhook_verification_failures.labels(PROVIDER).inc()
         raise ValidationError(f"Invalid webhook: {error}", field="webhook-signature") from None
     try:
         payload = json.loads(text)
