@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from ipaddress import ip_network
+from typing import Any
 
 import httpx
 import pytest
@@ -88,9 +89,9 @@ async def test_a_service_port_refuses_who_the_rule_refuses(
 
 def test_make_run_gives_each_service_a_metrics_port_and_lists_them() -> None:
     settings = LaunchSettings(billing_metrics_addr="127.0.0.1:19465", gateway_addr="127.0.0.1:18080")
-    children = platform_children(
-        {}, _Infra(), {name: f"url-{name}" for name in SERVICES}, None, settings.metrics_addresses()
-    )  # type: ignore[arg-type]
+    urls = {name: f"url-{name}" for name in SERVICES}
+    infrastructure: Any = _Infra()
+    children = platform_children({}, infrastructure, urls, None, settings.metrics_addresses())
     ports = {child.name: child.env.get("STYLESTUDIO_METRICS_ADDR") for child in children}
     assert ports["billing"] == "127.0.0.1:19465"
     assert len({ports[name] for name in SERVICES}) == len(SERVICES)
