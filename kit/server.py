@@ -296,7 +296,14 @@ class RunningService:
         self._spawn(sample_loop_lag(loop_lag_histogram(metrics)), "loop-lag")
         metrics.bind_loop(asyncio.get_running_loop())
         if settings.metrics_addr:
-            endpoint = MetricsEndpoint(metrics, MetricsAccess.from_settings(settings), settings.metrics_addr)
+            try:
+                endpoint = MetricsEndpoint(
+                    metrics, MetricsAccess.from_settings(settings), settings.metrics_addr
+                )
+            except (OSError, ValueError) as error:  # a port in use, a malformed address
+                raise RuntimeError(
+                    f"{self.definition.name}: cannot serve metrics on {settings.metrics_addr}: {error}"
+                ) from None
             endpoint.start()
             self._metrics_endpoint, self.metrics_port = endpoint, endpoint.port
             log.info("metrics", extra={"addr": settings.metrics_addr, "port": endpoint.port})
