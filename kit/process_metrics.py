@@ -132,15 +132,20 @@ class ConsumerGroupSampler:
 
     async def __call__(self) -> None:
         streams = sorted({stream for stream, _ in self._groups})
+        keys = [stream_key(self._prefix, stream) for stream in streams]
+        # Per stream: one that does not exist (Redis emptied) must not hide the others' figures.
         groups, dead = await asyncio.gather(
-            asyncio.gather(*(self._redis.xinfo_groups(stream_key(self._prefix, s)) for s in streams)),
-            asyncio.gather(*(self._redis.xlen(f"{stream_key(self._prefix, s)}.dead") for s in streams)),
+            asyncio.gather(*(self._redis.xinfo_groups(key) for key in keys), return_exceptions=True),
+            asyncio.gather(*(self._redis.xlen(f"{key}.dead") for key in keys), return_exceptions=True),
         )
-        by_stream = dict(zip(streams, groups, strict=True))
-        for stream, count in zip(streams, dead, strict=True):
-            self._dead.labels(stream).set(count)
+        by_stream = {}
+        for stream, info, count in zip(streams, groups, dead, strict=True):
+            if not isinstance(count, BaseException):
+                self._dead.labels(stream).set(count)
+            if not isinstance(info, BaseException):
+                by_stream[stream] = info
         for stream, group in self._groups:
-            info = next((g for g in by_stream[stream] if _text(g.get("name")) == group), None)
+            info = next((g for g in by_stream.get(stream, ()) if _text(g.get("name")) == group), None)
             if info is None:  # not created yet: the consumer creates it when it starts
                 continue
             self._pending.labels(stream, group).set(int(info.get("pending") or 0))

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from redis.asyncio import Redis
 
 from kit.settings import SERVICES
 from tests.harness import Platform
@@ -143,13 +144,30 @@ async def test_each_service_serves_rpc_and_process_metrics(
 async def test_consumer_groups_show_lag_pending_and_dead_letters(
     platform: Platform, journey: dict[str, str]
 ) -> None:
-    analytics = await scrape(platform, "analytics")
     group = {"stream": "events.generation", "group": "analytics"}
-    assert value(analytics, "stylestudio_consumer_group_pending", **group) >= 0
-    assert value(analytics, "stylestudio_consumer_group_lag", **group) >= 0
-    assert value(analytics, "stylestudio_dead_letters", stream="events.generation") == 0
+
+    async def caught_up() -> bool:  # analytics has read and acknowledged the journey's events
+        samples = await scrape(platform, "analytics")
+        behind = value(samples, "stylestudio_consumer_group_lag", **group)
+        return behind + value(samples, "stylestudio_consumer_group_pending", **group) == 0
+
+    await until(caught_up)
     generation = await scrape(platform, "generation")
     assert value(generation, "stylestudio_consumer_group_lag", stream="jobs.generation") >= 0
+    dead = f"{platform.redis_prefix}:events.generation.dead"
+    redis = Redis.from_url(platform.redis_url)
+    try:
+        before = value(
+            await scrape(platform, "analytics"), "stylestudio_dead_letters", stream="events.generation"
+        )
+        await redis.xadd(dead, {"id": "dead-letter-of-the-test"})
+        after = value(
+            await scrape(platform, "analytics"), "stylestudio_dead_letters", stream="events.generation"
+        )
+        assert after == before + 1
+    finally:
+        await redis.delete(dead)
+        await redis.aclose()
 
 
 async def test_service_figures_after_the_journey(platform: Platform, journey: dict[str, str]) -> None:
