@@ -91,7 +91,9 @@ def test_make_run_gives_each_service_a_metrics_port_and_lists_them() -> None:
     settings = LaunchSettings(billing_metrics_addr="127.0.0.1:19465", gateway_addr="127.0.0.1:18080")
     urls = {name: f"url-{name}" for name in SERVICES}
     infrastructure: Any = _Infra()
-    children = platform_children({}, infrastructure, urls, metrics_addresses=settings.metrics_addresses())
+    children = platform_children(
+        {}, infrastructure, urls, None, metrics_addresses=settings.metrics_addresses()
+    )
     ports = {child.name: child.env.get("STYLESTUDIO_METRICS_ADDR") for child in children}
     assert ports["billing"] == "127.0.0.1:19465"
     assert len({ports[name] for name in SERVICES}) == len(SERVICES)
