@@ -37,6 +37,7 @@ from gateway.errors import (
     internal_error,
     method_not_allowed,
     not_found,
+    service_headers,
     unauthenticated,
 )
 from gateway.exchange import ClientDisconnected, Exchange, Headers, Receive, Scope, Send
@@ -60,6 +61,7 @@ from kit.errors import service_of
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from kit.metrics import MetricsAccess
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER, RELAY_CREDENTIAL_HEADER
+from kit.ratelimits import RATE_LIMIT_HEADERS
 from kit.service_keys import GATEWAY_IDENTITY
 from kit.settings import refuse_insecure_settings
 from kit.tls import TransportSecurity
@@ -100,7 +102,7 @@ _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # What HTTP/2's header table counts per entry besides the name and value (gRPC's limits count it).
 _METADATA_ENTRY_OVERHEAD = 32
 _HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_EXPOSED = b"x-request-id, x-trace-id, retry-after"
+_EXPOSED = ", ".join(("x-request-id", "x-trace-id", "retry-after", *RATE_LIMIT_HEADERS)).encode()
 _ALLOWED_REQUEST_HEADERS = b"authorization, content-type, idempotency-key, x-request-id"
 
 Handler = Callable[[Exchange, list[tuple[str, str]]], Awaitable[None]]
@@ -342,12 +344,14 @@ class Gateway:
         payload = _serialize(request)
         service = service_of(route.method.service)
         if kind is CallKind.UNARY or kind is CallKind.RAW_RESPONSE:
+            unary = route.call(payload, metadata=metadata, timeout=settings.rpc_deadline_seconds)
             try:
-                response = await route.call(payload, metadata=metadata, timeout=settings.rpc_deadline_seconds)
+                response = await unary
             except grpc.aio.AioRpcError as error:
                 raise from_rpc_error(error, settings.default_retry_after_seconds, service) from error
             if kind is CallKind.UNARY:
-                await exchange.respond(200, route.mapping.encode_response(response))
+                headers = service_headers(await unary.initial_metadata())
+                await exchange.respond(200, route.mapping.encode_response(response), headers=headers)
             else:
                 raw_type = (response.content_type or "application/octet-stream").encode()
                 await exchange.respond(200, response.data, raw_type, DOWNLOAD_HEADERS)

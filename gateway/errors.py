@@ -29,6 +29,7 @@ from kit.errors import (
     status_error_details,
     unavailable_message,
 )
+from kit.ratelimits import RATE_LIMIT_HEADERS
 
 log = logging.getLogger("stylestudio.gateway")
 
@@ -80,6 +81,8 @@ class ApiError(Exception):
     message: str
     details: dict[str, str] = field(default_factory=dict)
     retry_after_seconds: int | None = None
+    # Response headers a service sent as initial metadata (see service_headers).
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Messages may quote what the client sent (a parameter's name, a JSON parser's view
@@ -106,8 +109,20 @@ class ApiError(Exception):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after_seconds is None:
-            return []
-        return [(b"retry-after", str(self.retry_after_seconds).encode())]
+            return list(self.extra_headers)
+        return [(b"retry-after", str(self.retry_after_seconds).encode()), *self.extra_headers]
+
+
+def service_headers(metadata: object) -> list[tuple[bytes, bytes]]:
+    """The HTTP response headers a service asked for in its initial metadata: only the
+    contract's names (kit.ratelimits.RATE_LIMIT_HEADERS), printable values."""
+    if not metadata:
+        return []
+    headers = []
+    for key, value in metadata:  # type: ignore[attr-defined]
+        if key in RATE_LIMIT_HEADERS and isinstance(value, str) and value.isascii() and value.isprintable():
+            headers.append((key.encode(), value.encode()))
+    return headers
 
 
 def bad_request(message: str, field_name: str | None = None) -> ApiError:
@@ -207,7 +222,15 @@ def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int, servic
         retry_after = default_retry_after
     elif http_status == 503:
         retry_after = DEPENDENCY_RETRY_AFTER_SECONDS
-    return ApiError(http_status, code.name, reason, message, details, retry_after)
+    return ApiError(
+        http_status,
+        code.name,
+        reason,
+        message,
+        details,
+        retry_after,
+        service_headers(error.initial_metadata()),
+    )
 
 
 def _status_details(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from kit.plans import Feature, plans_with
 from kit.settings import ServiceSettings
 
 
@@ -48,6 +49,7 @@ class AnalyticsSettings(ServiceSettings):
     # The longest window a metrics or analytics query may cover.
     analytics_window_max_days: int = Field(default=400, ge=1)
     # The plans whose users see their own advanced analytics (admins always may).
-    advanced_analytics_plans: list[str] = ["enterprise"]
+    # Default: the plans kit/plans.py says include advanced analytics (as the entitlements show).
+    advanced_analytics_plans: list[str] = plans_with(Feature.ADVANCED_ANALYTICS)
     # How many models, styles and error reasons the analytics lists at most.
     analytics_top_n: int = Field(default=10, ge=1, le=100)

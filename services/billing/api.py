@@ -157,6 +157,18 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
             balance=grant.balance, transaction=transaction_proto(grant.transfer)
         )
 
+    async def GrantWelcomeTokens(
+        self, request: billing_pb2.GrantWelcomeTokensRequest, context: Context
+    ) -> Any:
+        async with self.ledger.db.transaction() as session:
+            grant = await self.ledger.welcome_in(session, request.user_id)
+        if grant is None:
+            summary = await self.ledger.summary(request.user_id)
+            return billing_pb2.GrantTokensResponse(balance=summary.balance.balance)
+        return billing_pb2.GrantTokensResponse(
+            balance=grant.balance, transaction=transaction_proto(grant.transfer)
+        )
+
     async def GetUserBillingSummary(
         self, request: billing_pb2.GetUserBillingSummaryRequest, context: Context
     ) -> Any:

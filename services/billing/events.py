@@ -4,9 +4,11 @@ Published, each in the transaction of the change it describes: billing.tokens_gr
 billing.token_purchase_completed, billing.token_purchase_failed, billing.tokens_refunded,
 billing.hold_captured, billing.hold_released (types named in billing/v1/events.proto).
 
-Consumed: ``user.created`` from ``events.users`` grants the welcome tokens. The kit's
-inbox skips a redelivered event, and the grant's idempotency key ``welcome:<user_id>``
-makes a second UserCreated for the same user (e.g. re-published) grant nothing either.
+Consumed: ``user.created`` from ``events.users`` grants the welcome tokens. Sign-up asks
+for the same grant synchronously (GrantWelcomeTokens) so the first balance read has it; the
+event stays for a sign-up whose call to billing failed. The kit's inbox skips a redelivered
+event, and the grant's idempotency key ``welcome:<user_id>`` (Ledger.welcome_in) makes the
+second of the two, or a re-published UserCreated, grant nothing.
 """
 
 from __future__ import annotations
@@ -108,19 +110,8 @@ class WelcomeGrant:
     async def on_user_created(self, session: AsyncConnection, event: Event) -> None:
         created = unpack(event, users_events_pb2.UserCreated)
         user_id = created.user_id or event.user_id  # type: ignore[attr-defined]
-        settings = self.ledger.settings
-        if not user_id:
-            return
-        if settings.welcome_grant_tokens <= 0:
-            await self.ledger.open_wallet(session, user_id)  # admins can grant to known users only
-            return
-        await self.ledger.grant_in(
-            session,
-            user_id,
-            settings.welcome_grant_tokens,
-            settings.welcome_grant_reason,
-            welcome_key(user_id),
-        )
+        if user_id:
+            await self.ledger.welcome_in(session, user_id)
 
 
 def consumers(ledger: Ledger, consumer: EventConsumer) -> Sequence[EventConsumer]:

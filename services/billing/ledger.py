@@ -294,6 +294,22 @@ class Ledger:
             await events.tokens_granted(self.outbox, session, transfer, granted_by)
         return Grant(transfer["balance_after"], transfer)
 
+    async def welcome_in(self, session: AsyncConnection, user_id: str) -> Grant | None:
+        """The welcome grant of a new user, once per user (key ``welcome:<user_id>``) whichever
+        asks first: sign-up (GrantWelcomeTokens) or the user.created event. None when the
+        welcome grant is configured off (the wallet is opened, empty)."""
+        _require(user_id, "user_id")
+        if self.settings.welcome_grant_tokens <= 0:
+            await self.open_wallet(session, user_id)  # admins can grant to known users only
+            return None
+        return await self.grant_in(
+            session,
+            user_id,
+            self.settings.welcome_grant_tokens,
+            self.settings.welcome_grant_reason,
+            events.welcome_key(user_id),
+        )
+
     async def open_wallet(self, session: AsyncConnection, user_id: str) -> None:
         """The user's wallet, empty, if it has none yet: billing knows the user from now on."""
         await store.ensure_wallet(session, user_id)

@@ -137,7 +137,8 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
     async def GetStorageSummary(
         self, request: files_pb2.GetStorageSummaryRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.StorageUsage:
-        return usage_message(await self.library.usage(user_id_for(request.user_id), None))
+        plan = request.plan or None  # else the plan files last saw for the user
+        return usage_message(await self.library.usage(user_id_for(request.user_id), plan))
 
 
 def content_disposition(filename: str) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf import empty_pb2
+from redis.exceptions import RedisError
 
-from kit.auth import current_caller, user_id_for
+from kit.auth import Caller, current_caller, user_id_for
 from kit.errors import DomainError, FeatureNotInPlan, NotFound, ValidationError
 from kit.idempotency import IdempotencyKeyReused, item_key, request_fingerprint
 from kit.interceptors import idempotency_key
@@ -21,6 +23,8 @@ from services.generation.webhooks import handle_replicate_webhook
 from stylestudio.common.v1 import error_pb2
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
 
+log = logging.getLogger("stylestudio.generation")
+
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -32,10 +36,23 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
     async def CreateGeneration(
         self, request: generation_pb2.CreateGenerationRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Generation:
-        generation = await start_generation(
-            self.saga, current_caller(), request, idempotency_key(context) or None
-        )
+        caller = current_caller()
+        try:
+            generation = await start_generation(self.saga, caller, request, idempotency_key(context) or None)
+        finally:
+            await self._send_allowance(context, caller)
         return to_proto(generation)
+
+    async def _send_allowance(self, context: grpc.aio.ServicerContext, caller: Caller) -> None:
+        """The hourly limit after this call, as initial metadata (the gateway's X-RateLimit-*
+        headers), on the answer and on its refusal alike. Read after the start: what the
+        start counted, or gave back, is in it. Redis not answering costs the headers only."""
+        try:
+            allowance = await self.saga.limiter.allowance(caller.user_id, caller.plan)
+        except RedisError:
+            log.warning("hourly allowance unreadable; answered without rate-limit headers")
+            return
+        await context.send_initial_metadata(allowance.metadata())
 
     async def GetGeneration(
         self, request: generation_pb2.GetGenerationRequest, context: grpc.aio.ServicerContext
@@ -102,6 +119,19 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
             fingerprints = [request_fingerprint(item, batch_fingerprint) for item in request.requests]
             if await batch_conflicts(self.saga, caller.user_id, item_keys, fingerprints):
                 raise IdempotencyKeyReused(key)
+        try:
+            results = await self._start_batch(caller, request, item_keys, batch_fingerprint)
+        finally:
+            await self._send_allowance(context, caller)
+        return generation_pb2.BatchCreateGenerationsResponse(results=results)
+
+    async def _start_batch(
+        self,
+        caller: Caller,
+        request: generation_pb2.BatchCreateGenerationsRequest,
+        item_keys: list[str],
+        batch_fingerprint: str,
+    ) -> list[generation_pb2.BatchResult]:
         results = []
         # One after the other, so a wallet that can pay for some gets the first ones.
         for index, item in enumerate(request.requests):
@@ -121,7 +151,15 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                 )
             else:
                 results.append(generation_pb2.BatchResult(generation=to_proto(generation)))
-        return generation_pb2.BatchCreateGenerationsResponse(results=results)
+        return results
+
+    async def GetGenerationAllowance(
+        self, request: generation_pb2.GetGenerationAllowanceRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.GenerationAllowance:
+        allowance = await self.saga.limiter.allowance(user_id_for(request.user_id), request.plan)
+        answer = generation_pb2.GenerationAllowance(limit=allowance.limit, remaining=allowance.remaining)
+        answer.next_generation_at.FromDatetime(allowance.next_allowed_at)
+        return answer
 
     async def ListStyles(
         self, request: generation_pb2.ListStylesRequest, context: grpc.aio.ServicerContext

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
+from kit.plans import Feature, plans_with
 from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
 
 
@@ -99,7 +100,8 @@ class GenerationSettings(ServiceSettings):
     max_product_images: int = 5
     max_model_images: int = 3
     batch_max_requests: int = 20
-    batch_plans: list[str] = ["pro", "enterprise"]
+    # Default: the plans kit/plans.py says include batch (what the entitlements show).
+    batch_plans: list[str] = plans_with(Feature.BATCH)
 
     # Hourly generation limits per plan (sliding window in Redis).
     hourly_generation_limits: dict[str, int] = {"free": 5, "basic": 10, "pro": 30, "enterprise": 100}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import functools
 import re
 import unicodedata
@@ -11,8 +10,8 @@ from urllib.parse import urlsplit
 from email_validator import EmailNotValidError, validate_email
 
 from kit.errors import FeatureNotInPlan, ValidationError
+from kit.plans import FEATURES_BY_PLAN, PLANS, Feature
 
-PLANS = ("free", "basic", "pro", "enterprise")
 ROLES = ("user", "admin")
 DEFAULT_PLAN = "free"
 DEFAULT_ROLE = "user"
@@ -25,21 +24,6 @@ IMAGE_URL_MAX_LENGTH = 2048
 _LEGACY_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 # Longer input is refused before any Unicode work (NFKC can only grow a string so much).
 _EMAIL_INPUT_MAX_LENGTH = 4 * EMAIL_MAX_LENGTH
-
-
-class Feature(enum.StrEnum):
-    BATCH_PROCESSING = "batch_processing"
-    API_ACCESS = "api_access"
-    ADVANCED_ANALYTICS = "advanced_analytics"
-
-
-# The seed's feature flags: batch and API access from pro up, advanced analytics for enterprise.
-FEATURES_BY_PLAN: dict[str, frozenset[Feature]] = {
-    "free": frozenset(),
-    "basic": frozenset(),
-    "pro": frozenset({Feature.BATCH_PROCESSING, Feature.API_ACCESS}),
-    "enterprise": frozenset({Feature.BATCH_PROCESSING, Feature.API_ACCESS, Feature.ADVANCED_ANALYTICS}),
-}
 
 
 def plan_includes(plan: str, feature: Feature) -> bool:

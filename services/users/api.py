@@ -12,6 +12,7 @@ from kit.server import Runtime
 from services.users import store
 from services.users.apikeys import ApiKeys
 from services.users.credentials import Credentials
+from services.users.entitlements import gather_entitlements
 from services.users.keys import KeyStore
 from services.users.profiles import Profiles, parse_user_id
 from services.users.settings import UsersSettings
@@ -174,6 +175,16 @@ class UsersApi(users_pb2_grpc.UsersServiceServicer):
         stats.member_since.FromDatetime(user.created_at)
         stats.missing_sources.extend(missing)
         return stats
+
+    async def GetMyEntitlements(
+        self, request: users_pb2.GetMyEntitlementsRequest, context: grpc.aio.ServicerContext
+    ) -> users_pb2.Entitlements:
+        # The plan from the database, not the caller's (a token's or a credential state's copy).
+        user = await self.profiles.get(parse_user_id(current_caller().user_id))
+        settings: UsersSettings = self.runtime.settings  # type: ignore[assignment]
+        return await gather_entitlements(
+            self.runtime.clients, str(user.id), user.plan, settings.entitlements_rpc_timeout_seconds
+        )
 
     async def CreateApiKey(
         self, request: users_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext

@@ -19,6 +19,7 @@ from kit.auth import Caller, CallerKind
 from kit.db import Database
 from kit.errors import NotFound, Unauthenticated, ValidationError
 from kit.idempotency import IdempotencyKeyReused
+from kit.plans import Feature
 from kit.tokens import API_KEY_PREFIX
 from services.users import accounts, store
 from services.users.credentials import Credentials
@@ -46,7 +47,7 @@ class ApiKeys:
         self._credentials = credentials
 
     async def create(self, user_id: uuid.UUID, plan: str, name: str, idempotency_key: str) -> CreatedKey:
-        accounts.require_feature(plan, accounts.Feature.API_ACCESS)
+        accounts.require_feature(plan, Feature.API_ACCESS)
         name = name.strip()
         if not name or len(name) > accounts.NAME_MAX_LENGTH or not name.isprintable():
             raise ValidationError(f"Name must be 1 to {accounts.NAME_MAX_LENGTH} characters", field="name")
@@ -56,7 +57,7 @@ class ApiKeys:
             if user is None:
                 raise NotFound("User not found")
             # The plan in the database wins over the token's, which may be minutes old.
-            accounts.require_feature(user.plan, accounts.Feature.API_ACCESS)
+            accounts.require_feature(user.plan, Feature.API_ACCESS)
             key = await store.insert_api_key(
                 session,
                 user_id=user_id,
@@ -103,7 +104,7 @@ class ApiKeys:
             owner = await store.api_key_owner(session, hash_secret(secret))
         if owner is None:
             raise Unauthenticated("Invalid or revoked API key")
-        accounts.require_feature(owner.plan, accounts.Feature.API_ACCESS)
+        accounts.require_feature(owner.plan, Feature.API_ACCESS)
         caller = Caller(
             kind=CallerKind.USER,
             subject=str(owner.id),

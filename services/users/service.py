@@ -24,6 +24,7 @@ from services.users.profiles import Profiles
 from services.users.settings import UsersSettings
 from services.users.signin import Authentication
 from services.users.throttle import LoginThrottle, SignupLimit
+from services.users.welcome import WelcomeGrant
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 
 
@@ -54,6 +55,7 @@ def parts(runtime: Runtime) -> UsersParts:
             signups=SignupLimit(runtime.redis, settings),
             oauth=OAuthSignIn(settings, runtime.redis),
             credentials=credentials,
+            welcome=WelcomeGrant(runtime.clients, settings.welcome_grant_timeout_seconds),
             settings=settings,
         )
         _parts[id(runtime)] = UsersParts(

@@ -92,8 +92,13 @@ class UsersSettings(ServiceSettings):
     github_token_url: str = "https://github.com/login/oauth/access_token"
     github_api_url: str = "https://api.github.com"
 
-    # --- GetMyStats ---
+    # --- GetMyStats, GetMyEntitlements ---
     stats_rpc_timeout_seconds: float = 3.0
+    entitlements_rpc_timeout_seconds: float = 3.0
+
+    # --- Sign-up asks billing for the welcome grant (services/users/welcome.py) ---
+    # Past this, sign-up answers anyway and the user.created event grants; 0: the event only.
+    welcome_grant_timeout_seconds: float = Field(default=2.0, ge=0.0)
 
     def secret_checks(self) -> list[SecretCheck]:
         return [*super().secret_checks(), self.secret_check("signing_key_passphrase")]

@@ -29,6 +29,7 @@ from services.users.origins import analytics_network
 from services.users.passwords import Passwords
 from services.users.settings import UsersSettings
 from services.users.throttle import LoginThrottle, SignupLimit
+from services.users.welcome import WelcomeGrant
 
 PASSWORD = "password"
 _WRONG_PAIR = "Wrong email or password"
@@ -66,12 +67,14 @@ class Authentication:
         signups: SignupLimit,
         oauth: OAuthSignIn,
         credentials: Credentials,
+        welcome: WelcomeGrant,
         settings: UsersSettings,
     ) -> None:
         self._db, self._outbox, self._keys = db, outbox, keys
         self._passwords, self._throttle, self._signups = passwords, throttle, signups
         self._oauth, self._settings = oauth, settings
         self._credentials = credentials
+        self._welcome = welcome
 
     @monitoring.counted("signup")
     async def signup(self, email: str, password: str, name: str, client: ClientInfo) -> SignedIn:
@@ -93,6 +96,7 @@ class Authentication:
                 self._outbox, session, user.id, user.plan, PASSWORD, analytics_network(client.ip)
             )
             refresh_token, session_id = await self._open_session(session, user, PASSWORD, client)
+        await self._welcome.grant(str(user.id))
         await self._throttle.remember_device(email, client.ip, client.user_agent)
         return await self._signed_in(user, session_id, refresh_token)
 
@@ -134,27 +138,31 @@ class Authentication:
     async def oauth_complete(self, provider: str, code: str, state: str, client: ClientInfo) -> SignedIn:
         identity = await self._oauth.complete(provider, code, state)
         async with self._db.transaction() as session:
-            user = await self._account_for(session, identity, client)
+            user, created = await self._account_for(session, identity, client)
             user = await store.record_login(session, user.id)
             refresh_token, session_id = await self._open_session(session, user, identity.provider, client)
+        if created:
+            await self._welcome.grant(str(user.id))
         await self._throttle.remember_device(user.email, client.ip, client.user_agent)
         return await self._signed_in(user, session_id, refresh_token)
 
     async def _account_for(
         self, session: AsyncConnection, identity: ProviderIdentity, client: ClientInfo
-    ) -> store.Row:
-        """The linked account; else the account with the same verified email; else a new one."""
+    ) -> tuple[store.Row, bool]:
+        """The linked account; else the account with the same verified email; else a new one
+        (then True)."""
         user_id = await store.user_id_for_provider(session, identity.provider, identity.subject)
         if user_id is not None:
             user = await store.get_user(session, user_id)
             if user is not None:
-                return user
+                return user, False
         if not identity.email or not identity.email_verified:
             raise ValidationError(
                 f"{identity.provider} did not share a verified email address", field="provider"
             )
         email = accounts.normalize_email(identity.email)
         user = await store.get_user_by_email(session, email)
+        created = False
         if user is None:
             await self._signups.count(client.ip)
             image_url = identity.picture if identity.picture.startswith("https://") else ""
@@ -166,12 +174,13 @@ class Authentication:
                 user = await store.get_user_by_email(session, email)
                 assert user is not None
             else:
+                created = True
                 network = analytics_network(client.ip)
                 await events.user_created(
                     self._outbox, session, user.id, user.plan, identity.provider, network
                 )
         await store.link_provider(session, identity.provider, identity.subject, user.id)
-        return user
+        return user, created
 
     @monitoring.counted("refresh")
     async def refresh(self, refresh_token: str) -> SignedIn:
