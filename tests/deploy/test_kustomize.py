@@ -19,6 +19,7 @@ import yaml
 
 from kit.server import LIVENESS
 from kit.settings import SERVICES, ServiceSettings
+from tests.deploy.test_compose import runs_as_main
 from tests.harness.platform import REPO_ROOT
 
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -156,15 +157,21 @@ def test_the_image_runs_as_the_manifests_non_root_user() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_process_serves_metrics_prometheus_is_told_about(overlay: str) -> None:
+def test_every_process_serves_metrics_where_prometheus_looks(overlay: str) -> None:
+    """Each service on its port named metrics (STYLESTUDIO_METRICS_ADDR), the gateway on its own
+    HTTP port; the scrape annotations name the same port."""
     for name in PROCESSES:
         deployment = of_kind(overlay, "Deployment")[name]
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(METRICS_PORT)
         ports = {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
-        assert ports["metrics"] == METRICS_PORT
-        assert env(container(deployment))["STYLESTUDIO_METRICS_ADDR"] == f"0.0.0.0:{METRICS_PORT}"
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        scraped = "http" if name == "gateway" else "metrics"
+        assert annotations["prometheus.io/port"] == str(ports[scraped]), name
+    for service in SERVICES:
+        served = container(of_kind(overlay, "Deployment")[service])
+        assert {port["name"]: port["containerPort"] for port in served["ports"]}["metrics"] == METRICS_PORT
+        assert env(served)["STYLESTUDIO_METRICS_ADDR"] == f"0.0.0.0:{METRICS_PORT}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -217,3 +224,15 @@ def test_the_provisioning_job_migrates_with_the_services_image_and_they_do_not(o
         runs = container(of_kind(overlay, "Deployment")[service])
         assert runs["image"] == provision["image"], "the schema the Job migrates to is the code's"
         assert env(runs)["STYLESTUDIO_MIGRATE_ON_START"] == "false"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_runs_a_real_entry_point(overlay: str) -> None:
+    expected = {service: f"services.{service}" for service in SERVICES} | {
+        "gateway": "gateway",
+        "provision": "kit.bootstrap",
+    }
+    for name, module in expected.items():
+        (runs,) = workloads(overlay)[name]["spec"]["template"]["spec"]["containers"]
+        assert runs["command"] == ["python", "-m", module]
+        assert runs_as_main(module), module
