@@ -119,6 +119,16 @@ async def _client_loop(
         await asyncio.sleep(0.05)
 
 
+async def _taking_calls(platform: Platform, process: str) -> None:
+    """Until ``process`` has served a call of the platform's API: it is in the callers' rotation,
+    as a pod is once in its Service's endpoints (the harness's callers dial a fixed list of
+    addresses, and reconnect to one that was down only after their backoff)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while "rpc rpc=/stylestudio." not in platform.logs(process):
+        assert time.monotonic() < deadline, f"{process} never took a call"
+        await asyncio.sleep(0.2)
+
+
 async def test_a_rolling_restart_of_every_service_under_load_fails_no_request(
     replicated_platform: Platform,
 ) -> None:
@@ -140,6 +150,7 @@ async def test_a_rolling_restart_of_every_service_under_load_fails_no_request(
             old, new = platform.instances(service)
             traffic.rolling = service
             await platform.start_and_wait(new, timeout=STARTUP_TIMEOUT)
+            await _taking_calls(platform, new)
             exits[old] = await asyncio.to_thread(platform.stop, old)
         traffic.rolling = "-"
         await asyncio.sleep(1.0)  # and after the last one
