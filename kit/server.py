@@ -42,6 +42,8 @@ from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
 from kit.interceptors import Authenticator, KitServerInterceptor
 from kit.logs import describe_error, setup_logging
+from kit.metrics import MetricsAccess, MetricsEndpoint, ServiceMetrics
+from kit.process_metrics import loop_lag_histogram, sample_loop_lag, watch_process
 from kit.reflection import enable_reflection
 from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
@@ -92,6 +94,8 @@ class Runtime:
     inbox: sa.Table
     clients: ServiceClients
     credentials: ServiceCredentials
+    # Its Prometheus registry: a service adds its own instruments and samplers (kit/metrics.py).
+    metrics: ServiceMetrics
 
     @functools.cached_property
     def credential_states(self) -> CredentialStates:
@@ -191,6 +195,8 @@ class RunningService:
         self.health = health.aio.HealthServicer()
         self.port: int = 0
         self.health_port: int = 0
+        self.metrics_port: int = 0
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self.admission = InFlightLimiter(None, 1.0, definition.name)
         self._tasks: list[asyncio.Task[None]] = []
         self._service_names: list[str] = []
@@ -236,6 +242,7 @@ class RunningService:
             inbox=inbox_table,
             clients=ServiceClients(settings, credentials),
             credentials=credentials,
+            metrics=ServiceMetrics(settings.metrics_refresh_seconds),
         )
         self.runtime = runtime
         registrations = d.register(runtime)
@@ -245,7 +252,7 @@ class RunningService:
             settings.in_flight_limit, settings.admission_retry_after_seconds, d.name
         )
         server = grpc.aio.server(
-            interceptors=[KitServerInterceptor(authenticator, access, self.admission)],
+            interceptors=[KitServerInterceptor(authenticator, access, self.admission, runtime.metrics.rpc)],
             options=server_options(settings.grpc_keepalive_ms),
         )
         for registration in registrations:
@@ -273,10 +280,12 @@ class RunningService:
         )
         self._spawn(self._watch_health(), "health")
         self._spawn(relay.run(), "outbox-relay")
-        for consumer in d.consumers(runtime):
+        consumers = list(d.consumers(runtime))
+        for consumer in consumers:
             self._spawn(consumer.run(), f"consumer-{consumer.name}")
         for index, loop in enumerate(d.background(runtime)):
             self._spawn(loop, f"background-{index}")
+        self._serve_metrics(runtime, consumers)
         log.info(
             "listening", extra={"addr": settings.listen_addr, "port": self.port, "tls": security is not None}
         )
@@ -290,6 +299,27 @@ class RunningService:
             raise RuntimeError(f"{self.definition.name}: cannot listen on {address}")
         await server.start()
         self.health_server = server
+
+    def _serve_metrics(self, runtime: Runtime, consumers: Sequence[EventConsumer]) -> None:
+        """The kit's figures of this process, and its metrics port when one is set."""
+        metrics, settings = runtime.metrics, runtime.settings
+        watch_process(
+            metrics, runtime.db, runtime.redis, settings.redis_prefix, runtime.outbox.table, consumers
+        )
+        self._spawn(sample_loop_lag(loop_lag_histogram(metrics)), "loop-lag")
+        metrics.bind_loop(asyncio.get_running_loop())
+        if settings.metrics_addr:
+            try:
+                endpoint = MetricsEndpoint(
+                    metrics, MetricsAccess.from_settings(settings), settings.metrics_addr
+                )
+            except (OSError, ValueError) as error:  # a port in use, a malformed address
+                raise RuntimeError(
+                    f"{self.definition.name}: cannot serve metrics on {settings.metrics_addr}: {error}"
+                ) from None
+            endpoint.start()
+            self._metrics_endpoint, self.metrics_port = endpoint, endpoint.port
+            log.info("metrics", extra={"addr": settings.metrics_addr, "port": endpoint.port})
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=f"{self.definition.name}:{name}")
@@ -335,6 +365,8 @@ class RunningService:
             await self.server.stop(self.definition.settings.shutdown_grace_seconds)
         if self.health_server is not None:
             await self.health_server.stop(None)
+        if self._metrics_endpoint is not None:
+            await asyncio.to_thread(self._metrics_endpoint.stop)
         for task in self._tasks:
             task.cancel()
         if self._tasks:

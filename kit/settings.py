@@ -12,10 +12,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kit.spanstore import DEFAULT_MAX_BYTES as DEFAULT_SPAN_STORE_BYTES
+from kit.spanstore import DEFAULT_RETENTION_HOURS
 
 Environment = Literal["development", "production"]
 
@@ -144,10 +148,22 @@ class PlatformSettings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
-    # OTLP/gRPC collector endpoint (e.g. http://127.0.0.1:4317); empty: traces are not exported.
+    # OTLP/gRPC collector endpoint (e.g. http://127.0.0.1:4317); empty: the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT if set, else traces are not exported (kit/telemetry.py).
     otel_exporter_otlp_endpoint: str = ""
-    # Append finished spans as JSON lines to this file (tests and local debugging).
+    # Append finished (sampled) spans as JSON lines to this file (tests and local debugging).
     trace_file: str = ""
+    # The local span store (kit/spanstore.py; `make run`: <data dir>/spans): each process appends
+    # the spans it keeps to segments of its own in this directory; empty: none. Bounded in size
+    # (plus one open segment per running process) and in age.
+    span_store_dir: str = ""
+    span_store_max_bytes: int = Field(default=DEFAULT_SPAN_STORE_BYTES, ge=64 * 1024)
+    span_store_retention_hours: float = Field(default=DEFAULT_RETENTION_HOURS, gt=0)
+    # Sampling (kit/sampling.py, docs/operations.md): the probability a new trace is sampled
+    # (unset: 1.0 in development, kit.sampling.PRODUCTION_SAMPLE_RATIO in production, unless
+    # OTEL_TRACES_SAMPLER is set); the span store also keeps a trace's failed or slow parts.
+    trace_sample_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    trace_keep_slower_than_seconds: float = Field(default=10.0, gt=0)
 
     # The services' event loop: "uvloop" (C, several times cheaper per socket event, which
     # psycopg's async waits are full of) or "asyncio"; grpc.aio's poller works with both.
@@ -185,6 +201,15 @@ class PlatformSettings(BaseSettings):
     consumer_block_ms: int = 1000
     consumer_claim_idle_ms: int = 30_000
 
+    # Who may read a metrics endpoint, the gateway's /metrics and every service's metrics port
+    # alike (kit/metrics.py MetricsAccess): a bearer token (`Authorization: Bearer <token>`)
+    # and/or client networks (CIDRs, matched against the TCP peer; a request that came through a
+    # proxy, with X-Forwarded-For or Forwarded, is then refused, since its peer is the proxy).
+    # Both set: both must match. Neither set: open in development, 403 in production (the
+    # counts of sign-ins, purchases and generations are business figures).
+    metrics_bearer_token: SecretStr = SecretStr("")
+    metrics_allow_networks: list[IPv4Network | IPv6Network] = []
+
     @property
     def is_production(self) -> bool:
         return self.environment == "production"
@@ -204,7 +229,9 @@ class PlatformSettings(BaseSettings):
 
     def secret_checks(self) -> list[SecretCheck]:
         """The secrets production needs; a settings class extends the list (``super()`` first)."""
-        return []
+        # A metrics token, when used, is a secret like any other: no short or guessable one.
+        token = self.metrics_bearer_token.get_secret_value()
+        return [self.secret_check("metrics_bearer_token", required=bool(token))]
 
     def development_only(self) -> list[DevelopmentOnly]:
         """What production refuses while in use; a settings class extends the list."""
@@ -250,6 +277,14 @@ class ServiceSettings(PlatformSettings):
     # refused (they finish work already accepted) but count.
     max_in_flight_rpcs: int | None = None
     admission_retry_after_seconds: float = Field(default=1.0, ge=0.0)
+
+    # Prometheus metrics on their own HTTP port, GET /metrics (kit/metrics.py; docs/operations.md,
+    # "Metrics"), e.g. 0.0.0.0:9464 in a container; port 0: any free port (logged); empty: none.
+    # Who may read them: metrics_bearer_token, metrics_allow_networks.
+    metrics_addr: str = ""
+    # Figures that cost a query (outbox, consumer groups, holds, queue depth) are read when a
+    # scrape comes, at most once per this many seconds (scrapes in between get the last ones).
+    metrics_refresh_seconds: float = Field(default=5.0, ge=0.0)
 
     @property
     def listen_addr(self) -> str:
