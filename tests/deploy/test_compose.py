@@ -166,9 +166,21 @@ def test_prometheus_runs_beside_jaeger_and_the_collector_and_scrapes_every_servi
     (token,) = prometheus["secrets"]
     assert token["target"] == "/etc/prometheus/metrics-token"
     assert compose()["secrets"][token["source"]] == {"environment": "STYLESTUDIO_METRICS_BEARER_TOKEN"}
+    for volume in prometheus["volumes"][:2]:
+        assert (COMPOSE.parent / volume.split(":")[0]).is_file(), volume
+    scrape = yaml.safe_load((COMPOSE.parent / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in scrape["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert "alerts.yml" in scrape["rule_files"]
     envs = environments()
     for service in SERVICES:
-        assert envs[service]["STYLESTUDIO_METRICS_ADDR"] == "0.0.0.0:9464", service
+        address = envs[service]["STYLESTUDIO_METRICS_ADDR"]
+        assert address == "0.0.0.0:9464", service
+        assert f"{service}:{address.rsplit(':', 1)[1]}" in targets, "Prometheus scrapes where it serves"
     for process in (*SERVICES, "gateway"):
         # Production refuses scrapes without it: the services hold what Prometheus presents.
         assert envs[process]["STYLESTUDIO_METRICS_BEARER_TOKEN"].startswith(
