@@ -359,6 +359,7 @@ def platform_children(
     infrastructure: Infrastructure,
     service_urls: Mapping[str, str],
     pools: Mapping[str, PoolSize] | None = None,
+    *,
     span_store: Path | None = None,
     metrics_addresses: Mapping[str, str] | None = None,
 ) -> list[Child]:
@@ -409,8 +410,8 @@ def launch(settings: LaunchSettings, console: Console) -> int:
             infrastructure,
             service_urls,
             pools,
-            settings.span_store_path,
-            settings.metrics_addresses(),
+            span_store=settings.span_store_path,
+            metrics_addresses=settings.metrics_addresses(),
         )
         console.line(
             LAUNCHER,
