@@ -143,6 +143,13 @@ async def test_a_plan_change_applies_at_once_to_the_entitlements_and_the_headers
     second = await _generate(gateway, token, file_id)
     assert second.status_code == 200, second.text
     assert _limits(second) == (HOURLY_LIMITS["pro"], HOURLY_LIMITS["pro"] - 2, 0)
+    item = {"productImageFiles": [file_id], "prompt": "a navy dress", "parameters": {"quality": "draft"}}
+    batch = await gateway.post(
+        "/v1/generations:batch", json={"requests": [item, item]}, headers=_bearer(token)
+    )
+    assert batch.status_code == 200, batch.text
+    assert all("generation" in result for result in batch.json()["results"]), batch.text
+    assert _limits(batch) == (HOURLY_LIMITS["pro"], HOURLY_LIMITS["pro"] - 4, 0)
 
     await _set_plan(platform, gateway, user_id, "enterprise")
     enterprise = await _entitlements(gateway, token)
