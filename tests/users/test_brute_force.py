@@ -14,17 +14,17 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-import sqlalchemy as sa
-from redis.asyncio import Redis
 
 from kit import audit
-from kit.db import Database
-from kit.events import Event, stream_key, unpack
 from services.users.throttle import delay_after
-from stylestudio.common.v1.audit_pb2 import AuditRecorded
 from tests.harness import Platform, TestDatabase
-from tests.harness.streams import stream_entries
-from tests.users.conftest import DELAY_CAP_SECONDS, FREE_FAILURES, MAX_FAILURES_PER_ADDRESS, PASSWORD
+from tests.users.conftest import (
+    DELAY_CAP_SECONDS,
+    FREE_FAILURES,
+    MAX_FAILURES_PER_ADDRESS,
+    PASSWORD,
+    audit_events_about,
+)
 
 WRONG = "not the password at all"
 
@@ -188,31 +188,6 @@ async def test_successful_sign_ins_are_never_refused(client_at: OpenClient) -> N
     assert {answer.status_code for answer in answers} == {200}
 
 
-async def _audited_sign_ins(platform: Platform, database: TestDatabase, user_id: str) -> list[AuditRecorded]:
-    """The users service's audit events about ``user_id``'s sign-ins, once its outbox is relayed
-    (every refused sign-in's event committed before its answer was sent)."""
-    db = Database(database.service_urls["users"], "users", pool_size=1, max_overflow=0)
-    try:
-        for _ in range(300):
-            async with db.autocommit() as session:
-                waiting = (await session.execute(sa.text("SELECT count(*) FROM users.outbox"))).scalar_one()
-            if waiting == 0:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        await db.dispose()
-    found = []
-    async with Redis.from_url(platform.redis_url) as redis:
-        for _, fields in await stream_entries(redis, stream_key(platform.redis_prefix, "events.users")):
-            if fields[b"type"] != audit.AUDIT_RECORDED.encode():
-                continue
-            data = unpack(Event.FromString(fields[b"event"]), AuditRecorded)
-            assert isinstance(data, AuditRecorded)
-            if data.target == f"users/{user_id}":
-                found.append(data)
-    return found
-
-
 async def test_failures_and_the_wait_they_start_are_audited_once_each(
     client_at: OpenClient, users_platform: Platform, users_database: TestDatabase
 ) -> None:
@@ -225,7 +200,7 @@ async def test_failures_and_the_wait_they_start_are_audited_once_each(
 
     statuses = Counter(answer.status_code for answer in answers)
     assert 1 <= statuses[401] <= FREE_FAILURES and statuses[429] == 12 - statuses[401], statuses
-    events = await _audited_sign_ins(users_platform, users_database, user_id)
+    events = await audit_events_about(users_platform, users_database, f"users/{user_id}")
     failed = [event for event in events if event.action == audit.LOGIN_FAILED]
     throttled = [event for event in events if event.action == audit.LOGIN_THROTTLED]
     # Every failure, and one refusal for the whole wait however many attempts it refused.
