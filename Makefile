@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 GENERATED := stylestudio/.generated
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: run test soak install protos lint format bench clean pgbouncer
+.PHONY: run test soak install protos lint format bench clean pgbouncer dist
 
 run: $(INSTALLED) $(GENERATED)
 	$(PY) -m kit.launcher
@@ -35,6 +35,12 @@ USERS ?= 8
 soak: $(INSTALLED) $(GENERATED)
 	$(PY) -m bench.soak --duration $(DURATION) --fault-every $(FAULT_EVERY) --users $(USERS) $(if $(SEED),--seed $(SEED))
 
+# The client package for internal callers (docs/clients.md): the stubs and a channel helper,
+# versioned with the protos (protos/VERSION): $(DIST)/stylestudio_client-<version>-py3-none-any.whl
+DIST ?= dist
+dist: $(INSTALLED) $(GENERATED)
+	$(PY) scripts/build_client.py --dist $(DIST)
+
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
@@ -53,7 +59,7 @@ $(GENERATED): $(INSTALLED) $(PROTOS) scripts/gen_protos.py
 lint: $(INSTALLED) $(GENERATED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy kit services gateway bench tests
+	$(VENV)/bin/mypy kit services gateway bench tests clients/python/src clients/python/examples
 	$(PY) scripts/gen_protos.py --lint
 
 format: $(INSTALLED)
@@ -61,4 +67,4 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf stylestudio .pytest_cache .ruff_cache .mypy_cache
+	rm -rf stylestudio dist .pytest_cache .ruff_cache .mypy_cache
