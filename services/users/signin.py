@@ -213,7 +213,19 @@ class Authentication:
                 await events.user_created(
                     self._outbox, session, user.id, user.plan, identity.provider, network
                 )
+                await store.link_provider(session, identity.provider, identity.subject, user.id)
+                return user
+        # An existing account gains a way in: the audit log's (an account taken over this way shows).
         await store.link_provider(session, identity.provider, identity.subject, user.id)
+        await audit.record(
+            self._outbox,
+            session,
+            audit.PROVIDER_LINKED,
+            target=audit.user_target(user.id),
+            details={"provider": identity.provider},
+            actor=audit.Actor(user_id=str(user.id)),
+            origin=client.origin,
+        )
         return user
 
     async def refresh(self, refresh_token: str) -> SignedIn:
