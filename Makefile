@@ -8,12 +8,12 @@ INSTALLED := $(VENV)/.installed
 GENERATED := stylestudio/.generated
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: run test soak install protos lint format bench clean pgbouncer dist
+.PHONY: run test soak install protos lint format bench clean pgbouncer chromium dist
 
 run: $(INSTALLED) $(GENERATED)
 	$(PY) -m kit.launcher
 
-test: $(INSTALLED) $(GENERATED) lint pgbouncer
+test: $(INSTALLED) $(GENERATED) lint pgbouncer chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Debian's pgbouncer (1.18 on bookworm), which tests/platform/test_pgbouncer.py runs the platform
@@ -25,6 +25,15 @@ pgbouncer:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer || { \
 	    $(SUDO) apt-get update && \
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer; }; }
+
+# Debian's chromium, which tests/gateway/test_operator_page.py drives headless (through
+# playwright, with no browser download of its own); installed with apt-get like pgbouncer.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || { \
+	    $(SUDO) apt-get update && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; }
 
 # Load + faults + invariants against a platform of its own (docs/operations.md, "Soak runs"):
 # make soak DURATION=30m SEED=13 FAULT_EVERY=20s; the last line is `violations: N`.

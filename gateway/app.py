@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -42,7 +42,9 @@ from gateway.errors import (
 from gateway.exchange import ClientDisconnected, Exchange, Headers, Receive, Scope, Send
 from gateway.metrics import UNMATCHED, GatewayMetrics, MetricsAccess
 from gateway.openapi import build_openapi
+from gateway.operator import AdminCheck, operator_assets
 from gateway.readiness import Readiness
+from gateway.routes import PathParams, RouteTable, parse_template
 from gateway.settings import GatewaySettings
 from gateway.streaming import (
     DOWNLOAD_HEADERS,
@@ -51,6 +53,7 @@ from gateway.streaming import (
     serve_download,
     serve_event_stream,
 )
+from gateway.traces import TRACE_ROUTE, AdminTraces, span_store_lookup
 from kit import telemetry
 from kit.auth import ServiceCredentials
 from kit.errors import service_of
@@ -100,6 +103,8 @@ _EXPOSED = b"x-request-id, x-trace-id, retry-after"
 _ALLOWED_REQUEST_HEADERS = b"authorization, content-type, idempotency-key, x-request-id"
 
 Handler = Callable[[Exchange, list[tuple[str, str]]], Awaitable[None]]
+# A route of the gateway's own with path variables (GET /v1/admin/traces/{id}).
+OwnHandler = Callable[[Exchange, list[tuple[str, str]], PathParams], Awaitable[None]]
 
 
 class Gateway:
@@ -143,8 +148,6 @@ class Gateway:
             settings.is_production,
         )
         self.tracer = trace.get_tracer("stylestudio.gateway")
-        openapi = build_openapi(self.api, "Style Studio API", "v1", self.dashboard.available)
-        self.openapi_json = orjson.dumps(openapi)
         self._fixed: dict[str, Handler] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -155,6 +158,20 @@ class Gateway:
             self._fixed["/v1/dashboard"] = self._dashboard
         for path, (content_type, body) in docs_assets().items():
             self._fixed[path] = _static(content_type, body)
+        # The operator page and the admin routes it reads that no proto declares (gateway/operator.py).
+        self.admin_check = AdminCheck(
+            descriptors, settings.rpc_deadline_seconds, settings.default_retry_after_seconds
+        )
+        self.traces = AdminTraces(span_store_lookup(settings.span_store_dir))
+        self._own: RouteTable[OwnHandler] = RouteTable()
+        if self.admin_check.available:
+            self._own.add("GET", parse_template(TRACE_ROUTE), self._trace)
+            for path, (content_type, body, headers) in operator_assets().items():
+                self._fixed[path] = _static(content_type, body, headers)
+        openapi = build_openapi(
+            self.api, "Style Studio API", "v1", self.dashboard.available, self.admin_check.available
+        )
+        self.openapi_json = orjson.dumps(openapi)
         self._cors_any = "*" in settings.cors_allow_origins
         self._cors_origins = frozenset(settings.cors_allow_origins)
 
@@ -185,6 +202,8 @@ class Gateway:
         self.dashboard.bind(
             {name: self.backends.callable_for(m) for name, m in self.dashboard.methods().items()}
         )
+        if self.admin_check.method is not None:
+            self.admin_check.bind(self.backends.callable_for(self.admin_check.method))
         self.readiness = Readiness(
             {name: self.backends.channel_to(target) for name, target in self.health_targets.items()},
             self.settings.readiness_timeout_seconds,
@@ -204,7 +223,13 @@ class Gateway:
         path = raw.decode("latin-1") if raw else scope["path"]
         verb = scope["method"]
         match = None if path in self._fixed else self.api.table.match(verb, path)
-        label = match.target.label if match is not None else path if path in self._fixed else UNMATCHED
+        own = None if match is not None or path in self._fixed else self._own.match(verb, path)
+        if match is not None:
+            label = match.target.label
+        elif own is not None:
+            label = own.template.template
+        else:
+            label = path if path in self._fixed else UNMATCHED
         parent = propagate.extract(headers) if "traceparent" in headers else None
         attributes = {"http.request.method": verb, "http.route": label, telemetry.ATTR_REQUEST_ID: request_id}
         span = self.tracer.start_span(f"{verb} {label}", parent, SpanKind.SERVER, attributes)
@@ -235,12 +260,14 @@ class Gateway:
                 await self._preflight(exchange, path)
             elif match is not None:
                 await self._serve_route(exchange, match.target, match.params, metadata)
+            elif own is not None:
+                await own.target(exchange, metadata, own.params)
             elif path in self._fixed:
                 if verb != "GET":
                     raise method_not_allowed(["GET"])
                 await self._fixed[path](exchange, metadata)
             else:
-                allowed = self.api.table.allowed_methods(path)
+                allowed = self.api.table.allowed_methods(path) or self._own.allowed_methods(path)
                 raise method_not_allowed(allowed) if allowed else not_found()
         except ApiError as error:
             await self._fail(exchange, error)
@@ -405,7 +432,11 @@ class Gateway:
             )
 
     async def _preflight(self, exchange: Exchange, path: str) -> None:
-        allowed = self.api.table.allowed_methods(path) or (["GET"] if path in self._fixed else [])
+        allowed = (
+            self.api.table.allowed_methods(path)
+            or self._own.allowed_methods(path)
+            or (["GET"] if path in self._fixed else [])
+        )
         if not allowed:
             raise not_found()
         requested = exchange.headers.get("access-control-request-headers", "")
@@ -443,6 +474,13 @@ class Gateway:
             status, body = await self.dashboard.render(metadata)
         await exchange.respond(status, body)
 
+    async def _trace(self, exchange: Exchange, metadata: list[tuple[str, str]], params: PathParams) -> None:
+        self._add_credentials(exchange, metadata, required=True)
+        with self._admitted(holds=True):
+            await self.admin_check.require_admin(exchange.headers.get("authorization"), metadata)
+            body = await self.traces.document(params[0][1])
+        await exchange.respond(200, body)
+
 
 def _serialize(request: Any) -> bytes:
     try:
@@ -451,9 +489,11 @@ def _serialize(request: Any) -> bytes:
         raise bad_request(f"The request cannot be encoded: {error}") from error
 
 
-def _static(content_type: bytes, body: bytes) -> Handler:
+def _static(content_type: bytes, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> Handler:
+    response_headers = [(b"cache-control", b"public, max-age=3600"), *headers]
+
     async def serve(exchange: Exchange, _: list[tuple[str, str]]) -> None:
-        await exchange.respond(200, body, content_type, [(b"cache-control", b"public, max-age=3600")])
+        await exchange.respond(200, body, content_type, response_headers)
 
     return serve
 

@@ -135,13 +135,17 @@ class _Schemas:
         return dict(_SCALARS[field.type])
 
 
-def build_openapi(api: Api, title: str, version: str, dashboard: bool) -> dict[str, Any]:
+def build_openapi(
+    api: Api, title: str, version: str, dashboard: bool, admin_traces: bool = False
+) -> dict[str, Any]:
     schemas = _Schemas(api.descriptors)
     paths: dict[str, dict[str, Any]] = {}
     for route in api.routes:
         paths.setdefault(route.label, {})[route.verb.lower()] = _operation(route, schemas)
     if dashboard:
         paths["/v1/dashboard"] = {"get": _dashboard_operation(api, schemas)}
+    if admin_traces:
+        paths["/v1/admin/traces/{id}"] = {"get": _trace_operation()}
     for path, summary in (("/healthz", "The gateway is up"), ("/readyz", "Every service is serving")):
         paths[path] = {
             "get": {
@@ -302,6 +306,28 @@ def _dashboard_operation(api: Api, schemas: _Schemas) -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "responses": {
             "200": {"description": "Dashboard", "content": {"application/json": {"schema": schema}}},
+            "default": _error_response(),
+        },
+    }
+
+
+def _trace_operation() -> dict[str, Any]:
+    """GET /v1/admin/traces/{id} (gateway/traces.py): what `stylestudio trace --json` prints."""
+    span = {"type": "object", "additionalProperties": True}
+    schema = {
+        "type": "object",
+        "properties": {"trace_id": {"type": "string"}, "spans": {"type": "array", "items": span}},
+    }
+    return {
+        "operationId": "Gateway_GetTrace",
+        "tags": ["operations"],
+        "summary": "A trace from the local span store, by generation id, trace id or request id",
+        "description": "Admins only. 503 where the gateway keeps no local span store (read Jaeger).",
+        "x-access": "ACCESS_ADMIN",
+        "security": [{"bearerAuth": []}],
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "Trace", "content": {"application/json": {"schema": schema}}},
             "default": _error_response(),
         },
     }

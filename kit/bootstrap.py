@@ -202,9 +202,17 @@ async def provision(
     return await asyncio.to_thread(provision_sync, admin_url, services, migrate, settings)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`stylestudio bootstrap` (or `python -m kit.bootstrap`): settings from the environment only."""
+    import argparse
+
     from kit.logs import setup_logging
 
+    argparse.ArgumentParser(
+        prog="stylestudio bootstrap",
+        description="Create every service's role and schema and run its migrations, on "
+        "STYLESTUDIO_DATABASE_URL (an admin URL); prints each service's own URL, passwords hidden.",
+    ).parse_args(argv)
     settings = ProvisioningSettings()
     setup_logging("provision", settings.log_level, settings.log_format)
     try:

@@ -22,11 +22,13 @@ from typing import Any, TextIO
 from kit.budget import PoolSize, ServerSlots, fit_pools, platform_connections, read_server_slots
 from kit.infra import DATABASE_URL_ENV, REDIS_URL_ENV, Infrastructure, resolve_infrastructure
 from kit.settings import EXIT_CONFIGURATION, SERVICES, Environment, InsecureSettings, PlatformSettings
+from kit.spanstore import SPANS_FOLDER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = "gateway"
 LAUNCHER = "launcher"
 SERVICE_DATABASE_URL_ENV = "STYLESTUDIO_SERVICE_DATABASE_URL"
+SPAN_STORE_DIR_ENV = "STYLESTUDIO_SPAN_STORE_DIR"
 
 READINESS_PATH = "/readyz"
 READINESS_INTERVAL_SECONDS = 0.5
@@ -44,13 +46,20 @@ KILL_MARGIN_SECONDS = 5.0
 
 
 class LaunchSettings(PlatformSettings):
-    """The kit's settings (shutdown grace among them), plus `STYLESTUDIO_DATA_DIR` and `_GATEWAY_ADDR`."""
+    """The kit's settings (shutdown grace among them), plus `STYLESTUDIO_DATA_DIR` and `_GATEWAY_ADDR`;
+    `stylestudio trace` reads them too, to find the span store."""
 
     # `make run` is a developer's platform unless STYLESTUDIO_ENVIRONMENT says otherwise
     environment: Environment = "development"
     # embedded PostgreSQL and Redis, when neither is configured nor on localhost, keep their data here
     data_dir: Path = REPO_ROOT / "data"
     gateway_addr: str = "127.0.0.1:8080"
+
+    @property
+    def span_store_path(self) -> Path:
+        """Where the platform's processes keep their spans (kit/spanstore.py), and where
+        `stylestudio trace` looks: STYLESTUDIO_SPAN_STORE_DIR, else <data dir>/spans."""
+        return Path(self.span_store_dir) if self.span_store_dir else self.data_dir / SPANS_FOLDER
 
 
 @dataclass(frozen=True)
@@ -331,14 +340,16 @@ def platform_children(
     infrastructure: Infrastructure,
     service_urls: Mapping[str, str],
     pools: Mapping[str, PoolSize] | None = None,
+    span_store: Path | None = None,
 ) -> list[Child]:
     """The five services, then the gateway, each with its own copy of the environment (and the
-    pool ``pools`` gives it)."""
+    pool ``pools`` gives it), keeping their spans in ``span_store`` unless the environment says."""
     shared = {
         # Lines for a person at a terminal; set STYLESTUDIO_LOG_FORMAT=json to see what production logs.
         "STYLESTUDIO_LOG_FORMAT": "text",
         # `make run` is a developer's platform: its stand-ins and generated secrets are allowed.
         "STYLESTUDIO_ENVIRONMENT": "development",
+        **({SPAN_STORE_DIR_ENV: str(span_store)} if span_store is not None else {}),
         **base_env,
         DATABASE_URL_ENV: infrastructure.database_url,
         REDIS_URL_ENV: infrastructure.redis_url,
@@ -371,13 +382,28 @@ def launch(settings: LaunchSettings, console: Console) -> int:
             console.line(LAUNCHER, description)
         service_urls = provision_databases(infrastructure.database_url, settings.environment)
         pools = plan_pools(infrastructure.database_url, console)
-        children = platform_children(os.environ, infrastructure, service_urls, pools)
+        children = platform_children(
+            os.environ, infrastructure, service_urls, pools, settings.span_store_path
+        )
+        console.line(
+            LAUNCHER,
+            f"traces are kept in {children[0].env.get(SPAN_STORE_DIR_ENV) or 'no span store'}: "
+            "`stylestudio trace <generation id>` prints one",
+        )
         return asyncio.run(run_platform(children, console, settings))
     finally:
         infrastructure.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`stylestudio run` (or `make run`, `python -m kit.launcher`): settings from the environment."""
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="stylestudio run",
+        description="Run the whole platform: PostgreSQL and Redis (found or embedded), provisioning, "
+        "the five services and the gateway, until Ctrl-C.",
+    ).parse_args(argv)
     settings = LaunchSettings()
     console = Console(sys.stdout, (LAUNCHER, *SERVICES, GATEWAY), colour=wants_colour(sys.stdout, os.environ))
     try:

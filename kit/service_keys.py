@@ -267,7 +267,7 @@ def env_lines(identities: Sequence[str] = IDENTITIES) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kit.service_keys",
+        prog="stylestudio service-keys",
         description="Fresh Ed25519 service keys, as lines of an env file (one-line PEM values).",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -17,6 +17,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kit.spanstore import DEFAULT_MAX_BYTES as DEFAULT_SPAN_STORE_BYTES
+from kit.spanstore import DEFAULT_RETENTION_HOURS
+
 Environment = Literal["development", "production"]
 
 SERVICES = ("users", "billing", "files", "generation", "analytics")
@@ -144,10 +147,22 @@ class PlatformSettings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
-    # OTLP/gRPC collector endpoint (e.g. http://127.0.0.1:4317); empty: traces are not exported.
+    # OTLP/gRPC collector endpoint (e.g. http://127.0.0.1:4317); empty: the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT if set, else traces are not exported (kit/telemetry.py).
     otel_exporter_otlp_endpoint: str = ""
-    # Append finished spans as JSON lines to this file (tests and local debugging).
+    # Append finished (sampled) spans as JSON lines to this file (tests and local debugging).
     trace_file: str = ""
+    # The local span store (kit/spanstore.py; `make run`: <data dir>/spans): each process appends
+    # the spans it keeps to segments of its own in this directory; empty: none. Bounded in size
+    # (plus one open segment per running process) and in age.
+    span_store_dir: str = ""
+    span_store_max_bytes: int = Field(default=DEFAULT_SPAN_STORE_BYTES, ge=64 * 1024)
+    span_store_retention_hours: float = Field(default=DEFAULT_RETENTION_HOURS, gt=0)
+    # Sampling (kit/sampling.py, docs/operations.md): the probability a new trace is sampled
+    # (unset: 1.0 in development, kit.sampling.PRODUCTION_SAMPLE_RATIO in production, unless
+    # OTEL_TRACES_SAMPLER is set); the span store also keeps a trace's failed or slow parts.
+    trace_sample_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    trace_keep_slower_than_seconds: float = Field(default=10.0, gt=0)
 
     # The services' event loop: "uvloop" (C, several times cheaper per socket event, which
     # psycopg's async waits are full of) or "asyncio"; grpc.aio's poller works with both.

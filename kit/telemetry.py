@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,7 +26,7 @@ from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -35,7 +37,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Status, StatusCode
 
 from kit.logs import describe_error, scrubbed_traceback
+from kit.sampling import KeptTraces, RecordEverything, head_sampler
 from kit.settings import PlatformSettings
+from kit.spanstore import SpanStore
 
 # Span attribute names (the platform's registry; never put emails, tokens or keys in spans).
 ATTR_SERVICE = "stylestudio.service"
@@ -92,6 +96,7 @@ class JsonLinesSpanExporter(SpanExporter):
 
 
 def span_as_dict(span: ReadableSpan) -> dict[str, object]:
+    """A finished span as the trace file and the span store keep it (one JSON object)."""
     ctx = span.get_span_context()
     parent = span.parent
     return {
@@ -104,8 +109,31 @@ def span_as_dict(span: ReadableSpan) -> dict[str, object]:
         "start_ns": span.start_time,
         "end_ns": span.end_time,
         "status": span.status.status_code.name,
-        "attributes": {key: _plain(value) for key, value in (span.attributes or {}).items()},
+        "status_message": span.status.description or "",
+        "attributes": _plain_attributes(span.attributes),
+        "links": [
+            {
+                "trace_id": format(link.context.trace_id, "032x"),
+                "span_id": format(link.context.span_id, "016x"),
+                "attributes": _plain_attributes(link.attributes),
+            }
+            for link in span.links
+        ],
+        "events": [
+            {
+                "name": event.name,
+                "time_ns": event.timestamp,
+                "attributes": _plain_attributes(event.attributes),
+            }
+            for event in span.events
+        ],
     }
+
+
+def _plain_attributes(attributes: Mapping[str, object] | None) -> dict[str, object]:
+    if not attributes:
+        return {}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in attributes.items()}
 
 
 def _plain(value: object) -> object:
@@ -113,25 +141,68 @@ def _plain(value: object) -> object:
 
 
 _provider: TracerProvider | None = None
+_OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
 def setup_telemetry(service_name: str, settings: PlatformSettings) -> TracerProvider:
-    """Install the process-wide tracer provider for ``service_name`` (once per process)."""
+    """Install the process-wide tracer provider for ``service_name`` (once per process): spans go
+    to the local span store, over OTLP and to the trace file, each when configured."""
     global _provider
     if _provider is not None:
         return _provider
-    provider = TracerProvider(resource=Resource.create({"service.name": f"stylestudio-{service_name}"}))
-    if settings.otel_exporter_otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint, insecure=True))
-        )
+    store = span_store(settings, service_name)
+    sampler = head_sampler(settings.trace_sample_ratio, production=settings.is_production)
+    provider = TracerProvider(
+        resource=service_resource(service_name),
+        sampler=RecordEverything(sampler) if store is not None else sampler,
+    )
+    exporter = otlp_exporter(settings)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     if settings.trace_file:
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))
+    if store is not None:
+        provider.add_span_processor(KeptTraces(store, settings.trace_keep_slower_than_seconds, span_as_dict))
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
+
+
+def service_resource(service_name: str) -> Resource:
+    """The process's resource: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` apply, with
+    ``stylestudio-<service>`` as the service name when neither names one."""
+    given = OTELResourceDetector().detect().attributes
+    attributes: dict[str, str] = {ATTR_SERVICE: service_name}
+    defaults = {
+        "service.name": f"stylestudio-{service_name}",
+        "service.namespace": "stylestudio",
+        "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
+    }
+    attributes |= {key: value for key, value in defaults.items() if not given.get(key)}
+    return Resource.create(attributes)
+
+
+def span_store(settings: PlatformSettings, service_name: str) -> SpanStore | None:
+    if not settings.span_store_dir:
+        return None
+    return SpanStore(
+        Path(settings.span_store_dir),
+        max_bytes=settings.span_store_max_bytes,
+        retention_seconds=settings.span_store_retention_hours * 3600,
+        writer=service_name,
+    )
+
+
+def otlp_exporter(settings: PlatformSettings) -> SpanExporter | None:
+    """OTLP/gRPC to the platform's endpoint if set, else to the standard variables' if set."""
+    endpoint = settings.otel_exporter_otlp_endpoint
+    if not (endpoint or any(os.environ.get(name) for name in _OTLP_ENDPOINT_VARIABLES)):
+        return None
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    if not endpoint:  # the exporter reads OTEL_EXPORTER_OTLP_* itself
+        return OTLPSpanExporter()
+    return OTLPSpanExporter(endpoint=endpoint, insecure=not endpoint.lower().startswith("https://"))
 
 
 def shutdown_telemetry() -> None:
@@ -235,6 +306,32 @@ def record_error(span: trace.Span, error: BaseException) -> None:
             "exception.stacktrace": scrubbed_traceback(error),
         },
     )
+
+
+@contextlib.contextmanager
+def scrubbed_span(
+    tracer_: trace.Tracer,
+    name: str,
+    *,
+    context: otel_context.Context | None = None,
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[trace.Span]:
+    """``tracer_.start_as_current_span``, except that an error leaving the block is recorded as
+    ``record_error`` does: the SDK's own recording keeps ``str(error)`` and the whole traceback,
+    where a database error carries its SQL statement and parameters."""
+    with tracer_.start_as_current_span(
+        name,
+        context=context,
+        attributes=dict(attributes or {}),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except Exception as error:
+            record_error(span, error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
 
 
 def traceparent_of(span: trace.Span) -> list[tuple[str, str]]:

@@ -311,6 +311,7 @@ async def main() -> None:
         "STYLESTUDIO_LOG_LEVEL": "WARNING",
         "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "2",
         "STYLESTUDIO_TRACE_FILE": "",
+        "STYLESTUDIO_SPAN_STORE_DIR": "",
         "STYLESTUDIO_MAX_GRANT_TOKENS": str(FUNDS),
     }
     if args.pool_size:

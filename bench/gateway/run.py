@@ -276,6 +276,7 @@ def run_gateway(
             "STYLESTUDIO_GATEWAY_WORKERS": str(workers),
             "STYLESTUDIO_LOG_LEVEL": "WARNING",
             "STYLESTUDIO_TRACE_FILE": "",
+            "STYLESTUDIO_SPAN_STORE_DIR": "",
             "STYLESTUDIO_OTEL_EXPORTER_OTLP_ENDPOINT": "",
         }
     )

@@ -42,7 +42,8 @@ PASSWORD = "bench-password-1234"
 
 def bench_env(workers: int, traces: bool) -> dict[str, str]:
     limits = {plan: 1_000_000 for plan in ("free", "basic", "pro", "enterprise")}
-    env = {} if traces else {"STYLESTUDIO_TRACE_FILE": ""}  # no span file: measures its overhead
+    # no span file nor span store: measures their overhead
+    env = {} if traces else {"STYLESTUDIO_TRACE_FILE": "", "STYLESTUDIO_SPAN_STORE_DIR": ""}
     return env | {
         "STYLESTUDIO_LOG_LEVEL": "WARNING",
         "STYLESTUDIO_LOCAL_PROVIDER_LATENCY_SECONDS": "0",

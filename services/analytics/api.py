@@ -226,7 +226,8 @@ def _decode_page_token(token: str) -> Cursor | None:
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor = Cursor(datetime.fromisoformat(raw["t"]), uuid.UUID(raw["i"]))
-    except (binascii.Error, ValueError, KeyError, TypeError) as error:
+    # forged tokens: AttributeError from uuid.UUID(5), RecursionError from deeply nested JSON
+    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         raise ValidationError("page_token is not one this API returned", field="page_token") from error
     if cursor.created_at.tzinfo is None:
         raise ValidationError("page_token is not one this API returned", field="page_token")

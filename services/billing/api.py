@@ -251,7 +251,8 @@ def _decode_token(token: str) -> str:
 
 def _transaction_cursor(token: str) -> int:
     value = _decode_token(token)
-    if not value.isdigit():
+    # ASCII digits only (str.isdigit also takes '²', which int() refuses), and a bigint
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) < 2**63):
         raise ValidationError("page_token is not one this service issued", field="page_token")
     return int(value)
 

@@ -4,9 +4,11 @@ Offline mode keeps the production code path: a purchase is confirmed by a
 Stripe-format ``payment_intent.succeeded`` event, signed with the webhook secret
 and posted to the gateway's /webhooks/stripe, just as ``stripe trigger`` would:
 
-    python -m services.billing.payments confirm <purchase-id>          # via the gateway
-    python -m services.billing.payments fail <purchase-id> [--code card_declined]
-    python -m services.billing.payments confirm <purchase-id> --grpc   # straight to billing
+    stylestudio payments confirm <purchase-id>          # via the gateway
+    stylestudio payments fail <purchase-id> [--code card_declined]
+    stylestudio payments confirm <purchase-id> --grpc   # straight to billing
+
+(`python -m services.billing.payments ...` runs the same.)
 
 The command reads the purchase (amount, payment intent) from the billing schema with
 the service's own settings (STYLESTUDIO_SERVICE_DATABASE_URL or STYLESTUDIO_DATABASE_URL).
@@ -226,7 +228,7 @@ def _post_via_gateway(settings: BillingSettings, payload: bytes, signature: str)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m services.billing.payments",
+        prog="stylestudio payments",
         description="Offline payments: confirm or fail a purchase with a signed Stripe event.",
     )
     parser.add_argument("action", choices=["confirm", "fail"])

@@ -1,6 +1,6 @@
 """Reconciliation: every wallet against its transfers and holds.
 
-    python -m services.billing.reconcile
+    stylestudio reconcile        (or: python -m services.billing.reconcile)
 
 For each wallet, the stored balance must equal the sum of its posted transfers and
 the last transfer's ``balance_after``; the stored reservation must equal both its
@@ -10,6 +10,7 @@ difference and the system accounts' derived balances; exits 1 on any difference.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from dataclasses import dataclass
@@ -73,7 +74,12 @@ async def reconcile_in(session: AsyncConnection) -> Report:
     return Report(wallets=wallets, differences=differences, system_balances=system)
 
 
-async def _main() -> int:
+async def main(argv: list[str] | None = None) -> int:
+    """`stylestudio reconcile` (or `python -m services.billing.reconcile`)."""
+    argparse.ArgumentParser(
+        prog="stylestudio reconcile",
+        description="Check every wallet against its transfers and holds; exit 1 on any difference.",
+    ).parse_args(argv)
     settings = BillingSettings()
     db = command_database(settings, "billing")
     try:
@@ -93,4 +99,4 @@ async def _main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main()))
+    sys.exit(asyncio.run(main()))

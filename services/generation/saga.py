@@ -119,7 +119,7 @@ class Saga:
             telemetry.ATTR_MODEL: generation.model,
             telemetry.ATTR_GENERATION_STATUS: generation.status,
         }
-        with self.tracer.start_as_current_span(name, context=context, attributes=attributes) as span:
+        with telemetry.scrubbed_span(self.tracer, name, context=context, attributes=attributes) as span:
             yield span
 
     # --- outcomes ------------------------------------------------------------------------

@@ -77,7 +77,7 @@ async def start_generation(
         telemetry.ATTR_USER_ID: user_id,
         telemetry.ATTR_MODEL: parsed.parameters.model,
     }
-    with tracer.start_as_current_span("generation.start", attributes=attributes) as span:
+    with telemetry.scrubbed_span(tracer, "generation.start", attributes=attributes) as span:
         await saga.limiter.admit(user_id, caller.plan, str(generation_id))
         try:
             token_cost = await _price_and_check_files(saga, user_id, parsed)

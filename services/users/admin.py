@@ -1,8 +1,10 @@
 """Operator commands for the users service.
 
-    python -m services.users.admin promote --email ada@example.com   # make an account admin
-    python -m services.users.admin rotate-keys                       # new signing key, old one retired
-    python -m services.users.admin end-sessions --email ada@example.com   # sign an account out everywhere
+    stylestudio admin promote --email ada@example.com   # make an account admin
+    stylestudio admin rotate-keys                       # new signing key, old one retired
+    stylestudio admin end-sessions --email ada@example.com   # sign an account out everywhere
+
+(`python -m services.users.admin ...` runs the same.)
 
 They read the same ``STYLESTUDIO_*`` environment as the service (database URL first of all).
 """
@@ -69,7 +71,7 @@ async def _rotate(db: Database, settings: UsersSettings) -> str:
 
 
 async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.users.admin")
+    parser = argparse.ArgumentParser(prog="stylestudio admin")
     commands = parser.add_subparsers(dest="command", required=True)
     promote = commands.add_parser("promote", help="give the account with this email the admin role")
     promote.add_argument("--email", required=True)

@@ -30,6 +30,7 @@ from kit.clients import open_channel
 from kit.credential_state import CredentialState, state_key
 from kit.service_keys import IDENTITIES, generate_signing_identity
 from kit.settings import SERVICES
+from kit.spanstore import SPANS_FOLDER
 from kit.tokens import generate_signing_key, sign_access_token, signing_keys_to_json
 from tests.harness.identities import Keyring
 from tests.harness.pki import PlatformCertificates
@@ -152,6 +153,9 @@ class Platform:
         }
         self.gateway_addr = f"127.0.0.1:{free_port()}"
         self.trace_file = work_dir / "spans.jsonl"
+        # The local span store where `make run` keeps it: under the data directory.
+        self.data_dir = work_dir / "data"
+        self.span_store_dir = self.data_dir / SPANS_FOLDER
         # A fresh key per identity for this run, given to each process as production would.
         self.keyring = Keyring({identity: generate_signing_identity(identity) for identity in IDENTITIES})
         # The users service signs with this key, so tests can also mint tokens for made-up users.
@@ -213,7 +217,8 @@ class Platform:
                 "STYLESTUDIO_REDIS_PREFIX": self.redis_prefix,
                 "STYLESTUDIO_GATEWAY_ADDR": self.gateway_addr,
                 "STYLESTUDIO_TRACE_FILE": str(self.trace_file),
-                "STYLESTUDIO_DATA_DIR": str(self.work_dir / "data"),
+                "STYLESTUDIO_DATA_DIR": str(self.data_dir),
+                "STYLESTUDIO_SPAN_STORE_DIR": str(self.span_store_dir),
                 "STYLESTUDIO_HEALTH_CHECK_INTERVAL_SECONDS": "0.3",
                 "STYLESTUDIO_CONSUMER_BLOCK_MS": "200",
                 "STYLESTUDIO_LOG_FORMAT": "text",

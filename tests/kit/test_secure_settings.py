@@ -4,6 +4,7 @@ test switch, naming the variable; development starts and says so once (docs/secu
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import subprocess
@@ -16,14 +17,21 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from kit.auth import ServiceCredentials
+from kit.infra import Infrastructure, Origin
+from kit.launcher import LaunchSettings, platform_children
 from kit.server import RunningService, ServiceDefinition
 from kit.service_keys import generate_signing_identity, public_keys_json
 from kit.settings import (
     EXIT_CONFIGURATION,
     MIN_SECRET_BYTES,
     InsecureSettings,
+    PlatformSettings,
     ServiceSettings,
+    refuse_insecure_settings,
 )
+from kit.tls import TransportSecurity
+from services.analytics.settings import AnalyticsSettings
 from services.billing.__main__ import definition as billing_definition
 from services.billing.settings import BillingSettings
 from services.files.__main__ import definition as files_definition
@@ -298,3 +306,50 @@ async def test_in_development_a_service_and_the_gateway_start_with_one_warning(
         logs = platform.logs(process)
         assert logs.count(RETIRED) == 1, logs
         assert retired not in logs and short_token not in logs
+
+
+# --- the README's quick start: `make run` needs no configuration ---
+
+PROCESS_SETTINGS: dict[str, type[PlatformSettings]] = {
+    "users": UsersSettings,
+    "billing": BillingSettings,
+    "files": FilesSettings,
+    "generation": GenerationSettings,
+    "analytics": AnalyticsSettings,
+    "gateway": GatewaySettings,
+}
+
+
+def test_make_run_needs_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make run` (python -m kit.launcher) on a machine with no STYLESTUDIO_ variable and no .env
+    file: the launcher is in development and so is every process it starts, and each passes the
+    start-up checks that would stop it in production (secrets, switches, service keys, TLS)."""
+    for variable in [name for name in os.environ if name.startswith("STYLESTUDIO_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.chdir(REPO_ROOT)  # where a stray .env would be read from, if any settings read one
+    assert LaunchSettings().environment == "development"
+    infrastructure = Infrastructure(
+        "postgresql+psycopg://postgres@127.0.0.1/stylestudio",
+        Origin.LOCALHOST,
+        "redis://127.0.0.1/0",
+        Origin.LOCALHOST,
+    )
+    urls = {name: f"postgresql+psycopg://stylestudio_{name}:pw@127.0.0.1/stylestudio" for name in SERVICES}
+    children = platform_children(dict(os.environ), infrastructure, urls)
+    assert sorted(child.name for child in children) == sorted(PROCESS_SETTINGS)
+    log = logging.getLogger("test.quick_start")
+    for child in children:
+        settings_class = PROCESS_SETTINGS[child.name]
+        assert settings_class.model_config.get("env_file") is None, child.name
+        with monkeypatch.context() as child_env:
+            for variable, value in child.env.items():
+                child_env.setenv(variable, value)
+            settings = settings_class()
+            assert settings.environment == "development", child.name
+            assert settings.insecurities(), child.name  # development stand-ins, allowed here...
+            refuse_insecure_settings(settings, log)  # ...so this does not raise
+            ServiceCredentials.from_settings(settings, child.name, verifies=child.name != "gateway")
+            assert TransportSecurity.from_settings(settings) is None  # plaintext on loopback
+            child_env.setenv("STYLESTUDIO_ENVIRONMENT", "production")
+            with pytest.raises(InsecureSettings):  # the same environment is refused in production
+                refuse_insecure_settings(settings_class(), log)

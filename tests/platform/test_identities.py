@@ -97,6 +97,14 @@ async def test_every_internal_rpc_answers_exactly_its_declared_callers(platform:
         if (caller in methods[method].callers) == (code == refused)
     }
     assert wrong == {}
+    # A declared caller's credential itself is accepted: only AuthenticateApiKey's handler answers
+    # UNAUTHENTICATED (for the empty key it was given).
+    unauthenticated = {
+        method
+        for (method, caller), code in answers.items()
+        if caller in methods[method].callers and code == grpc.StatusCode.UNAUTHENTICATED
+    }
+    assert unauthenticated <= {"/stylestudio.users.v1.AuthService/AuthenticateApiKey"}
     assert len(methods) >= 16  # every INTERNAL RPC of the five services, not a silent few
     assert {m.split("/")[1] for m in methods} >= {
         "stylestudio.users.v1.AuthService",

@@ -15,6 +15,7 @@ it covered and fails if it covered less than the descriptors hold.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -64,6 +65,25 @@ INTEGER_TYPES = {
 }
 MAX_NESTING = 3
 CONCURRENCY = 8
+
+
+def _token(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+# Page tokens are opaque base64 a service decodes itself, beyond the descriptors' rules: forged
+# ones (deep JSON made analytics' json.loads raise RecursionError, '²' passed billing's isdigit
+# and not int()) must be a 4xx like any other bad input.
+FORGED_PAGE_TOKENS = [
+    "not base64!",
+    _token(b"[" * 2000 + b"]" * 2000),
+    _token("\u00b2".encode()),  # superscript two: str.isdigit() says yes, int() says no
+    _token(b"9" * 5000),
+    _token(b"99999999999999999999"),
+    _token(b'{"t": "2024-01-01T00:00:00+00:00", "i": 5}'),
+    _token(b"2024-01-01T00:00:00|not-a-uuid|x"),
+    _token(b"\xff\xfe"),
+]
 
 
 def _deep(levels: int) -> dict[str, object]:
@@ -159,6 +179,9 @@ def values_for(leaf: Leaf) -> Iterator[tuple[object, bool]]:
         case "string":
             for text in CONTROL:
                 yield text, not rules.raw_text and not (rules.multiline and text == "a\nb")
+            if field.name == "page_token":
+                for token in FORGED_PAGE_TOKENS:
+                    yield token, False
         case "enum":
             for number in ENUM_NUMBERS:
                 yield number, True

@@ -19,7 +19,7 @@ from services.files.settings import FilesSettings
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     platform = PlatformSettings()
-    parser = argparse.ArgumentParser(prog="python -m bench.soak.invariants", description=__doc__)
+    parser = argparse.ArgumentParser(prog="stylestudio invariants", description=__doc__)
     parser.add_argument("--database-url", default=platform.database_url, help="admin URL of the database")
     parser.add_argument("--redis-url", default=platform.redis_url)
     parser.add_argument("--redis-prefix", default=platform.redis_prefix)
