@@ -8,12 +8,12 @@ INSTALLED := $(VENV)/.installed
 GENERATED := stylestudio/.generated
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 
-.PHONY: run test soak install protos lint format bench clean pgbouncer chromium dist
+.PHONY: run test soak install protos lint format bench clean pgbouncer chromium promtool dist
 
 run: $(INSTALLED) $(GENERATED)
 	$(PY) -m kit.launcher
 
-test: $(INSTALLED) $(GENERATED) lint pgbouncer chromium
+test: $(INSTALLED) $(GENERATED) lint pgbouncer chromium promtool
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Debian's pgbouncer (1.18 on bookworm), which tests/platform/test_pgbouncer.py runs the platform
@@ -34,6 +34,15 @@ chromium:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || { \
 	    $(SUDO) apt-get update && \
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; }
+
+# Debian's prometheus package, for its promtool: tests/deploy/test_prometheus.py checks the alert
+# rules and scrape configuration in deploy/prometheus with it (and fails without it).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus (for promtool)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus || { \
+	    $(SUDO) apt-get update && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }; }
 
 # Load + faults + invariants against a platform of its own (docs/operations.md, "Soak runs"):
 # make soak DURATION=30m SEED=13 FAULT_EVERY=20s; the last line is `violations: N`.

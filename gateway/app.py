@@ -40,7 +40,7 @@ from gateway.errors import (
     unauthenticated,
 )
 from gateway.exchange import ClientDisconnected, Exchange, Headers, Receive, Scope, Send
-from gateway.metrics import UNMATCHED, GatewayMetrics, MetricsAccess
+from gateway.metrics import UNMATCHED, GatewayMetrics, api_error
 from gateway.openapi import build_openapi
 from gateway.operator import AdminCheck, operator_assets
 from gateway.readiness import Readiness
@@ -58,6 +58,7 @@ from kit import telemetry
 from kit.auth import ServiceCredentials
 from kit.errors import service_of
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
+from kit.metrics import MetricsAccess
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER, RELAY_CREDENTIAL_HEADER
 from kit.service_keys import GATEWAY_IDENTITY
 from kit.settings import refuse_insecure_settings
@@ -142,11 +143,7 @@ class Gateway:
         )
         self.metrics = GatewayMetrics()
         self.in_flight = 0  # API requests being served (admission control, _serve_route)
-        self.metrics_access = MetricsAccess(
-            settings.metrics_bearer_token.get_secret_value(),
-            settings.metrics_allow_networks,
-            settings.is_production,
-        )
+        self.metrics_access = MetricsAccess.from_settings(settings)
         self.tracer = trace.get_tracer("stylestudio.gateway")
         self._fixed: dict[str, Handler] = {
             "/healthz": self._healthz,
@@ -462,7 +459,7 @@ class Gateway:
         client = exchange.scope.get("client")
         refusal = self.metrics_access.refusal(str(client[0]) if client else None, exchange.headers)
         if refusal is not None:
-            raise refusal
+            raise api_error(refusal)
         await exchange.respond(200, self.metrics.render(), self.metrics.content_type)
 
     async def _openapi(self, exchange: Exchange, _: list[tuple[str, str]]) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.client_address import parse_networks
-from kit.settings import SERVICES, PlatformSettings, SecretCheck
+from kit.settings import SERVICES, PlatformSettings
 
 DEFAULT_DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "stylestudio" / "descriptor_set.binpb"
 
@@ -57,14 +56,6 @@ class GatewaySettings(PlatformSettings):
     cors_allow_origins: list[str] = []
     cors_max_age_seconds: int = 600
 
-    # Who may read /metrics (request counts by route are business figures): a bearer token
-    # (`Authorization: Bearer <token>`) and/or client networks (CIDRs, matched against the TCP
-    # peer; a request that came through a proxy, with X-Forwarded-For or Forwarded, is then
-    # refused, since its peer is the proxy). Both set: both must match. Neither set: open in
-    # development, 403 in production.
-    metrics_bearer_token: SecretStr = SecretStr("")
-    metrics_allow_networks: list[IPv4Network | IPv6Network] = []
-
     # Admission: at most this many API requests in flight in one gateway process; past it a
     # request is answered at once with 429 RATE_LIMITED and Retry-After (busy_retry_after_seconds)
     # instead of waiting behind the others. An event stream or download is checked on entry but
@@ -75,13 +66,6 @@ class GatewaySettings(PlatformSettings):
     default_retry_after_seconds: int = 60
     # How many recent generations, usage records and purchases /v1/dashboard shows.
     dashboard_recent_items: int = 5
-
-    def secret_checks(self) -> list[SecretCheck]:
-        # A metrics token, when used, is a secret like any other: no short or guessable one.
-        token = self.secret_check(
-            "metrics_bearer_token", required=bool(self.metrics_bearer_token.get_secret_value())
-        )
-        return [*super().secret_checks(), token]
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:

@@ -312,6 +312,10 @@ class EventConsumer:
     def streams(self) -> Mapping[str, _Subscription]:
         return self._subscriptions
 
+    @property
+    def group(self) -> str:
+        return self._group
+
     async def ensure_groups(self) -> None:
         for key in self._subscriptions:
             try:

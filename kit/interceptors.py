@@ -16,6 +16,8 @@ A ``DomainError`` raised by a handler becomes its gRPC status with ErrorInfo; an
 other exception becomes INTERNAL with no detail leaked to the caller.
 Before any of it, admission control (kit.admission) refuses a call from outside when the
 process already runs as many as it may; such a call is not authenticated, only logged.
+Every call's duration, authentication included, goes to ``rpc_server_duration_seconds`` by
+status code (kit.metrics.RpcMetrics; one cached histogram child per method and code).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from kit.errors import (
     to_rpc_status,
 )
 from kit.logs import describe_error, request_id_var, user_id_var
+from kit.metrics import MethodRecorder, RpcMetrics
 from kit.origin import RELAY_CREDENTIAL_HEADER, bind_relayed, reset_relayed
 from kit.service_keys import GATEWAY_IDENTITY
 from stylestudio.common.v1 import access_pb2
@@ -146,10 +149,12 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
         authenticator: Authenticator,
         access: Mapping[str, MethodAccess],
         admission: InFlightLimiter = UNLIMITED,
+        metrics: RpcMetrics | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._access = access
         self._admission = admission
+        self._metrics = metrics
         # Wrapped handlers are built once per method: nothing per call but the call itself.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -170,7 +175,10 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        call = _Call(self._authenticator, method, self._access.get(method, UNDECLARED), self._admission)
+        recorder = self._metrics.for_method(method) if self._metrics is not None else None
+        call = _Call(
+            self._authenticator, method, self._access.get(method, UNDECLARED), self._admission, recorder
+        )
         handler = validation.checking(handler, method)  # every request message, after the access check
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -201,14 +209,21 @@ class _Call:
     """The per-method wrapper: binds context, checks access, maps errors, logs one line."""
 
     def __init__(
-        self, authenticator: Authenticator, method: str, access: MethodAccess, admission: InFlightLimiter
+        self,
+        authenticator: Authenticator,
+        method: str,
+        access: MethodAccess,
+        admission: InFlightLimiter,
+        recorder: MethodRecorder | None = None,
     ) -> None:
         self._authenticator, self._method, self._access = authenticator, method, access
         self._admission = admission
+        self._recorder = recorder
         self._attributes = telemetry.rpc_attributes(method)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()  # the call's duration includes its authentication
             admitted = self._admission.admits(self._access)
             if admitted:  # held until the call ends, however it ends
                 self._admission.enter()
@@ -218,7 +233,7 @@ class _Call:
                 if admitted:
                     self._admission.leave()
                 raise
-            started, code = time.perf_counter(), grpc.StatusCode.OK
+            code = grpc.StatusCode.OK
             try:
                 if not admitted:
                     raise self._admission.refusal()
@@ -247,9 +262,10 @@ class _Call:
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             # Checked on entry; a stream mostly waits, so it holds no place (kit.admission).
+            started = time.perf_counter()  # the call's duration includes its authentication
             admitted = self._admission.admits(self._access)
             state, auth_error = await self._enter(context, authenticate=admitted)
-            started, code = time.perf_counter(), grpc.StatusCode.OK
+            code = grpc.StatusCode.OK
             try:
                 if not admitted:
                     raise self._admission.refusal()
@@ -341,7 +357,10 @@ class _Call:
         authorize(self._method, self._access, current_caller())
 
     def _exit(self, state: _CallState, started: float, code: grpc.StatusCode) -> None:
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        elapsed = time.perf_counter() - started
+        if self._recorder is not None:
+            self._recorder.observe(code, elapsed)
+        elapsed_ms = round(elapsed * 1000, 2)
         level = logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO
         extra: dict[str, object] = {"rpc": self._method, "code": code.name, "duration_ms": elapsed_ms}
         caller = current_caller()

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from kit.budget import PoolSize, ServerSlots, fit_pools, platform_connections, read_server_slots
 from kit.infra import DATABASE_URL_ENV, REDIS_URL_ENV, Infrastructure, resolve_infrastructure
+from kit.metrics import METRICS_PATH
 from kit.settings import EXIT_CONFIGURATION, SERVICES, Environment, InsecureSettings, PlatformSettings
 from kit.spanstore import SPANS_FOLDER
 
@@ -29,6 +30,7 @@ GATEWAY = "gateway"
 LAUNCHER = "launcher"
 SERVICE_DATABASE_URL_ENV = "STYLESTUDIO_SERVICE_DATABASE_URL"
 SPAN_STORE_DIR_ENV = "STYLESTUDIO_SPAN_STORE_DIR"
+METRICS_ADDR_ENV = "STYLESTUDIO_METRICS_ADDR"
 
 READINESS_PATH = "/readyz"
 READINESS_INTERVAL_SECONDS = 0.5
@@ -54,12 +56,29 @@ class LaunchSettings(PlatformSettings):
     # embedded PostgreSQL and Redis, when neither is configured nor on localhost, keep their data here
     data_dir: Path = REPO_ROOT / "data"
     gateway_addr: str = "127.0.0.1:8080"
+    # Each service's Prometheus port (its STYLESTUDIO_METRICS_ADDR); the gateway's is its own /metrics.
+    users_metrics_addr: str = "127.0.0.1:9464"
+    billing_metrics_addr: str = "127.0.0.1:9465"
+    files_metrics_addr: str = "127.0.0.1:9466"
+    generation_metrics_addr: str = "127.0.0.1:9467"
+    analytics_metrics_addr: str = "127.0.0.1:9468"
+
+    def metrics_addresses(self) -> dict[str, str]:
+        return {service: str(getattr(self, f"{service}_metrics_addr")) for service in SERVICES}
 
     @property
     def span_store_path(self) -> Path:
         """Where the platform's processes keep their spans (kit/spanstore.py), and where
         `stylestudio trace` looks: STYLESTUDIO_SPAN_STORE_DIR, else <data dir>/spans."""
         return Path(self.span_store_dir) if self.span_store_dir else self.data_dir / SPANS_FOLDER
+
+
+def metrics_listing(settings: LaunchSettings) -> list[str]:
+    """The lines that tell where each process serves its metrics, the gateway last."""
+    urls = {service: f"http://{addr}{METRICS_PATH}" for service, addr in settings.metrics_addresses().items()}
+    urls[GATEWAY] = f"http://{settings.gateway_addr}{METRICS_PATH}"
+    width = max(len(name) for name in urls)
+    return [f"metrics of {name.ljust(width)} at {url}" for name, url in urls.items()]
 
 
 @dataclass(frozen=True)
@@ -340,10 +359,13 @@ def platform_children(
     infrastructure: Infrastructure,
     service_urls: Mapping[str, str],
     pools: Mapping[str, PoolSize] | None = None,
+    *,
     span_store: Path | None = None,
+    metrics_addresses: Mapping[str, str] | None = None,
 ) -> list[Child]:
     """The five services, then the gateway, each with its own copy of the environment (and the
-    pool ``pools`` gives it), keeping their spans in ``span_store`` unless the environment says."""
+    pool ``pools`` gives it, and the metrics port ``metrics_addresses`` gives it), keeping their spans
+    in ``span_store`` unless the environment says."""
     shared = {
         # Lines for a person at a terminal; set STYLESTUDIO_LOG_FORMAT=json to see what production logs.
         "STYLESTUDIO_LOG_FORMAT": "text",
@@ -367,6 +389,7 @@ def platform_children(
                 **shared,
                 SERVICE_DATABASE_URL_ENV: service_urls[name],
                 **(pool_env(pools[name]) if pools and name in pools else {}),
+                **({METRICS_ADDR_ENV: metrics_addresses[name]} if metrics_addresses else {}),
             },
         )
         for name in SERVICES
@@ -383,13 +406,20 @@ def launch(settings: LaunchSettings, console: Console) -> int:
         service_urls = provision_databases(infrastructure.database_url, settings.environment)
         pools = plan_pools(infrastructure.database_url, console)
         children = platform_children(
-            os.environ, infrastructure, service_urls, pools, settings.span_store_path
+            os.environ,
+            infrastructure,
+            service_urls,
+            pools,
+            span_store=settings.span_store_path,
+            metrics_addresses=settings.metrics_addresses(),
         )
         console.line(
             LAUNCHER,
             f"traces are kept in {children[0].env.get(SPAN_STORE_DIR_ENV) or 'no span store'}: "
             "`stylestudio trace <generation id>` prints one",
         )
+        for line in metrics_listing(settings):
+            console.line(LAUNCHER, line)
         return asyncio.run(run_platform(children, console, settings))
     finally:
         infrastructure.close()

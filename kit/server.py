@@ -5,10 +5,13 @@
 
 Start-up waits for PostgreSQL, runs the service's migrations (under an advisory
 lock), starts grpc.aio with the kit's interceptors, health and reflection, the
-outbox relay, event consumers and background loops. Health turns SERVING only
-while migrations are at head and PostgreSQL and Redis answer. On SIGTERM/SIGINT:
-NOT_SERVING, then ``server.stop(grace)`` lets in-flight RPCs finish, then
-background work is cancelled and connections closed.
+outbox relay, event consumers and background loops. Health (readiness: the
+server-wide "" entry and each gRPC service's) turns SERVING only while migrations
+are at head and PostgreSQL and Redis answer; the ``liveness`` entry is SERVING from
+the moment the process starts until it stops, whatever its dependencies do, and is
+answered by the event loop, so it fails only when the process is gone or its loop
+stuck. On SIGTERM/SIGINT: NOT_SERVING, then ``server.stop(grace)`` lets in-flight
+RPCs finish, then background work is cancelled and connections closed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from kit.db import Database
 from kit.events import EventConsumer, Outbox, OutboxRelay, event_tables
 from kit.interceptors import Authenticator, KitServerInterceptor
 from kit.logs import describe_error, setup_logging
+from kit.metrics import MetricsAccess, MetricsEndpoint, ServiceMetrics
+from kit.process_metrics import loop_lag_histogram, sample_loop_lag, watch_process
 from kit.reflection import enable_reflection
 from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
@@ -70,6 +75,12 @@ def server_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, 
 
 SERVER_OPTIONS = server_options()
 
+# The health entry a liveness probe names (Kubernetes: ``grpc: {port: 8081, service: liveness}``):
+# the process is up and its event loop answers. Readiness is the server-wide "" entry, which
+# also needs PostgreSQL, Redis and the schema at head; a probe that restarted the process on
+# those would restart every pod of the platform during a database outage (docs/operations.md).
+LIVENESS = "liveness"
+
 
 @dataclass
 class Runtime:
@@ -83,6 +94,8 @@ class Runtime:
     inbox: sa.Table
     clients: ServiceClients
     credentials: ServiceCredentials
+    # Its Prometheus registry: a service adds its own instruments and samplers (kit/metrics.py).
+    metrics: ServiceMetrics
 
     @functools.cached_property
     def credential_states(self) -> CredentialStates:
@@ -182,6 +195,8 @@ class RunningService:
         self.health = health.aio.HealthServicer()
         self.port: int = 0
         self.health_port: int = 0
+        self.metrics_port: int = 0
+        self._metrics_endpoint: MetricsEndpoint | None = None
         self.admission = InFlightLimiter(None, 1.0, definition.name)
         self._tasks: list[asyncio.Task[None]] = []
         self._service_names: list[str] = []
@@ -196,6 +211,12 @@ class RunningService:
         # or a development one (kit/service_keys.py).
         credentials = ServiceCredentials.from_settings(settings, d.name)
         telemetry.setup_telemetry(d.name, settings)
+        # Alive from here on, ready later: the probes' port answers while the process waits for
+        # PostgreSQL, so a pod started during a database outage waits instead of being restarted.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        if settings.health_addr:
+            await self._serve_health_only(settings.health_addr)
         url = database_url(settings)
         await _wait_for_database(url, settings)
         if settings.migrate_on_start:
@@ -221,6 +242,7 @@ class RunningService:
             inbox=inbox_table,
             clients=ServiceClients(settings, credentials),
             credentials=credentials,
+            metrics=ServiceMetrics(settings.metrics_refresh_seconds),
         )
         self.runtime = runtime
         registrations = d.register(runtime)
@@ -230,7 +252,7 @@ class RunningService:
             settings.in_flight_limit, settings.admission_retry_after_seconds, d.name
         )
         server = grpc.aio.server(
-            interceptors=[KitServerInterceptor(authenticator, access, self.admission)],
+            interceptors=[KitServerInterceptor(authenticator, access, self.admission, runtime.metrics.rpc)],
             options=server_options(settings.grpc_keepalive_ms),
         )
         for registration in registrations:
@@ -247,8 +269,6 @@ class RunningService:
             raise RuntimeError(f"{d.name}: cannot listen on {settings.listen_addr}")
         await server.start()
         self.server = server
-        if settings.health_addr:
-            await self._serve_health_only(settings.health_addr)
         relay = OutboxRelay(
             db,
             redis,
@@ -260,10 +280,12 @@ class RunningService:
         )
         self._spawn(self._watch_health(), "health")
         self._spawn(relay.run(), "outbox-relay")
-        for consumer in d.consumers(runtime):
+        consumers = list(d.consumers(runtime))
+        for consumer in consumers:
             self._spawn(consumer.run(), f"consumer-{consumer.name}")
         for index, loop in enumerate(d.background(runtime)):
             self._spawn(loop, f"background-{index}")
+        self._serve_metrics(runtime, consumers)
         log.info(
             "listening", extra={"addr": settings.listen_addr, "port": self.port, "tls": security is not None}
         )
@@ -277,6 +299,27 @@ class RunningService:
             raise RuntimeError(f"{self.definition.name}: cannot listen on {address}")
         await server.start()
         self.health_server = server
+
+    def _serve_metrics(self, runtime: Runtime, consumers: Sequence[EventConsumer]) -> None:
+        """The kit's figures of this process, and its metrics port when one is set."""
+        metrics, settings = runtime.metrics, runtime.settings
+        watch_process(
+            metrics, runtime.db, runtime.redis, settings.redis_prefix, runtime.outbox.table, consumers
+        )
+        self._spawn(sample_loop_lag(loop_lag_histogram(metrics)), "loop-lag")
+        metrics.bind_loop(asyncio.get_running_loop())
+        if settings.metrics_addr:
+            try:
+                endpoint = MetricsEndpoint(
+                    metrics, MetricsAccess.from_settings(settings), settings.metrics_addr
+                )
+            except (OSError, ValueError) as error:  # a port in use, a malformed address
+                raise RuntimeError(
+                    f"{self.definition.name}: cannot serve metrics on {settings.metrics_addr}: {error}"
+                ) from None
+            endpoint.start()
+            self._metrics_endpoint, self.metrics_port = endpoint, endpoint.port
+            log.info("metrics", extra={"addr": settings.metrics_addr, "port": endpoint.port})
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=f"{self.definition.name}:{name}")
@@ -322,6 +365,8 @@ class RunningService:
             await self.server.stop(self.definition.settings.shutdown_grace_seconds)
         if self.health_server is not None:
             await self.health_server.stop(None)
+        if self._metrics_endpoint is not None:
+            await asyncio.to_thread(self._metrics_endpoint.stop)
         for task in self._tasks:
             task.cancel()
         if self._tasks:

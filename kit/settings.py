@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -200,6 +201,15 @@ class PlatformSettings(BaseSettings):
     consumer_block_ms: int = 1000
     consumer_claim_idle_ms: int = 30_000
 
+    # Who may read a metrics endpoint, the gateway's /metrics and every service's metrics port
+    # alike (kit/metrics.py MetricsAccess): a bearer token (`Authorization: Bearer <token>`)
+    # and/or client networks (CIDRs, matched against the TCP peer; a request that came through a
+    # proxy, with X-Forwarded-For or Forwarded, is then refused, since its peer is the proxy).
+    # Both set: both must match. Neither set: open in development, 403 in production (the
+    # counts of sign-ins, purchases and generations are business figures).
+    metrics_bearer_token: SecretStr = SecretStr("")
+    metrics_allow_networks: list[IPv4Network | IPv6Network] = []
+
     @property
     def is_production(self) -> bool:
         return self.environment == "production"
@@ -219,7 +229,9 @@ class PlatformSettings(BaseSettings):
 
     def secret_checks(self) -> list[SecretCheck]:
         """The secrets production needs; a settings class extends the list (``super()`` first)."""
-        return []
+        # A metrics token, when used, is a secret like any other: no short or guessable one.
+        token = self.metrics_bearer_token.get_secret_value()
+        return [self.secret_check("metrics_bearer_token", required=bool(token))]
 
     def development_only(self) -> list[DevelopmentOnly]:
         """What production refuses while in use; a settings class extends the list."""
@@ -265,6 +277,14 @@ class ServiceSettings(PlatformSettings):
     # refused (they finish work already accepted) but count.
     max_in_flight_rpcs: int | None = None
     admission_retry_after_seconds: float = Field(default=1.0, ge=0.0)
+
+    # Prometheus metrics on their own HTTP port, GET /metrics (kit/metrics.py; docs/operations.md,
+    # "Metrics"), e.g. 0.0.0.0:9464 in a container; port 0: any free port (logged); empty: none.
+    # Who may read them: metrics_bearer_token, metrics_allow_networks.
+    metrics_addr: str = ""
+    # Figures that cost a query (outbox, consumer groups, holds, queue depth) are read when a
+    # scrape comes, at most once per this many seconds (scrapes in between get the last ones).
+    metrics_refresh_seconds: float = Field(default=5.0, ge=0.0)
 
     @property
     def listen_addr(self) -> str:

@@ -136,10 +136,6 @@ def _plain_attributes(attributes: Mapping[str, object] | None) -> dict[str, obje
     return {key: list(value) if isinstance(value, tuple) else value for key, value in attributes.items()}
 
 
-def _plain(value: object) -> object:
-    return list(value) if isinstance(value, tuple) else value
-
-
 _provider: TracerProvider | None = None
 _OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 

@@ -151,7 +151,8 @@ def service_of(span: Span) -> str:
 
 
 def render(trace: Trace, out: TextIO, *, colour: bool = False) -> None:
-    """The trace as an indented tree, one line per span (and one per link, hop or exception)."""
+    """The trace as an indented tree, one line per span, and under a span one per link, linking
+    span or event."""
     services = sorted({service_of(span) for span in trace.spans})
     errors = sum(is_error(span) for span in trace.spans)
     out.write(

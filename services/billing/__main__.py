@@ -7,7 +7,7 @@ from typing import Any
 
 from kit.events import EventConsumer
 from kit.server import Registration, Runtime, ServiceDefinition, run
-from services.billing import api, events, models
+from services.billing import api, events, models, monitoring
 from services.billing.ledger import Ledger
 from services.billing.pricing import PriceList
 from services.billing.purchases import Purchases
@@ -25,6 +25,7 @@ class Billing:
         prices = PriceList(self.settings)
         self.ledger = Ledger(runtime.db, runtime.outbox, self.settings)
         purchases = Purchases(runtime.db, runtime.outbox, self.settings, prices)
+        monitoring.watch(runtime.metrics, runtime.db)
         return api.registrations(api.BillingApi(self.ledger, purchases, prices, self.settings))
 
     def consumers(self, runtime: Runtime) -> Sequence[EventConsumer]:

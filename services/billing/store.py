@@ -436,3 +436,13 @@ async def system_balances(session: AsyncConnection) -> dict[str, int]:
 async def wallet_count(session: AsyncConnection) -> int:
     query = sa.select(sa.func.count()).select_from(accounts).where(accounts.c.kind == "wallet")
     return int((await session.execute(query)).scalar_one())
+
+
+async def pending_holds(session: AsyncConnection) -> tuple[int, float]:
+    """How many holds are pending, and the age in seconds of the oldest (0: none), for metrics."""
+    query = sa.select(
+        sa.func.count(),
+        sa.func.coalesce(sa.extract("epoch", sa.func.clock_timestamp() - sa.func.min(holds.c.created_at)), 0),
+    ).where(holds.c.status == "pending")
+    count, oldest = (await session.execute(query)).one()
+    return int(count), max(0.0, float(oldest))

@@ -19,6 +19,9 @@ import stripe
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from kit.errors import ValidationError
+from kit.metrics import webhook_verification_failures
+
+PROVIDER = "stripe"
 
 # Stripe's ids (evt_..., pi_..., ch_...) are ASCII letters, digits and underscores.
 StripeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,255}$")]
@@ -100,6 +103,24 @@ class StripeEvent(_StripeModel):
 
 def verified_event(payload: bytes, signature: str, secret: str, tolerance_seconds: int) -> StripeEvent:
     """The event in ``payload`` once its ``Stripe-Signature`` checks out; ValidationError otherwise."""
+    try:
+        _verify(payload, signature, secret, tolerance_seconds)
+    except ValidationError:
+        webhook_verification_failures.labels(PROVIDER).inc()
+        raise
+    envelope = _parse(_Envelope, payload, "")
+    model: type[PaymentIntent | Charge] | None = (
+        PaymentIntent
+        if envelope.type in PAYMENT_INTENT_EVENTS
+        else Charge
+        if envelope.type in CHARGE_EVENTS
+        else None
+    )
+    data_object = None if model is None else _parse(model, envelope.data.object, "data.object.")
+    return StripeEvent(id=envelope.id, type=envelope.type, object=data_object)
+
+
+def _verify(payload: bytes, signature: str, secret: str, tolerance_seconds: int) -> None:
     if not signature:
         raise ValidationError("Missing Stripe-Signature header", field="stripe-signature")
     try:
@@ -113,16 +134,6 @@ def verified_event(payload: bytes, signature: str, secret: str, tolerance_second
             "Stripe signature verification failed (bad signature or stale timestamp)",
             field="stripe-signature",
         ) from None
-    envelope = _parse(_Envelope, payload, "")
-    model: type[PaymentIntent | Charge] | None = (
-        PaymentIntent
-        if envelope.type in PAYMENT_INTENT_EVENTS
-        else Charge
-        if envelope.type in CHARGE_EVENTS
-        else None
-    )
-    data_object = None if model is None else _parse(model, envelope.data.object, "data.object.")
-    return StripeEvent(id=envelope.id, type=envelope.type, object=data_object)
 
 
 def _parse(model: type[M], value: bytes | dict[str, Any], prefix: str) -> M:

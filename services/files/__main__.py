@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from kit.server import ServiceDefinition, run
-from services.files import api, models
+from collections.abc import Sequence
+
+from kit.server import Registration, Runtime, ServiceDefinition, run
+from services.files import api, models, monitoring
 from services.files.janitor import Janitor
 from services.files.settings import FilesSettings
 from services.files.storage import storage_from_settings
@@ -13,11 +15,16 @@ def definition(settings: FilesSettings | None = None) -> ServiceDefinition:
     settings = settings or FilesSettings()
     # One storage back end per process, shared by the API and the janitor.
     storage = storage_from_settings(settings)
+
+    def register(runtime: Runtime) -> Sequence[Registration]:
+        monitoring.watch(runtime.metrics)
+        return api.registrations(runtime, storage)
+
     return ServiceDefinition(
         name="files",
         settings=settings,
         metadata=models.metadata,
-        register=lambda runtime: api.registrations(runtime, storage),
+        register=register,
         background=lambda runtime: [Janitor(settings, runtime.db, storage).run()],
     )
 

@@ -24,10 +24,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from kit.db import Database
-from kit.errors import Conflict, FailedPrecondition, FileTooLarge, QuotaExceeded, ValidationError
+from kit.errors import Conflict, DomainError, FailedPrecondition, FileTooLarge, QuotaExceeded, ValidationError
 from kit.events import Outbox
 from kit.idempotency import ensure_same_request, request_fingerprint
-from services.files import events, store
+from services.files import events, monitoring, store
 from services.files.images import ImageFacts, prepare_image
 from services.files.models import ACTIVE
 from services.files.settings import FilesSettings
@@ -82,6 +82,19 @@ class Uploads:
     # Uploads by users ----------------------------------------------------------------------------
 
     async def receive(
+        self,
+        user_id: str,
+        plan: str,
+        idempotency_key: str,
+        requests: AsyncIterator[files_pb2.UploadFileRequest],
+    ) -> dict[str, Any]:
+        try:
+            return await self._receive(user_id, plan, idempotency_key, requests)
+        except DomainError as refusal:
+            monitoring.uploads_refused.labels(str(refusal.reason)).inc()
+            raise
+
+    async def _receive(
         self,
         user_id: str,
         plan: str,

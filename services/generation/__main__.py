@@ -8,7 +8,7 @@ from typing import Any
 
 from kit.events import EventConsumer
 from kit.server import Registration, Runtime, ServiceDefinition, run
-from services.generation import api, models
+from services.generation import api, models, monitoring
 from services.generation.faults import read_provider_fault
 from services.generation.providers import Provider
 from services.generation.providers.local import LocalProvider
@@ -34,6 +34,7 @@ class GenerationService:
         if any(model.provider == "replicate" for model in self.settings.image_models):
             providers["replicate"] = ReplicateProvider(self.settings)
         self.saga = Saga(runtime, self.settings, providers)
+        monitoring.watch(runtime.metrics, runtime.db)
         return api.registrations(self.saga)
 
     def consumers(self, runtime: Runtime) -> Sequence[EventConsumer]:

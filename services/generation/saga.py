@@ -23,7 +23,7 @@ from kit import retry, telemetry
 from kit.errors import DomainError, FailedPrecondition, NotFound, Reason, from_rpc_error
 from kit.retry import RetryPolicy
 from kit.server import Runtime
-from services.generation import events, faults, store
+from services.generation import events, faults, monitoring, store
 from services.generation.admission import QueueAdmission
 from services.generation.catalog import Catalog
 from services.generation.lifecycle import Status, check_cancelable
@@ -205,6 +205,7 @@ class Saga:
                 if recorded is not None:
                     await events.publish_outcome(self.outbox, session, recorded, previous)
         if recorded is not None:
+            monitoring.record_outcome(recorded)
             await self.notify(recorded)
         return recorded
 

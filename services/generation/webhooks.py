@@ -20,12 +20,14 @@ from replicate.webhook import Webhooks, WebhookSigningSecret, WebhookValidationE
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.errors import ValidationError
+from kit.metrics import webhook_verification_failures
 from services.generation import events, store
 from services.generation.lifecycle import Status
 from services.generation.saga import Generation, Saga
 
 log = logging.getLogger("stylestudio.generation.webhooks")
 
+PROVIDER = "replicate"
 TERMINAL_PREDICTION_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 # Replicate's prediction ids are short lowercase base32; allow a little more, never a control character.
@@ -50,6 +52,7 @@ def verify_signature(
 ) -> Prediction:
     """The verified prediction; VALIDATION_ERROR for a bad signature, a stale timestamp or a bad body."""
     if not secret:
+        webhook_verification_failures.labels(PROVIDER).inc()
         raise ValidationError("Replicate webhooks are not configured", field="webhook-signature")
     try:
         text = body.decode("utf-8")
@@ -60,6 +63,7 @@ def verify_signature(
             tolerance=tolerance_seconds,
         )
     except (WebhookValidationError, UnicodeDecodeError, ValueError) as error:
+        webhook_verification_failures.labels(PROVIDER).inc()
         raise ValidationError(f"Invalid webhook: {error}", field="webhook-signature") from None
     try:
         return Prediction.model_validate_json(body)

@@ -14,7 +14,7 @@ from kit.auth import UserTokenVerifier
 from kit.errors import DependencyUnavailable
 from kit.server import Registration, Runtime, ServiceDefinition
 from kit.tokens import AccessTokenVerifier, ApiKeyVerifier, bearer_verifier
-from services.users import accounts, api, models
+from services.users import accounts, api, models, monitoring
 from services.users.apikeys import ApiKeys
 from services.users.credentials import Credentials
 from services.users.keys import KeyStore
@@ -67,6 +67,7 @@ def parts(runtime: Runtime) -> UsersParts:
 
 
 def registrations(runtime: Runtime) -> Sequence[Registration]:
+    monitoring.watch(runtime.metrics)
     p = parts(runtime)
     return [
         Registration(

@@ -24,7 +24,7 @@ from kit.errors import Conflict, Unauthenticated, ValidationError
 from kit.events import Outbox
 from kit.origin import ClientOrigin
 from kit.tokens import sign_access_token
-from services.users import accounts, events, store
+from services.users import accounts, events, monitoring, store
 from services.users.credentials import Credentials
 from services.users.keys import KeyStore
 from services.users.oauth import OAuthSignIn, ProviderIdentity
@@ -80,6 +80,7 @@ class Authentication:
         self._oauth, self._settings = oauth, settings
         self._credentials = credentials
 
+    @monitoring.counted("signup")
     async def signup(self, email: str, password: str, name: str, client: ClientInfo) -> SignedIn:
         email = accounts.normalize_email(email)
         name = accounts.validate_name(name)
@@ -102,6 +103,7 @@ class Authentication:
         await self._throttle.remember_device(email, client.ip, client.user_agent)
         return await self._signed_in(user, session_id, refresh_token)
 
+    @monitoring.counted("password")
     async def login(self, email: str, password: str, client: ClientInfo) -> SignedIn:
         if not email.strip() or not password:
             raise ValidationError(
@@ -174,6 +176,7 @@ class Authentication:
     async def oauth_start(self, provider: str) -> tuple[str, str]:
         return await self._oauth.start(provider)
 
+    @monitoring.counted("oauth")
     async def oauth_complete(self, provider: str, code: str, state: str, client: ClientInfo) -> SignedIn:
         identity = await self._oauth.complete(provider, code, state)
         async with self._db.transaction() as session:
@@ -228,6 +231,7 @@ class Authentication:
         )
         return user
 
+    @monitoring.counted("refresh")
     async def refresh(self, refresh_token: str) -> SignedIn:
         if not refresh_token:
             raise ValidationError("Refresh token is required", field="refreshToken")

@@ -152,6 +152,8 @@ class Platform:
             for service in SERVICES
         }
         self.gateway_addr = f"127.0.0.1:{free_port()}"
+        # Each service process's Prometheus port (the gateway serves its own on gateway_addr).
+        self.metrics_addresses = {name: f"127.0.0.1:{free_port()}" for name in self.instance_addresses}
         self.trace_file = work_dir / "spans.jsonl"
         # The local span store where `make run` keeps it: under the data directory.
         self.data_dir = work_dir / "data"
@@ -232,6 +234,8 @@ class Platform:
             env[f"STYLESTUDIO_{called.upper()}_ADDR"] = addr
         if process in self.instance_addresses:
             env[f"STYLESTUDIO_{service.upper()}_ADDR"] = self.instance_addresses[process]
+            env["STYLESTUDIO_METRICS_ADDR"] = self.metrics_addresses[process]
+            env["STYLESTUDIO_METRICS_REFRESH_SECONDS"] = "0"  # a test's scrape sees the latest figures
         if service in self.database.service_urls:
             env["STYLESTUDIO_SERVICE_DATABASE_URL"] = self.database.service_urls[service]
         if self.tls is not None:
@@ -241,6 +245,12 @@ class Platform:
         env.update(self._extra_env)
         env.update(self._process_env.get(process, {}))
         return env
+
+    def metrics_url(self, process: str) -> str:
+        """Where ``process`` (a service process, or "gateway") serves its Prometheus metrics."""
+        if process == "gateway":
+            return f"{self.gateway_url}/metrics"
+        return f"http://{self.metrics_addresses[process]}/metrics"
 
     def log_path(self, process: str) -> Path:
         return self.work_dir / f"{process}.log"
