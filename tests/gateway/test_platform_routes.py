@@ -78,6 +78,7 @@ CASES = [
     Case("POST", "/v1/billing/purchases", f"{BILLING}/CreatePurchase", json_body={"packageName": "starter"},
          headers={"Idempotency-Key": ID}),
     Case("GET", "/v1/billing/purchases?pageSize=5", f"{BILLING}/ListPurchases"),
+    Case("GET", f"/v1/billing/purchases/{ID}", f"{BILLING}/GetPurchase"),
     Case("POST", "/webhooks/stripe", f"{BILLING}/HandleStripeWebhook", "public",
          content=b'{"id": "evt_test", "type": "payment_intent.succeeded"}',
          headers={"Stripe-Signature": "t=1,v1=bad", "Content-Type": "application/json"}),
