@@ -13,7 +13,7 @@ from kit.errors import DomainError, FeatureNotInPlan, NotFound, ValidationError
 from kit.idempotency import IdempotencyKeyReused, item_key, request_fingerprint
 from kit.interceptors import idempotency_key
 from kit.server import Registration, Runtime
-from services.generation import progress, store
+from services.generation import batches, progress, store
 from services.generation.lifecycle import Status
 from services.generation.saga import Generation, Saga
 from services.generation.starting import batch_conflicts, start_generation
@@ -103,6 +103,10 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
             if await batch_conflicts(self.saga, caller.user_id, item_keys, fingerprints):
                 raise IdempotencyKeyReused(key)
         results = []
+        # Recorded first and sealed last, so that its summary waits for every item (batches.py).
+        batch_id = batches.batch_id_for(caller.user_id, key)
+        async with self.saga.db.transaction() as session:
+            await batches.create(session, batch_id, caller.user_id, len(request.requests))
         # One after the other, so a wallet that can pay for some gets the first ones.
         for index, item in enumerate(request.requests):
             try:
@@ -112,6 +116,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                     item,
                     item_keys[index] if item_keys else None,
                     batch_fingerprint=batch_fingerprint,
+                    batch_id=batch_id,
                 )
             except DomainError as error:
                 results.append(
@@ -121,6 +126,8 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                 )
             else:
                 results.append(generation_pb2.BatchResult(generation=to_proto(generation)))
+        async with self.saga.db.transaction() as session:
+            await batches.seal(self.saga.outbox, session, batch_id)
         return generation_pb2.BatchCreateGenerationsResponse(results=results)
 
     async def ListStyles(
