@@ -1,7 +1,7 @@
 """generation.batches: a batch's size and whether its summary was published; generations.batch_id.
 
 Revision ID: generation_0004
-Revises: generation_0002
+Revises: generation_0003
 Create Date: 2026-12-02
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "generation_0004"
-down_revision = "generation_0002"
+down_revision = "generation_0003"
 branch_labels = None
 depends_on = None
 
