@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from starlette.routing import Route
 from tests.harness.platform import free_port
 
 NOT_SIGNED = {"file", "api_key", "resource_type", "cloud_name", "signature"}
+# A delivery URL's transformation component: "c_limit,h_256,w_256" (only c_limit is applied here).
+TRANSFORMATION = re.compile(r"[a-z]{1,2}_[^/,]+(,[a-z]{1,2}_[^/,]+)*")
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -111,11 +114,15 @@ class FakeCloudinary:
         signature = ""
         if parts and parts[0].startswith("s--") and parts[0].endswith("--"):
             signature, parts = parts[0][3:-2], parts[1:]
+        transformation = ""
+        if parts and TRANSFORMATION.fullmatch(parts[0]):
+            transformation, parts = parts[0], parts[1:]
         if parts and parts[0].startswith("v") and parts[0][1:].isdigit():
             parts = parts[1:]
         source = "/".join(parts)
         if kind == "authenticated":
-            digest = hashlib.sha1((source + self.api_secret).encode()).digest()
+            signed = f"{transformation}/{source}" if transformation else source
+            digest = hashlib.sha1((signed + self.api_secret).encode()).digest()
             if signature != base64.urlsafe_b64encode(digest)[:8].decode():
                 self.rejected_signatures += 1
                 return Response(status_code=401)
@@ -123,7 +130,8 @@ class FakeCloudinary:
         asset = self.assets.get((kind, public_id))
         if asset is None:
             return Response(status_code=404)
-        return Response(asset.content, media_type=CONTENT_TYPES[ext or asset.format])
+        content = _transformed(asset, transformation) if transformation else asset.content
+        return Response(content, media_type=CONTENT_TYPES[ext or asset.format])
 
     def app(self) -> Starlette:
         return Starlette(
@@ -160,3 +168,14 @@ class RunningFakeCloudinary:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message}}, status_code=status)
+
+
+def _transformed(asset: Asset, transformation: str) -> bytes:
+    """The asset scaled down as ``c_limit,w_..,h_..`` asks (Cloudinary's "limit" crop)."""
+    options = dict(part.split("_", 1) for part in transformation.split(","))
+    assert options.get("c") == "limit", transformation
+    with Image.open(io.BytesIO(asset.content)) as image:
+        image.thumbnail((int(options["w"]), int(options["h"])))
+        out = io.BytesIO()
+        image.save(out, format=str(Image.registered_extensions()[f".{asset.format}"]))
+        return out.getvalue()

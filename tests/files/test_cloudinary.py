@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 
 from kit.clients import open_channel
@@ -131,12 +134,27 @@ async def test_the_service_stores_serves_and_deletes_through_cloudinary(
         state = CredentialState(version=0, role="user", plan="free")
         files_platform.store_credential_state(user_id, state, f"{files_platform.redis_prefix}:cloudinary")
         user = FilesUser(user_id, token, files_pb2_grpc.FilesServiceStub(channel))
-        content = image_bytes("WEBP", (40, 20))
+        content = image_bytes("WEBP", (600, 300))
         file = await user.upload(content, filename="dress.webp")
         key = f"stylestudio/{file.id}"
         assert cloudinary_server.assets[("authenticated", key)].content == stored_form(content)
         content_type, body, _ = await user.download(file.id)
         assert (content_type, body) == ("image/webp", stored_form(content))
+
+        # The links are Cloudinary's signed delivery URLs: the CDN serves the bytes, no gateway.
+        delivery = f"{cloudinary_server.url}/{cloudinary_server.cloud_name}/image/authenticated/s--"
+        assert file.url.startswith(delivery) and file.url.endswith(f"/{key}")
+        assert file.url_expires_at.seconds > time.time()
+        rejected = cloudinary_server.rejected_signatures
+        async with httpx.AsyncClient() as anonymous:
+            served = await anonymous.get(file.url)
+            small = await anonymous.get(file.thumbnail_url)
+            forged = await anonymous.get(file.url.replace(f"/{key}", f"/stylestudio/{uuid.uuid4()}"))
+        assert served.status_code == 200 and served.content == stored_form(content)
+        assert file.thumbnail_url.startswith(delivery) and "/c_limit,h_256,w_256/" in file.thumbnail_url
+        with Image.open(io.BytesIO(small.content)) as thumbnail:
+            assert thumbnail.size == (256, 128)
+        assert forged.status_code == 401 and cloudinary_server.rejected_signatures == rejected + 1
 
         refused = await domain_error_of(user.upload(b"<html></html>"))
         assert refused.reason == Reason.INVALID_FILE_TYPE

@@ -91,9 +91,13 @@ class CloudinaryStorage:
             raise StorageUnavailable(f"cloudinary upload failed: {type(error).__name__}") from error
         return StoredObject(key=str(result["public_id"]), version=str(result.get("version", "")))
 
-    def delivery_url(self, stored: StoredObject) -> str:
+    def delivery_url(self, stored: StoredObject, max_pixels: int | None = None) -> str:
+        """A signed delivery URL of the asset; scaled down to ``max_pixels`` on its long side by
+        a Cloudinary transformation when given (the signature covers the transformation)."""
         options = dict(self._options)
         options.pop("timeout")
+        if max_pixels is not None:
+            options["transformation"] = [{"crop": "limit", "width": max_pixels, "height": max_pixels}]
         url, _ = cloudinary.utils.cloudinary_url(
             stored.key,
             resource_type="image",
@@ -103,6 +107,11 @@ class CloudinaryStorage:
             **options,
         )
         return str(url)
+
+    def delivery_link(self, stored: StoredObject, *, max_pixels: int | None, expires: int) -> str | None:
+        # Served by Cloudinary's CDN. Its signature covers the asset and transformation, not a
+        # time: the link stops working when the asset is destroyed (purge, with invalidation).
+        return self.delivery_url(stored, max_pixels)
 
     async def read(self, stored: StoredObject, chunk_size: int) -> AsyncIterator[bytes]:
         async with (
