@@ -17,9 +17,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+import pydantic
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
+from kit.settings import MIN_SECRET_BYTES
+from services.files.settings import FilesSettings
 from tests.files.conftest import URL_SIGNING_KEYS, FilesDatabase
 from tests.files.samples import image_bytes
 from tests.harness import Platform
@@ -199,3 +203,15 @@ async def test_links_signed_before_a_key_rotation_work_until_they_expire(
         _assert_refused(await anonymous.get(old_expired))
     fresh = (await rest.get(f"/v1/files/{file['id']}", headers=_auth(token))).json()
     assert parse_qs(urlsplit(fresh["url"]).query)["kid"] == ["k2"]
+
+
+def test_production_refuses_a_development_or_weak_url_signing_key() -> None:
+    settings = FilesSettings(environment="production", file_url_previous_keys=SecretStr('{"old": "short"}'))
+    problems = settings.insecurities()
+    assert "STYLESTUDIO_FILE_URL_SIGNING_KEY is a development default" in problems
+    assert f"STYLESTUDIO_FILE_URL_PREVIOUS_KEYS[old] is shorter than {MIN_SECRET_BYTES} bytes" in problems
+    strong = FilesSettings(environment="production", file_url_signing_key=SecretStr("k" * MIN_SECRET_BYTES))
+    assert not [problem for problem in strong.insecurities() if "FILE_URL" in problem]
+    for malformed in ("not json", '["a list"]', '{"k": 1}'):
+        with pytest.raises(pydantic.ValidationError):
+            FilesSettings(file_url_previous_keys=SecretStr(malformed))
