@@ -221,5 +221,6 @@ async def test_a_users_own_data_is_not_sent_as_cacheable(
     gateway: httpx.AsyncClient, platform: Platform
 ) -> None:
     token = platform.user_token()[1]
-    me = await gateway.get("/v1/users/me", headers={"Authorization": f"Bearer {token}"})
-    assert me.status_code == 200 and "cache-control" not in me.headers and "etag" not in me.headers
+    usage = await gateway.get("/v1/files/usage", headers={"Authorization": f"Bearer {token}"})
+    assert usage.status_code == 200, usage.text
+    assert "cache-control" not in usage.headers and "etag" not in usage.headers
