@@ -34,7 +34,9 @@ log = logging.getLogger("stylestudio.gateway")
 
 HTTP_STATUS_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
+    # A backend's CANCELLED, without ErrorInfo, is a transport failure (kit.errors.TRANSPORT_FAILURES):
+    # 503. 499 is the gateway's own note of a client that went away (app.py).
+    grpc.StatusCode.CANCELLED: 503,
     grpc.StatusCode.UNKNOWN: 500,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     # A call that timed out is a service not keeping up: 503 with Retry-After, as UNAVAILABLE.
@@ -164,8 +166,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, default_retry_after: int, servic
     Only a status a service raised itself (with ErrorInfo of ERROR_DOMAIN) is passed on with
     its message. Any other was made by gRPC (a refused connection, a deadline, a message or
     metadata over a size limit) or by a kit fallback: the client gets its code's fixed words,
-    and the gateway's log the real ones. A transport failure (UNAVAILABLE or
-    DEADLINE_EXCEEDED without ErrorInfo) is 503 SERVICE_UNAVAILABLE naming ``service``.
+    and the gateway's log the real ones. A transport failure (UNAVAILABLE, DEADLINE_EXCEEDED or
+    CANCELLED without ErrorInfo) is 503 SERVICE_UNAVAILABLE naming ``service``.
     Every 429 and 503 carries Retry-After: the service's RetryInfo, else
     ``default_retry_after`` (429) or kit.errors.DEPENDENCY_RETRY_AFTER_SECONDS (503)."""
     code = error.code()

@@ -245,8 +245,15 @@ REASON_BY_CODE: dict[grpc.StatusCode, Reason] = {
     # being unavailable, never an outside provider's problem.
     grpc.StatusCode.UNAVAILABLE: Reason.SERVICE_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: Reason.SERVICE_UNAVAILABLE,
+    grpc.StatusCode.CANCELLED: Reason.SERVICE_UNAVAILABLE,
 }
-TRANSPORT_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# CANCELLED among them: a caller that cancels its own call gets asyncio.CancelledError, so a
+# CANCELLED status is the callee's doing. A server that begins to stop (SIGTERM, a roll-out)
+# cancels the calls that reached it after its GOAWAY was sent but before the caller read it, and
+# those that outlast its grace period: the service is going away, try again (another replica).
+TRANSPORT_FAILURES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 # ...and its text is not passed on either: gRPC wrote it ("received metadata size exceeds
 # hard limit", "failed to connect to all addresses; last error: ... 127.0.0.1:50051", ...),

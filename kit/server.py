@@ -5,10 +5,13 @@
 
 Start-up waits for PostgreSQL, runs the service's migrations (under an advisory
 lock), starts grpc.aio with the kit's interceptors, health and reflection, the
-outbox relay, event consumers and background loops. Health turns SERVING only
-while migrations are at head and PostgreSQL and Redis answer. On SIGTERM/SIGINT:
-NOT_SERVING, then ``server.stop(grace)`` lets in-flight RPCs finish, then
-background work is cancelled and connections closed.
+outbox relay, event consumers and background loops. Health (readiness: the
+server-wide "" entry and each gRPC service's) turns SERVING only while migrations
+are at head and PostgreSQL and Redis answer; the ``liveness`` entry is SERVING from
+the moment the process starts until it stops, whatever its dependencies do, and is
+answered by the event loop, so it fails only when the process is gone or its loop
+stuck. On SIGTERM/SIGINT: NOT_SERVING, then ``server.stop(grace)`` lets in-flight
+RPCs finish, then background work is cancelled and connections closed.
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ def server_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, 
 
 
 SERVER_OPTIONS = server_options()
+
+# The health entry a liveness probe names (Kubernetes: ``grpc: {port: 8081, service: liveness}``):
+# the process is up and its event loop answers. Readiness is the server-wide "" entry, which
+# also needs PostgreSQL, Redis and the schema at head; a probe that restarted the process on
+# those would restart every pod of the platform during a database outage (docs/operations.md).
+LIVENESS = "liveness"
 
 
 @dataclass
@@ -202,6 +211,12 @@ class RunningService:
         # or a development one (kit/service_keys.py).
         credentials = ServiceCredentials.from_settings(settings, d.name)
         telemetry.setup_telemetry(d.name, settings)
+        # Alive from here on, ready later: the probes' port answers while the process waits for
+        # PostgreSQL, so a pod started during a database outage waits instead of being restarted.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        if settings.health_addr:
+            await self._serve_health_only(settings.health_addr)
         url = database_url(settings)
         await _wait_for_database(url, settings)
         if settings.migrate_on_start:
@@ -254,8 +269,6 @@ class RunningService:
             raise RuntimeError(f"{d.name}: cannot listen on {settings.listen_addr}")
         await server.start()
         self.server = server
-        if settings.health_addr:
-            await self._serve_health_only(settings.health_addr)
         relay = OutboxRelay(
             db,
             redis,

@@ -36,6 +36,10 @@ def env_lines(offline_payments: bool) -> list[str]:
     ]
     lines += [f"STYLESTUDIO_{service.upper()}_DB_PASSWORD={strong()}" for service in SERVICES]
     lines += [
+        "# What Prometheus presents to read the metrics (compose mounts it as its token file).",
+        f"STYLESTUDIO_METRICS_BEARER_TOKEN={strong()}",
+    ]
+    lines += [
         "# Stripe: set the API key and replace the webhook secret with the endpoint's (whsec_...).",
         "# Empty key: offline payments, refused in production unless enabled below (demos only:",
         "# anyone holding the webhook secret can then mark purchases paid).",

@@ -3,6 +3,7 @@ the Kubernetes manifests take theirs from a Secret created out of band."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -11,11 +12,11 @@ from typing import Any
 
 import yaml
 
-from kit.settings import MIN_SECRET_BYTES
+from kit.settings import MIN_SECRET_BYTES, SERVICES
 from tests.harness.platform import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "deploy" / "docker-compose.yml"
-K8S = REPO_ROOT / "deploy" / "k8s"
+K8S = REPO_ROOT / "deploy" / "k8s" / "base"
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, ${NAME:+alt} ...
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<rest>[^}]*)\}")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|PASSPHRASE|TOKEN|_KEY$|_KEYS$")
@@ -110,7 +111,11 @@ def test_the_env_file_is_ignored_by_git() -> None:
 
 def test_kubernetes_takes_its_secrets_from_a_secret_created_out_of_band() -> None:
     documents = [
-        doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc
+        doc
+        for path in sorted(K8S.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
     ]
     assert all(doc["kind"] != "Secret" for doc in documents), "no Secret (with values) in the manifests"
     workloads = [doc for doc in documents if doc["kind"] in ("Deployment", "Job")]
@@ -126,3 +131,58 @@ def test_kubernetes_takes_its_secrets_from_a_secret_created_out_of_band() -> Non
             assert "stylestudio" in refs, f"{doc['metadata']['name']} reads the Secret"
             for variable in container.get("env", []):
                 assert not SECRET_NAME.search(variable["name"]) or "valueFrom" in variable
+
+
+def runs_as_main(module: str) -> bool:
+    """``python -m module`` would run something: a module, or a package with a __main__."""
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return False
+    return (
+        spec.submodule_search_locations is None or importlib.util.find_spec(f"{module}.__main__") is not None
+    )
+
+
+def test_every_compose_command_is_a_real_entry_point() -> None:
+    commands = {
+        name: service["command"] for name, service in compose()["services"].items() if "command" in service
+    }
+    ours = {name: command for name, command in commands.items() if command[:2] == ["python", "-m"]}
+    assert set(ours) == {"provision", *SERVICES, "gateway"}
+    for name, command in ours.items():
+        assert len(command) == 3 and runs_as_main(command[2]), f"{name}: {command}"
+    assert ours["provision"][2] == "kit.bootstrap"
+    assert ours["gateway"][2] == "gateway"
+    for service in SERVICES:
+        assert ours[service][2] == f"services.{service}"
+
+
+def test_prometheus_runs_beside_jaeger_and_the_collector_and_scrapes_every_service() -> None:
+    services = compose()["services"]
+    assert {"jaeger", "otel-collector", "prometheus"} <= set(services)
+    prometheus = services["prometheus"]
+    assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in prometheus["volumes"]
+    (token,) = prometheus["secrets"]
+    assert token["target"] == "/etc/prometheus/metrics-token"
+    assert compose()["secrets"][token["source"]] == {"environment": "STYLESTUDIO_METRICS_BEARER_TOKEN"}
+    for volume in prometheus["volumes"][:2]:
+        assert (COMPOSE.parent / volume.split(":")[0]).is_file(), volume
+    scrape = yaml.safe_load((COMPOSE.parent / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in scrape["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert "alerts.yml" in scrape["rule_files"]
+    envs = environments()
+    for service in SERVICES:
+        address = envs[service]["STYLESTUDIO_METRICS_ADDR"]
+        assert address == "0.0.0.0:9464", service
+        assert f"{service}:{address.rsplit(':', 1)[1]}" in targets, "Prometheus scrapes where it serves"
+    for process in (*SERVICES, "gateway"):
+        # Production refuses scrapes without it: the services hold what Prometheus presents.
+        assert envs[process]["STYLESTUDIO_METRICS_BEARER_TOKEN"].startswith(
+            "${STYLESTUDIO_METRICS_BEARER_TOKEN:?"
+        )

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kit.server import LIVENESS
 from kit.settings import SERVICES
 from tests.harness.platform import REPO_ROOT
 
@@ -22,13 +23,13 @@ def _documents(path: str) -> list[dict[str, Any]]:
 
 
 def _config() -> dict[str, str]:
-    (config,) = _documents("k8s/01-config.yaml")
+    (config,) = _documents("k8s/base/01-config.yaml")
     return dict(config["data"])
 
 
 def _pod(process: str) -> dict[str, Any]:
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
-        for document in _documents(f"k8s/{path.name}"):
+    for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")):
+        for document in _documents(f"k8s/base/{path.name}"):
             if document["kind"] == "Deployment" and document["metadata"]["name"] == process:
                 return dict(document["spec"]["template"]["spec"])
     raise AssertionError(f"no Deployment {process}")
@@ -61,6 +62,9 @@ def test_every_service_is_probed_on_the_health_only_port(service: str) -> None:
     assert health_port in {port["containerPort"] for port in container["ports"]}
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == health_port
+    # Readiness is the server-wide entry (dependencies); liveness the process alone (kit.server).
+    assert container["readinessProbe"]["grpc"].get("service", "") == ""
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
 
 
 def test_cert_manager_issues_every_secret_for_the_host_its_callers_dial() -> None:

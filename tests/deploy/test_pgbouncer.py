@@ -37,11 +37,11 @@ def _ini() -> configparser.ConfigParser:
 
 
 def _k8s(name: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if doc]
+    return [doc for doc in yaml.safe_load_all((DEPLOY / "k8s" / "base" / name).read_text()) if doc]
 
 
 def _deployment(kind_name: str) -> dict[str, Any]:
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+    for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")):
         for doc in _k8s(path.name):
             if doc["kind"] == "Deployment" and doc["metadata"]["name"] == kind_name:
                 return doc

@@ -12,9 +12,9 @@ from tests.gateway.conftest import TEST_MAX_BODY_BYTES, USER
 CODE_CASES = [
     (code.name, status)
     for code, status in HTTP_STATUS_BY_CODE.items()
-    # CANCELLED is the client going away, never an answer; UNAVAILABLE and DEADLINE_EXCEEDED
-    # without ErrorInfo are transport failures (test_a_transport_failure_is_503_...).
-    if code.name not in ("OK", "CANCELLED") and code not in TRANSPORT_FAILURES
+    # UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED without ErrorInfo are transport failures
+    # (test_a_transport_failure_is_503_...).
+    if code.name != "OK" and code not in TRANSPORT_FAILURES
 ]
 
 
@@ -113,12 +113,13 @@ async def test_every_429_and_503_says_when_to_retry(
     assert int(response.headers["retry-after"]) > 0
 
 
-@pytest.mark.parametrize("code", ["UNAVAILABLE", "DEADLINE_EXCEEDED"])
+@pytest.mark.parametrize("code", sorted(code.name for code in TRANSPORT_FAILURES))
 async def test_a_transport_failure_is_503_naming_the_service_never_a_provider(
     echo: httpx.AsyncClient, code: str
 ) -> None:
     # No ErrorInfo: the status did not come from the service's code (a refused or dropped
-    # connection, a call that timed out).
+    # connection, a call that timed out, a call a stopping server cancelled: a roll-out's
+    # SIGTERM, tests/platform/test_rollout.py).
     response = await echo.post("/v1/fail", json={"code": code, "message": "connect failed 10.1.2.3:50051"})
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,12 +15,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kit.clients import open_channel
-from kit.server import SERVER_OPTIONS
+from kit.server import LIVENESS, SERVER_OPTIONS, RunningService
+from services.analytics.settings import AnalyticsSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from tests.harness import TestDatabase, free_port, own_database
 from tests.harness.identities import Keyring
 from tests.harness.platform import REPO_ROOT
-from tests.kit.note_service import create_notes_table
+from tests.kit.note_service import create_notes_table, definition
 
 
 @pytest.fixture
@@ -92,3 +94,33 @@ async def test_a_second_server_cannot_take_a_port_already_in_use() -> None:
             raise AssertionError(f"a second server bound port {port}, which the first holds")
     finally:
         await first.stop(None)
+
+
+async def test_a_service_waiting_for_its_database_is_alive_but_not_ready() -> None:
+    """The probes' port answers from the start: liveness SERVING while PostgreSQL cannot be
+    reached, readiness NOT_SERVING, so a pod started during a database outage waits for it
+    instead of being restarted by its liveness probe."""
+    nowhere = f"postgresql+psycopg://stylestudio_analytics@127.0.0.1:{free_port()}/stylestudio"
+    health_addr = f"127.0.0.1:{free_port()}"
+    settings = AnalyticsSettings(
+        analytics_addr=f"127.0.0.1:{free_port()}",
+        service_database_url=nowhere,
+        health_addr=health_addr,
+        migrate_on_start=False,
+    )
+    service = RunningService(definition(settings))
+    starting = asyncio.create_task(service.start())
+    try:
+        async with grpc.aio.insecure_channel(health_addr) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            await channel.channel_ready()
+            liveness = await health.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=5)
+            readiness = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert liveness.status == health_pb2.HealthCheckResponse.SERVING
+        assert readiness.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert not starting.done(), "still waiting for PostgreSQL"
+    finally:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await service.stop()

@@ -15,10 +15,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
+from kit.server import LIVENESS
 from stylestudio.generation.v1 import resources_pb2
 from tests.generation.conftest import GENERATION_ENV, Shopper
 from tests.harness import Platform, TestDatabase, free_port, own_database
@@ -90,16 +93,27 @@ async def billing_gate(outage_database: TestDatabase) -> AsyncIterator[Gate]:
 
 
 @pytest.fixture(scope="module")
+def billing_probes() -> str:
+    """Billing's health-only port, the one the kubelet probes (STYLESTUDIO_HEALTH_ADDR)."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
 async def gated_platform(
     outage_database: TestDatabase,
     billing_gate: Gate,
+    billing_probes: str,
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Platform]:
     """The platform, billing reaching PostgreSQL through a gate the test can close."""
     outage_database.service_urls["billing"] = billing_gate.url
     async with Platform(
-        outage_database, redis_url, tmp_path_factory.mktemp("outage"), extra_env=OUTAGE_ENV
+        outage_database,
+        redis_url,
+        tmp_path_factory.mktemp("outage"),
+        extra_env=OUTAGE_ENV,
+        process_env={"billing": {"STYLESTUDIO_HEALTH_ADDR": billing_probes}},
     ) as running:
         await running.start_all()
         yield running
@@ -183,3 +197,40 @@ async def test_a_generation_finishes_once_billing_is_back_without_the_sweeper(
     balance = await shopper.balance()
     assert (balance.balance, balance.reserved, balance.available) == (4, 0, 4)
     assert "unhandled error" not in gated_platform.logs("billing")
+
+
+async def _probe(health: health_pb2_grpc.HealthStub, service: str) -> str:
+    response = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+async def _until_readiness(health: health_pb2_grpc.HealthStub, status: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (current := await _probe(health, "")) != status:
+        assert time.monotonic() < deadline, f"readiness still {current}, never {status}"
+        await asyncio.sleep(0.2)
+
+
+async def test_liveness_stays_serving_while_postgresql_is_down_and_readiness_does_not(
+    gated_platform: Platform, billing_gate: Gate, billing_probes: str
+) -> None:
+    """What the kubelet sees during a database outage: billing's pods leave the Service
+    (readiness) and are not restarted (liveness); the gateway likewise (/readyz, /healthz)."""
+    async with grpc.aio.insecure_channel(billing_probes) as channel, gated_platform.client() as client:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (await _probe(health, ""), await _probe(health, LIVENESS)) == ("SERVING", "SERVING")
+        await billing_gate.down()
+        try:
+            await _until_readiness(health, "NOT_SERVING")
+            assert await _probe(health, LIVENESS) == "SERVING"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["services"]["billing"] == "NOT_SERVING"
+            assert (await client.get("/healthz")).status_code == 200
+            await asyncio.sleep(1.0)  # a few of billing's health checks later: still alive
+            assert await _probe(health, LIVENESS) == "SERVING"
+        finally:
+            await billing_gate.up()
+        await _until_readiness(health, "SERVING")
+        assert await _probe(health, LIVENESS) == "SERVING"
+        assert (await client.get("/readyz")).status_code == 200
+    assert gated_platform.processes["billing"].poll() is None, "never restarted"
