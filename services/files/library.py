@@ -89,6 +89,8 @@ class FileLibrary:
             settings.file_url_ttl_seconds,
             settings.file_url_base,
         )
+        # Decoding for thumbnails is bounded like the uploads' validation.
+        self._thumbnailing = asyncio.Semaphore(settings.max_concurrent_validations)
 
     def links(self, file: dict[str, Any]) -> FileLinks:
         """Signed links to the file and its thumbnail: the back end's own (a CDN) when it has
@@ -125,9 +127,10 @@ class FileLibrary:
         content = b"".join(
             [chunk async for chunk in self.storage.read(stored, self.settings.download_chunk_bytes)]
         )
-        small = await asyncio.to_thread(
-            thumbnail_of, content, file["format"], self.settings.thumbnail_max_pixels
-        )
+        async with self._thumbnailing:
+            small = await asyncio.to_thread(
+                thumbnail_of, content, file["format"], self.settings.thumbnail_max_pixels
+            )
         key = (await self.storage.save(f"{file['storage_key']}.thumb", small, file["format"])).key
         async with self.db.autocommit() as session:
             recorded = await store.set_thumbnail_key(session, file["id"], key)
