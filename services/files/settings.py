@@ -78,6 +78,9 @@ class FilesSettings(ServiceSettings):
     cloudinary_secure_delivery: bool = True
     cloudinary_folder: str = "stylestudio"
     cloudinary_timeout_seconds: float = 30.0
+    # Cloudinary's token-based authentication key (hex, from the console): links then expire
+    # with urlExpiresAt. Empty: signed delivery URLs, valid until the asset is destroyed.
+    cloudinary_auth_token_key: SecretStr = SecretStr("")
 
     @field_validator("file_url_previous_keys")
     @classmethod
@@ -107,6 +110,9 @@ class FilesSettings(ServiceSettings):
         return [
             *super().secret_checks(),
             self.secret_check("file_url_signing_key"),
+            self.secret_check(
+                "cloudinary_auth_token_key", required=bool(self.cloudinary_auth_token_key.get_secret_value())
+            ),
             *(
                 SecretCheck(
                     f"{self.variable_of('file_url_previous_keys')}[{kid}]",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import re
 import threading
@@ -44,6 +45,8 @@ class FakeCloudinary:
     cloud_name: str = "style-studio-test"
     api_key: str = "123456789012345"
     api_secret: str = "test-api-secret-for-signatures"
+    # Token-based authentication's key (hex), for expiring delivery URLs.
+    auth_token_key: str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
     assets: dict[tuple[str, str], Asset] = field(default_factory=dict)
     rejected_signatures: int = 0
     destroyed: list[str] = field(default_factory=list)
@@ -56,6 +59,16 @@ class FakeCloudinary:
     def expected_signature(self, params: dict[str, str], algorithm: str) -> str:
         pairs = [f"{key}={value}".replace("&", "%26") for key, value in sorted(params.items()) if value]
         return hashlib.new(algorithm, ("&".join(pairs) + self.api_secret).encode()).hexdigest()
+
+    def valid_token(self, token: str, path: str) -> bool:
+        """Token-based authentication: ``exp=<unix s>~hmac=<hex>``, the HMAC-SHA256 under the hex
+        key over ``exp=<unix s>~url=<path, reserved characters percent-encoded in lower case>``."""
+        fields = dict(part.split("=", 1) for part in token.split("~") if "=" in part)
+        url = re.sub(r"""[ "#%&'/:;<=>?@\[\\\]^`{|}~]""", lambda m: f"%{ord(m.group()):02x}", path)
+        message = f"exp={fields.get('exp', '')}~url={url}".encode()
+        expected = hmac.new(bytes.fromhex(self.auth_token_key), message, hashlib.sha256).hexdigest()
+        fresh = fields.get("exp", "").isdigit() and int(fields["exp"]) > time.time()
+        return bool(fresh) and hmac.compare_digest(expected, fields.get("hmac", ""))
 
     def _check_signed(self, form: dict[str, str]) -> JSONResponse | None:
         if form.get("api_key") != self.api_key:
@@ -120,7 +133,12 @@ class FakeCloudinary:
         if parts and parts[0].startswith("v") and parts[0][1:].isdigit():
             parts = parts[1:]
         source = "/".join(parts)
-        if kind == "authenticated":
+        token = request.query_params.get("__cld_token__")
+        if kind == "authenticated" and token is not None:
+            if not self.valid_token(token, request.url.path):
+                self.rejected_signatures += 1
+                return Response(status_code=401)
+        elif kind == "authenticated":
             signed = f"{transformation}/{source}" if transformation else source
             digest = hashlib.sha1((signed + self.api_secret).encode()).digest()
             if signature != base64.urlsafe_b64encode(digest)[:8].decode():

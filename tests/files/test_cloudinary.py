@@ -73,6 +73,30 @@ async def test_the_adapter_uploads_serves_and_deletes_with_valid_signatures(
     assert cloudinary_server.rejected_signatures == 0
 
 
+async def test_with_a_token_key_delivery_links_expire(cloudinary_server: FakeCloudinary):
+    storage = _adapter(cloudinary_server, auth_token_key=cloudinary_server.auth_token_key)
+    content = image_bytes("PNG", (600, 300))
+    stored = await storage.save(storage.key_for(uuid.uuid4()), content, "png")
+    other = await storage.save(storage.key_for(uuid.uuid4()), image_bytes("PNG", (20, 20)), "png")
+    now = int(time.time())
+    link = storage.delivery_link(stored, max_pixels=None, expires=now + 600)
+    small = storage.delivery_link(stored, max_pixels=256, expires=now + 600)
+    expired = storage.delivery_link(stored, max_pixels=None, expires=now - 1)
+    assert link is not None and small is not None and expired is not None
+    assert "?__cld_token__=exp=" in link and "/s--" not in link
+    rejected = cloudinary_server.rejected_signatures
+    async with httpx.AsyncClient() as anonymous:
+        served = await anonymous.get(link)
+        thumbnail = await anonymous.get(small)
+        late = await anonymous.get(expired)
+        moved = await anonymous.get(link.replace(stored.key, other.key))  # the token names one URL
+    assert served.status_code == 200 and served.content == content
+    with Image.open(io.BytesIO(thumbnail.content)) as image:
+        assert image.size == (256, 128)
+    assert (late.status_code, moved.status_code) == (401, 401)
+    assert cloudinary_server.rejected_signatures == rejected + 2
+
+
 async def test_requests_signed_with_the_wrong_secret_are_refused(cloudinary_server: FakeCloudinary):
     forged = _adapter(cloudinary_server, api_secret="not-the-secret")
     rejected = cloudinary_server.rejected_signatures
