@@ -58,7 +58,7 @@ from kit.errors import (
     internal_status,
     to_rpc_status,
 )
-from kit.logs import describe_error, request_id_var
+from kit.logs import describe_error, request_id_var, user_id_var
 from kit.metrics import MethodRecorder, RpcMetrics
 from kit.origin import RELAY_CREDENTIAL_HEADER, bind_relayed, reset_relayed
 from kit.service_keys import GATEWAY_IDENTITY
@@ -334,12 +334,13 @@ class _Call:
         caller = ANONYMOUS
         if authenticate:  # a call admission control refused spends nothing on its credentials
             try:
-                state.relayed_token = bind_relayed(self._authenticator.relayed_by_gateway(metadata))
+                state.relayed_token = bind_relayed(self._authenticator.relayed_by_gateway(metadata), context)
                 caller = await self._authenticator.caller_from(metadata, self._method, self._access)
             except Exception as error:  # raised inside the call's try: mapped, logged and ended there
                 auth_error, caller = error, ANONYMOUS
         if caller.kind is CallerKind.USER:
             span.set_attribute(telemetry.ATTR_USER_ID, caller.subject)
+            state.user_id_token = user_id_var.set(caller.subject)  # every log line of the call
         service = caller.acting_service or (caller.subject if caller.kind is CallerKind.SERVICE else "")
         if service:
             span.set_attribute(telemetry.ATTR_CALLER_SERVICE, service)
@@ -377,6 +378,8 @@ class _Call:
             reset_caller(state.caller_token)
         if state.relayed_token is not None:
             reset_relayed(state.relayed_token)
+        if state.user_id_token is not None:
+            user_id_var.reset(state.user_id_token)
         request_id_var.reset(state.request_id_token)
         otel_context.detach(state.context_token)
 
@@ -384,13 +387,22 @@ class _Call:
 class _CallState:
     """What one call set up on entry and undoes on exit."""
 
-    __slots__ = ("caller_token", "context_token", "relayed_token", "request_id", "request_id_token", "span")
+    __slots__ = (
+        "caller_token",
+        "context_token",
+        "relayed_token",
+        "request_id",
+        "request_id_token",
+        "span",
+        "user_id_token",
+    )
 
     def __init__(self, span: trace.Span, context_token: Any, request_id: str, request_id_token: Any) -> None:
         self.span, self.context_token = span, context_token
         self.request_id, self.request_id_token = request_id, request_id_token
         self.caller_token: Any = None
         self.relayed_token: Any = None
+        self.user_id_token: Any = None
 
 
 def _mapped(failure: Exception) -> Exception:

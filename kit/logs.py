@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with the service, trace and request ids.
+"""Structured logs: one JSON object per line, with the service, trace and request ids, and
+the user id once a call's caller is known (the kit's server interceptor sets it).
 
 Never pass secrets or personal data (passwords, tokens, API keys, emails) to a log
 call; log ids instead. An exception is logged scrubbed (``describe_error``): its frames,
@@ -20,6 +21,8 @@ from types import TracebackType
 from opentelemetry import trace
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("stylestudio_request_id", default="")
+# The signed-in user a call runs for (or a service acts for): an id, never an email.
+user_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("stylestudio_user_id", default="")
 
 _NOT_EXTRAS = ("color_message", "correlation")
 _SHORT_MESSAGE_CHARS = 200
@@ -137,6 +140,9 @@ def _add_correlation(entry: dict[str, object]) -> None:
     request_id = request_id_var.get()
     if request_id:
         entry["request_id"] = request_id
+    user_id = user_id_var.get()
+    if user_id:
+        entry["user_id"] = user_id
 
 
 def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:

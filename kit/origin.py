@@ -21,16 +21,29 @@ CLIENT_ADDRESS_HEADER = "x-forwarded-for"
 CLIENT_USER_AGENT_HEADER = "x-forwarded-user-agent"
 RELAY_CREDENTIAL_HEADER = "x-stylestudio-relay"
 
-_relayed: contextvars.ContextVar[bool] = contextvars.ContextVar("stylestudio_relayed", default=False)
+
+@dataclass(frozen=True)
+class _Served:
+    """The call being served: did the gateway prove it relayed it, and the call itself."""
+
+    relayed: bool = False
+    context: grpc.aio.ServicerContext | None = None
 
 
-def bind_relayed(relayed: bool) -> contextvars.Token[bool]:
-    """Set by the interceptor for the duration of a call: did the gateway prove it relayed it?"""
-    return _relayed.set(relayed)
+_NOT_SERVING = _Served()
+_served: contextvars.ContextVar[_Served] = contextvars.ContextVar("stylestudio_served", default=_NOT_SERVING)
 
 
-def reset_relayed(token: contextvars.Token[bool]) -> None:
-    _relayed.reset(token)
+def bind_relayed(
+    relayed: bool, context: grpc.aio.ServicerContext | None = None
+) -> contextvars.Token[_Served]:
+    """Set by the interceptor for the duration of a call: did the gateway prove it relayed it?
+    ``context``: the call, whose origin ``current_origin`` reads (the audit log's "from where")."""
+    return _served.set(_Served(relayed, context))
+
+
+def reset_relayed(token: contextvars.Token[_Served]) -> None:
+    _served.reset(token)
 
 
 @dataclass(frozen=True)
@@ -41,12 +54,19 @@ class ClientOrigin:
 
 def client_origin(context: grpc.aio.ServicerContext) -> ClientOrigin:
     metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-    relayed = _relayed.get()
+    relayed = _served.get().relayed
     forwarded_for = metadata.get(CLIENT_ADDRESS_HEADER, "") if relayed else ""
     forwarded_agent = metadata.get(CLIENT_USER_AGENT_HEADER, "") if relayed else ""
     ip = client_address(forwarded_for, context.peer() or "")
     agent = client_user_agent(forwarded_agent, metadata.get("user-agent", ""))
     return ClientOrigin(ip=ip or "", user_agent=agent)
+
+
+def current_origin() -> ClientOrigin:
+    """The origin of the RPC being served (the audit log's "from where"); empty outside a call
+    (an operator's command)."""
+    context = _served.get().context
+    return client_origin(context) if context is not None else ClientOrigin()
 
 
 def client_user_agent(forwarded: str, grpc_agent: str) -> str:

@@ -19,7 +19,8 @@ from kit.auth import current_caller
 from kit.errors import FeatureNotInPlan, Forbidden, ValidationError
 from kit.origin import client_origin
 from kit.server import Registration, Runtime
-from services.analytics import metrics, usage_log
+from services.analytics import audit_log, metrics, usage_log
+from services.analytics.audit_store import AuditStore
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import Cursor, UsageRow, UsageStore
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc, resources_pb2
@@ -28,10 +29,10 @@ _ACTION_FILTER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
-    def __init__(self, runtime: Runtime, store: UsageStore) -> None:
+    def __init__(self, runtime: Runtime, store: UsageStore, audit: AuditStore) -> None:
         settings = runtime.settings
         assert isinstance(settings, AnalyticsSettings)
-        self.runtime, self.settings, self.store = runtime, settings, store
+        self.runtime, self.settings, self.store, self.audit = runtime, settings, store, audit
         self.client_actions = frozenset(settings.usage_client_actions)
 
     async def ListUsageRecords(
@@ -114,6 +115,25 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
                 details={"plan": caller.plan, "feature": "advanced_analytics"},
             )
         return await self._analytics(request.window, user_id=user_id)
+
+    async def ListAuditEvents(
+        self, request: analytics_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
+    ) -> analytics_pb2.ListAuditEventsResponse:
+        audit_log.validate_filters(request.actor, request.action)
+        size = _page_size(
+            request.page_size, self.settings.usage_page_size_default, self.settings.usage_page_size_max
+        )
+        entries = await self.audit.list_events(
+            limit=size + 1,
+            actor=request.actor or None,
+            action=request.action or None,
+            since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
+            after=audit_log.decode_page_token(request.page_token),
+        )
+        next_token = audit_log.encode_page_token(entries[size - 1]) if len(entries) > size else ""
+        return analytics_pb2.ListAuditEventsResponse(
+            events=[_audit_event(entry) for entry in entries[:size]], next_page_token=next_token
+        )
 
     async def GetUserActivitySummary(
         self, request: analytics_pb2.GetUserActivitySummaryRequest, context: grpc.aio.ServicerContext
@@ -223,16 +243,32 @@ def _usage_record(row: UsageRow) -> resources_pb2.UsageRecord:
     return record
 
 
+def _audit_event(entry: audit_log.AuditEntry) -> resources_pb2.AuditEvent:
+    event = resources_pb2.AuditEvent(
+        id=str(entry.id),
+        actor=entry.actor,
+        action=entry.action,
+        target=entry.target,
+        client_address=entry.client_address or "",
+        user_agent=entry.user_agent or "",
+        details=entry.shown_details,
+    )
+    event.created_at.CopyFrom(_timestamp(entry.created_at))
+    return event
+
+
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(moment)
     return stamp
 
 
-def registrations(runtime: Runtime, store: UsageStore | None = None) -> Sequence[Registration]:
+def registrations(
+    runtime: Runtime, store: UsageStore | None = None, audit: AuditStore | None = None
+) -> Sequence[Registration]:
     return [
         Registration(
-            AnalyticsApi(runtime, store or UsageStore(runtime.db)),
+            AnalyticsApi(runtime, store or UsageStore(runtime.db), audit or AuditStore(runtime.db)),
             analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server,
             analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
         ),

@@ -11,6 +11,10 @@ The facts the analytics aggregate (model, style, error reason, tokens, processin
 time) are typed columns, so SQL sums and percentiles read them without parsing
 JSON; ``metadata`` keeps the record's facts for display.
 
+``audit_events`` is the audit log (migration 0005): security events every service records
+through its outbox (kit/audit.py), keyed by the event id so a redelivered one is stored once,
+deleted after ``AUDIT_RETENTION_DAYS`` by the service (audit_log.py).
+
 ``usage_daily`` rolls the log up per UTC day, action, model, style, error reason
 (empty string for none, so the key has no NULLs) and synthetic mark: kept by the same statement that
 inserts the records it counts, read by the system analytics for whole days.
@@ -79,4 +83,25 @@ usage_daily = sa.Table(
     sa.Column("synthetic", sa.Boolean, nullable=False, server_default=sa.false()),
     # Action first: the analytics ask for a few actions over a range of days.
     sa.PrimaryKeyConstraint("action", "day", "model", "style", "reason", "synthetic", name="pk_usage_daily"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),  # the event id
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    # A user id, or a service identity acting for itself ("operator"); "" for nobody signed in.
+    sa.Column("actor", sa.Text, nullable=False),
+    # The service that acted for the actor (a user), else "".
+    sa.Column("acting_service", sa.Text, nullable=False, server_default=""),
+    sa.Column("target", sa.Text, nullable=False, server_default=""),
+    sa.Column("client_address", postgresql.INET),
+    sa.Column("user_agent", sa.Text),
+    sa.Column("details", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    # The service that recorded it.
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Index("ix_audit_events_created", sa.text("created_at DESC"), sa.text("id DESC")),
+    sa.Index("ix_audit_events_actor_created", "actor", sa.text("created_at DESC"), sa.text("id DESC")),
+    sa.Index("ix_audit_events_action_created", "action", sa.text("created_at DESC"), sa.text("id DESC")),
 )

@@ -22,6 +22,11 @@ class AnalyticsSettings(ServiceSettings):
     # Events stamped further in the future than this are recorded at arrival time instead.
     usage_max_clock_skew_seconds: float = Field(default=300.0, ge=0)
 
+    # The audit log (security events, docs/security.md): days an event is kept (0: forever),
+    # and how often the events past it are deleted.
+    audit_retention_days: int = Field(default=365, ge=0)
+    audit_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+
     # LogUserAction: how big the client's metadata may be once encoded, and how much of
     # the user agent is kept.
     # The actions clients may log with LogUserAction (the services' own actions are refused).

@@ -16,6 +16,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kit import audit
 from kit.db import Database
 from kit.errors import (
     Conflict,
@@ -51,6 +52,8 @@ class Balance:
 class Grant:
     balance: int
     transfer: Row
+    # False when the idempotency key found an earlier grant: nothing moved this time.
+    fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,14 @@ class Ledger:
                 granted_by,
                 open_wallet=not known_users_only,
             )
+            if grant.fresh:  # an admin's or the operator's grant: the audit log's (not the welcome grant)
+                await audit.record(
+                    self.outbox,
+                    session,
+                    audit.TOKENS_GRANTED,
+                    target=audit.user_target(user_id),
+                    details={"amount": amount, "transactionId": grant.transfer["id"]},
+                )
         if grant.transfer["reason"] != reason:
             raise IdempotencyKeyReused(idempotency_key)
         return grant
@@ -292,7 +303,7 @@ class Ledger:
         )
         if fresh:
             await events.tokens_granted(self.outbox, session, transfer, granted_by)
-        return Grant(transfer["balance_after"], transfer)
+        return Grant(transfer["balance_after"], transfer, fresh)
 
     async def open_wallet(self, session: AsyncConnection, user_id: str) -> None:
         """The user's wallet, empty, if it has none yet: billing knows the user from now on."""

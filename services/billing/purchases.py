@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kit import audit
 from kit.db import Database
 from kit.errors import FailedPrecondition, NotFound
 from kit.events import Outbox
@@ -92,6 +93,13 @@ class Purchases:
         async with self.db.transaction() as session:
             if reason:
                 await store.update_purchase(session, purchase["id"], refund_reason=reason)
+            await audit.record(
+                self.outbox,
+                session,
+                audit.REFUND_REQUESTED,
+                target=f"{audit.user_target(purchase['user_id'])}/purchases/{purchase['id']}",
+                details={"tokens": purchase["tokens"], "amountCents": purchase["amount_cents"]},
+            )
             refreshed = await store.purchase(session, purchase["id"])
         assert refreshed is not None
         return refreshed

@@ -136,12 +136,19 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
     async def ListModels(
         self, request: generation_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.ListModelsResponse:
+        refused = self.saga.settings.stand_ins_refused
         return generation_pb2.ListModelsResponse(
             models=[
                 resources_pb2.Model(
-                    name=m.name, display_name=m.display_name, multiplier=m.multiplier, provider=m.provider
+                    name=m.name,
+                    display_name=m.display_name,
+                    multiplier=m.multiplier,
+                    provider=m.provider,
+                    parameters=m.accepted_parameters,
+                    stand_in=m.stand_in,
                 )
                 for m in self.saga.catalog.models.values()
+                if not (m.stand_in and refused)
             ]
         )
 
@@ -184,6 +191,8 @@ def to_proto(row: Generation) -> resources_pb2.Generation:
             aspect_ratio=row.aspect_ratio,
             num_images=row.num_images,
             seed=row.seed,
+            negative_prompt=row.negative_prompt,
+            guidance_scale=row.guidance_scale,
         ),
         product_image_files=list(row.product_image_files),
         model_image_files=list(row.model_image_files),

@@ -31,6 +31,9 @@ generations = sa.Table(
     sa.Column("num_images", sa.Integer, nullable=False),
     sa.Column("seed", sa.BigInteger, nullable=False),
     sa.Column("seed_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Empty: none. NULL: the model's default guidance.
+    sa.Column("negative_prompt", sa.Text, nullable=False, server_default=""),
+    sa.Column("guidance_scale", sa.Double),
     sa.Column("product_image_files", ARRAY(sa.Text), nullable=False),
     sa.Column("model_image_files", ARRAY(sa.Text), nullable=False),
     sa.Column("result_image_files", ARRAY(sa.Text), nullable=False, server_default="{}"),

@@ -6,6 +6,8 @@ Lists and maps (styles, models, limits) are read as JSON from their variables, e
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
@@ -19,14 +21,31 @@ class StylePreset(BaseModel):
     backdrop: tuple[str, str] = ("#f2f2f2", "#d9d9d9")
 
 
+# Parameters every model takes (GenerationParameters' JSON names), and those only some do.
+COMMON_PARAMETERS = ("model", "style", "quality", "aspectRatio", "numImages", "seed")
+OPTIONAL_PARAMETERS = ("negativePrompt", "guidanceScale")
+
+
 class ImageModel(BaseModel):
     name: str
     display_name: str
     multiplier: float
-    # Which provider runs it: "local" or "replicate".
+    # Which provider runs it: "local" or "replicate". "local" draws a stand-in picture.
     provider: str = "local"
     # The Replicate model version id, for provider "replicate".
     replicate_version: str = ""
+    # Which of OPTIONAL_PARAMETERS it takes (Replicate's SDXL family: negative_prompt and
+    # guidance_scale); a request setting another is refused.
+    parameters: list[Literal["negativePrompt", "guidanceScale"]] = []
+
+    @property
+    def stand_in(self) -> bool:
+        """The local provider draws it: not the real model's picture."""
+        return self.provider == "local"
+
+    @property
+    def accepted_parameters(self) -> list[str]:
+        return [*COMMON_PARAMETERS, *(name for name in OPTIONAL_PARAMETERS if name in self.parameters)]
 
 
 DEFAULT_STYLES = [
@@ -69,9 +88,15 @@ DEFAULT_STYLES = [
 ]
 
 DEFAULT_MODELS = [
-    ImageModel(name="stable-diffusion-xl", display_name="Stable Diffusion XL", multiplier=1.0),
+    ImageModel(
+        name="stable-diffusion-xl",
+        display_name="Stable Diffusion XL",
+        multiplier=1.0,
+        parameters=["negativePrompt", "guidanceScale"],
+    ),
+    # DALL-E 3 takes neither; Midjourney's "--no" is a negative prompt.
     ImageModel(name="dall-e-3", display_name="DALL-E 3", multiplier=2.0),
-    ImageModel(name="midjourney", display_name="Midjourney", multiplier=1.5),
+    ImageModel(name="midjourney", display_name="Midjourney", multiplier=1.5, parameters=["negativePrompt"]),
 ]
 
 
@@ -95,6 +120,8 @@ class GenerationSettings(ServiceSettings):
     # Request limits.
     max_images_per_generation: int = 4
     max_prompt_length: int = 1000
+    max_negative_prompt_length: int = 1000
+    guidance_scale_range: tuple[float, float] = (1.0, 20.0)
     min_product_images: int = 1
     max_product_images: int = 5
     max_model_images: int = 3
@@ -138,6 +165,11 @@ class GenerationSettings(ServiceSettings):
     # Progress streaming: WatchGeneration re-reads the generation at least this often.
     watch_poll_interval_seconds: float = 2.0
 
+    # Models the local provider draws (ImageModel.stand_in) are left out of ListModels and
+    # refused at creation, so nobody pays a real model's multiplier for a stand-in's picture.
+    # Unset: refused in production, offered in development.
+    refuse_stand_in_models: bool | None = None
+
     # Local provider.
     local_provider_latency_seconds: float = 0.0
     # Share of local calls that fail for good / transiently (demos, chaos; refused in production,
@@ -164,6 +196,12 @@ class GenerationSettings(ServiceSettings):
     replicate_poll_interval_seconds: float = 10.0
     replicate_timeout_seconds: float = 30.0
     max_output_bytes: int = 10 * 1024 * 1024
+
+    @property
+    def stand_ins_refused(self) -> bool:
+        if self.refuse_stand_in_models is None:
+            return self.is_production
+        return self.refuse_stand_in_models
 
     def secret_checks(self) -> list[SecretCheck]:
         with_replicate = bool(self.replicate_api_token.get_secret_value())

@@ -45,6 +45,8 @@ def parse_request(saga: Saga, request: generation_pb2.CreateGenerationRequest) -
         aspect_ratio=parameters.aspect_ratio,
         num_images=parameters.num_images,
         seed=parameters.seed if parameters.HasField("seed") else None,
+        negative_prompt=parameters.negative_prompt,
+        guidance_scale=parameters.guidance_scale if parameters.HasField("guidance_scale") else None,
         catalog=saga.catalog,
         settings=saga.settings,
     )
@@ -209,6 +211,8 @@ def _row(
         "num_images": parameters.num_images,
         "seed": parameters.seed if parameters.seed is not None else random.randint(0, MAX_SEED),
         "seed_requested": parameters.seed is not None,
+        "negative_prompt": parameters.negative_prompt,
+        "guidance_scale": parameters.guidance_scale,
         "product_image_files": list(parsed.product_image_files),
         "model_image_files": list(parsed.model_image_files),
         "token_cost": token_cost,

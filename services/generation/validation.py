@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from kit.errors import ValidationError, excerpt
@@ -21,6 +22,9 @@ class Parameters:
     aspect_ratio: str
     num_images: int
     seed: int | None
+    # Empty: none. Only for models whose ImageModel.parameters lists them.
+    negative_prompt: str = ""
+    guidance_scale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ def validate_request(
     aspect_ratio: str,
     num_images: int,
     seed: int | None,
+    negative_prompt: str = "",
+    guidance_scale: float | None = None,
     catalog: Catalog,
     settings: GenerationSettings,
 ) -> GenerationRequest:
@@ -69,8 +75,9 @@ def validate_request(
         raise ValidationError(
             "A file cannot be both a product image and a model image", field="model_image_files"
         )
+    model = _model(model or settings.default_model, catalog, settings)
     parameters = Parameters(
-        model=_choice(model or settings.default_model, catalog.models, "parameters.model"),
+        model=model,
         style=_choice(style or settings.default_style, catalog.styles, "parameters.style"),
         quality=_choice(quality or settings.default_quality, catalog.qualities, "parameters.quality"),
         aspect_ratio=_choice(
@@ -78,7 +85,10 @@ def validate_request(
         ),
         num_images=_num_images(num_images or settings.default_num_images, settings.max_images_per_generation),
         seed=_seed(seed),
+        negative_prompt=_negative_prompt(negative_prompt, settings),
+        guidance_scale=_guidance_scale(guidance_scale, settings),
     )
+    _taken_by_model(parameters, catalog.models[model].parameters)
     return GenerationRequest(products, models, prompt, parameters)
 
 
@@ -118,3 +128,53 @@ def _seed(seed: int | None) -> int | None:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ValidationError(f"seed must be between 0 and {MAX_SEED}", field="parameters.seed")
     return seed
+
+
+def _model(name: str, catalog: Catalog, settings: GenerationSettings) -> str:
+    """A model of the catalogue; a stand-in (drawn by the local provider) only where allowed."""
+    refused = settings.stand_ins_refused
+    if refused and name in catalog.models and catalog.models[name].stand_in:
+        raise ValidationError(
+            f"The model {name!r} is not available here: no provider runs it",
+            field="parameters.model",
+            details={"model": name},
+        )
+    offered = {key for key, model in catalog.models.items() if not (refused and model.stand_in)}
+    return _choice(name, offered, "parameters.model")
+
+
+def _negative_prompt(text: str, settings: GenerationSettings) -> str:
+    text = text.strip()
+    if len(text) > settings.max_negative_prompt_length:
+        raise ValidationError(
+            f"The negative prompt is longer than {settings.max_negative_prompt_length} characters",
+            field="parameters.negative_prompt",
+            details={"max_length": settings.max_negative_prompt_length},
+        )
+    return text
+
+
+def _guidance_scale(value: float | None, settings: GenerationSettings) -> float | None:
+    least, most = settings.guidance_scale_range
+    if value is not None and not least <= value <= most:  # NaN fails too
+        raise ValidationError(
+            f"guidance_scale must be between {least:g} and {most:g}",
+            field="parameters.guidance_scale",
+            details={"min": least, "max": most},
+        )
+    return value
+
+
+def _taken_by_model(parameters: Parameters, taken: Collection[str]) -> None:
+    """A parameter set for a model that does not take it is refused, not silently dropped."""
+    given = {
+        "negativePrompt": ("parameters.negative_prompt", bool(parameters.negative_prompt)),
+        "guidanceScale": ("parameters.guidance_scale", parameters.guidance_scale is not None),
+    }
+    for name, (field, is_set) in given.items():
+        if is_set and name not in taken:
+            raise ValidationError(
+                f"The model {parameters.model!r} does not take {name}",
+                field=field,
+                details={"model": parameters.model, "parameter": name},
+            )

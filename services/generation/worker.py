@@ -172,6 +172,8 @@ async def _run_provider(saga: Saga, generation: Generation) -> Submission:
             aspect_ratio=generation.aspect_ratio,
             num_images=generation.num_images,
             seed=generation.seed,
+            negative_prompt=generation.negative_prompt,
+            guidance_scale=generation.guidance_scale,
             product_images=list(products),
             model_images=list(models),
             try_number=try_number,

@@ -17,21 +17,29 @@ import sys
 
 from redis.asyncio import Redis
 
+from kit import audit
 from kit.db import Database
 from kit.errors import DomainError, NotFound
+from kit.events import Outbox
 from kit.server import command_database
-from services.users import accounts, keys, store
+from services.users import accounts, keys, models, store
 from services.users.credentials import Credentials
 from services.users.profiles import promote_by_email
 from services.users.settings import UsersSettings
 from services.users.signin import end_all_sessions
 
 
+def _outbox() -> Outbox:
+    """The users service's outbox: its relay publishes what a command writes (the audit log's
+    records of the command, actor "operator")."""
+    return Outbox("users", models.outbox)
+
+
 async def _promote(db: Database, settings: UsersSettings, email: str) -> str:
     # The credential state in Redis changes with the role: the user's current tokens are admin's.
     redis = Redis.from_url(settings.redis_url)
     try:
-        user = await promote_by_email(db, Credentials(db, redis, settings), email)
+        user = await promote_by_email(db, _outbox(), Credentials(db, redis, settings), email)
     finally:
         await redis.aclose()
     return f"user {user.id} is now an admin"
@@ -44,7 +52,14 @@ async def _end_sessions(db: Database, settings: UsersSettings, email: str) -> st
         raise NotFound("No account with this email")
     redis = Redis.from_url(settings.redis_url)
     try:
-        ended = await end_all_sessions(db, Credentials(db, redis, settings), user.id, "ended_by_operator")
+        ended = await end_all_sessions(
+            db,
+            _outbox(),
+            Credentials(db, redis, settings),
+            user.id,
+            "ended_by_operator",
+            audit.Actor(service=audit.OPERATOR),
+        )
     finally:
         await redis.aclose()
     return f"user {user.id}: {ended} session(s) ended; their access tokens are refused within a second"

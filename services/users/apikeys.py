@@ -15,9 +15,11 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
+from kit import audit
 from kit.auth import Caller, CallerKind
 from kit.db import Database
 from kit.errors import NotFound, Unauthenticated, ValidationError
+from kit.events import Outbox
 from kit.idempotency import IdempotencyKeyReused
 from kit.tokens import API_KEY_PREFIX
 from services.users import accounts, store
@@ -41,8 +43,9 @@ def hash_secret(secret: str) -> bytes:
 
 
 class ApiKeys:
-    def __init__(self, db: Database, credentials: Credentials) -> None:
+    def __init__(self, db: Database, outbox: Outbox, credentials: Credentials) -> None:
         self._db = db
+        self._outbox = outbox
         self._credentials = credentials
 
     async def create(self, user_id: uuid.UUID, plan: str, name: str, idempotency_key: str) -> CreatedKey:
@@ -71,6 +74,9 @@ class ApiKeys:
                 if earlier.name != name:  # the name is the whole request (kit.idempotency's rule)
                     raise IdempotencyKeyReused(idempotency_key)
                 return CreatedKey(earlier, "")
+            await audit.record(
+                self._outbox, session, audit.API_KEY_CREATED, target=_key_target(user_id, key.id)
+            )
         return CreatedKey(key, secret)
 
     async def list(self, user_id: uuid.UUID, page_size: int, page_token: str) -> tuple[list[store.Row], str]:
@@ -91,6 +97,9 @@ class ApiKeys:
         async with self._db.transaction() as session:
             if not await store.revoke_api_key(session, user_id, parsed):
                 raise NotFound("API key not found")
+            await audit.record(
+                self._outbox, session, audit.API_KEY_DELETED, target=_key_target(user_id, parsed)
+            )
             state = await self._credentials.changed(session, user_id)
         await self._credentials.publish(user_id, state)
 
@@ -112,6 +121,10 @@ class ApiKeys:
             api_key_id=str(owner.key_id),
         )
         return caller, int(owner.credentials_version)
+
+
+def _key_target(user_id: uuid.UUID, key_id: uuid.UUID) -> str:
+    return f"{audit.user_target(user_id)}/apiKeys/{key_id}"
 
 
 def _encode_page_token(row: store.Row) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from kit import audit
 from kit.db import Database
 from kit.errors import NotFound
 from kit.events import Outbox
@@ -63,13 +66,31 @@ class Profiles:
                 await events.user_plan_changed(
                     self._outbox, session, user_id, before.plan, after.plan, changed_by
                 )
+            await audit_plan_and_role(self._outbox, session, before, after)
             state = await self._credentials.changed(session, user_id)
         # Every service honours the new plan and role from here on, tokens signed before included.
         await self._credentials.publish(user_id, state)
         return after
 
 
-async def promote_by_email(db: Database, credentials: Credentials, email: str) -> store.Row:
+async def audit_plan_and_role(
+    outbox: Outbox,
+    session: AsyncConnection,
+    before: store.Row,
+    after: store.Row,
+    actor: audit.Actor | None = None,
+) -> None:
+    """The audit log's record of a plan or role change (nothing when neither changed)."""
+    target = audit.user_target(after.id)
+    if after.plan != before.plan:
+        details = {"previousPlan": before.plan, "plan": after.plan}
+        await audit.record(outbox, session, audit.PLAN_CHANGED, target=target, details=details, actor=actor)
+    if after.role != before.role:
+        details = {"previousRole": before.role, "role": after.role}
+        await audit.record(outbox, session, audit.ROLE_CHANGED, target=target, details=details, actor=actor)
+
+
+async def promote_by_email(db: Database, outbox: Outbox, credentials: Credentials, email: str) -> store.Row:
     """Make the account with this email an admin (the command line's first-admin path)."""
     email = accounts.email_for_lookup(email)
     async with db.transaction() as session:
@@ -77,6 +98,7 @@ async def promote_by_email(db: Database, credentials: Credentials, email: str) -
         if user is None:
             raise NotFound("No account with this email")
         promoted = await store.update_user(session, user.id, role="admin")
+        await audit_plan_and_role(outbox, session, user, promoted, audit.Actor(service=audit.OPERATOR))
         state = await credentials.changed(session, user.id)
     await credentials.publish(user.id, state)
     return promoted

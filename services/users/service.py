@@ -60,7 +60,7 @@ def parts(runtime: Runtime) -> UsersParts:
             keys,
             auth,
             Profiles(runtime.db, runtime.outbox, credentials),
-            ApiKeys(runtime.db, credentials),
+            ApiKeys(runtime.db, runtime.outbox, credentials),
             credentials,
         )
     return _parts[id(runtime)]

@@ -13,13 +13,16 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kit import audit
 from kit.db import Database
 from kit.errors import Conflict, Unauthenticated, ValidationError
 from kit.events import Outbox
+from kit.origin import ClientOrigin
 from kit.tokens import sign_access_token
 from services.users import accounts, events, monitoring, store
 from services.users.credentials import Credentials
@@ -28,7 +31,7 @@ from services.users.oauth import OAuthSignIn, ProviderIdentity
 from services.users.origins import analytics_network
 from services.users.passwords import Passwords
 from services.users.settings import UsersSettings
-from services.users.throttle import LoginThrottle, SignupLimit
+from services.users.throttle import LoginThrottle, SignInThrottled, SignupLimit
 
 PASSWORD = "password"
 _WRONG_PAIR = "Wrong email or password"
@@ -40,6 +43,10 @@ class ClientInfo:
 
     ip: str = ""
     user_agent: str = ""
+
+    @property
+    def origin(self) -> ClientOrigin:
+        return ClientOrigin(ip=self.ip, user_agent=self.user_agent)
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,17 @@ class Authentication:
             )
         email = accounts.email_for_lookup(email)
         # The failure is counted before the password is checked (see throttle.py).
-        reservation = await self._throttle.reserve(email, client.ip, client.user_agent)
+        try:
+            reservation = await self._throttle.reserve(email, client.ip, client.user_agent)
+        except SignInThrottled as refused:
+            if refused.first:  # once per wait: a guesser's retries during it add nothing
+                await self._audit_sign_in(
+                    email,
+                    audit.LOGIN_THROTTLED,
+                    client,
+                    {"scope": refused.scope, "retryAfterSeconds": refused.retry_after},
+                )
+            raise
         try:
             async with self._db.autocommit() as session:
                 user = await store.get_user_by_email(session, email)
@@ -118,6 +135,11 @@ class Authentication:
             await self._throttle.give_back(reservation, signed_in=False)
             raise
         if not right or user is None:
+            reason = "unknown_account" if user is None else "wrong_password" if stored_hash else "no_password"
+            details = {"reason": reason, "scope": reservation.scope}
+            if reservation.delay_if_failed:
+                details["delaySeconds"] = f"{reservation.delay_if_failed:g}"
+            await self._audit_sign_in(email, audit.LOGIN_FAILED, client, details, user)
             raise Unauthenticated(_WRONG_PAIR)
         await self._throttle.give_back(reservation, signed_in=True)
         async with self._db.transaction() as session:
@@ -126,6 +148,30 @@ class Authentication:
             user = await store.record_login(session, user.id)
             refresh_token, session_id = await self._open_session(session, user, PASSWORD, client)
         return await self._signed_in(user, session_id, refresh_token)
+
+    async def _audit_sign_in(
+        self,
+        email: str,
+        action: str,
+        client: ClientInfo,
+        details: Mapping[str, object],
+        user: store.Row | None = None,
+    ) -> None:
+        """A refused sign-in has no change to ride on: its audit event is a transaction of its
+        own. The target is the account (its id, never the email), when there is one."""
+        async with self._db.transaction() as session:
+            if user is None and action == audit.LOGIN_THROTTLED:
+                user = await store.get_user_by_email(session, email)
+            target = audit.user_target(user.id) if user is not None else ""
+            await audit.record(
+                self._outbox,
+                session,
+                action,
+                target=target,
+                details=details,
+                actor=audit.NOBODY,
+                origin=client.origin,
+            )
 
     async def oauth_start(self, provider: str) -> tuple[str, str]:
         return await self._oauth.start(provider)
@@ -170,7 +216,19 @@ class Authentication:
                 await events.user_created(
                     self._outbox, session, user.id, user.plan, identity.provider, network
                 )
+                await store.link_provider(session, identity.provider, identity.subject, user.id)
+                return user
+        # An existing account gains a way in: the audit log's (an account taken over this way shows).
         await store.link_provider(session, identity.provider, identity.subject, user.id)
+        await audit.record(
+            self._outbox,
+            session,
+            audit.PROVIDER_LINKED,
+            target=audit.user_target(user.id),
+            details={"provider": identity.provider},
+            actor=audit.Actor(user_id=str(user.id)),
+            origin=client.origin,
+        )
         return user
 
     @monitoring.counted("refresh")
@@ -188,6 +246,13 @@ class Authentication:
                 # and with it every access token it issued.
                 await store.revoke_session(session, found.session_id, "refresh_reuse")
                 ended = await self._credentials.changed(session, found.user_id)
+                await audit.record(
+                    self._outbox,
+                    session,
+                    audit.REFRESH_TOKEN_REUSED,
+                    target=f"{audit.user_target(found.user_id)}/sessions/{found.session_id}",
+                    actor=audit.NOBODY,
+                )
                 reused = True
             else:
                 await store.mark_refresh_token_used(session, token_hash)
@@ -245,13 +310,28 @@ class Authentication:
         return SignedIn(user=user, access_token=access_token, refresh_token=refresh_token, expires_in=ttl)
 
 
-async def end_all_sessions(db: Database, credentials: Credentials, user_id: uuid.UUID, reason: str) -> int:
+async def end_all_sessions(
+    db: Database,
+    outbox: Outbox,
+    credentials: Credentials,
+    user_id: uuid.UUID,
+    reason: str,
+    actor: audit.Actor | None = None,
+) -> int:
     """Sign the account out everywhere: every session, its refresh tokens at once and its access
     tokens within a second, in every service. The operator's `end-sessions` command today; the
     planned password change and reset and account deletion end sessions the same way."""
     async with db.transaction() as session:
         ended = await store.revoke_sessions_of(session, user_id, reason)
         state = await credentials.changed(session, user_id)
+        await audit.record(
+            outbox,
+            session,
+            audit.SESSIONS_ENDED,
+            target=audit.user_target(user_id),
+            details={"reason": reason, "sessions": len(ended)},
+            actor=actor,
+        )
     await credentials.publish(user_id, state)
     return len(ended)
 

@@ -16,7 +16,9 @@ failures are checked, the others are refused.
   window over all accounts, then refused until the window ends.
 
 Every refusal is RATE_LIMITED with a Retry-After. No email or address is written to Redis, only
-their SHA-256.
+their SHA-256. For the audit log, a reservation tells the delay a failure would start, and a
+refusal whether it is the first of its wait (one ``auth.login_throttled`` per wait, however
+many attempts a guesser makes during it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from services.users.settings import UsersSettings
 
 # KEYS: known-device mark, device budget, account budget, address budget.
 # ARGV: free failures, base delay ms, max delay ms, window ms, address limit, count address (0/1).
-# Returns {1, known, address counted} when a unit was reserved, {0, wait ms, scope} when refused.
+# Returns {1, known, address counted, delay ms a failure starts} when a unit was reserved,
+# {0, wait ms, scope, first refusal of this wait (0/1)} when refused.
 _RESERVE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -54,7 +57,12 @@ if count_address then
     if ttl > wait then wait, scope = ttl, 'address' end
   end
 end
-if wait > 0 then return {0, wait, scope} end
+if wait > 0 then
+  local refused = budget
+  if scope == 'address' then refused = KEYS[4] end
+  local first = redis.call('SET', refused .. ':refused', '1', 'PX', wait, 'NX') and 1 or 0
+  return {0, wait, scope, first}
+end
 local failures = redis.call('HINCRBY', budget, 'failures', 1)
 local delay = 0
 if failures >= free then delay = math.floor(math.min(cap, base * 2 ^ (failures - free))) end
@@ -64,7 +72,7 @@ if count_address then
   redis.call('INCR', KEYS[4])
   if redis.call('PTTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], window) end
 end
-return {1, known and 1 or 0, count_address and 1 or 0}
+return {1, known and 1 or 0, count_address and 1 or 0, delay}
 """
 
 # KEYS: the budget reserved from, the address budget, the known-device mark.
@@ -105,6 +113,24 @@ class Reservation:
     keys: _Keys
     known_device: bool
     address_counted: bool
+    # Seconds the next attempt waits if this one turns out to be a failure.
+    delay_if_failed: float = 0.0
+
+    @property
+    def scope(self) -> str:
+        return "device" if self.known_device else "account"
+
+
+class SignInThrottled(RateLimited):
+    """A sign-in refused by brute-force protection; ``first``: the first refusal of this wait."""
+
+    def __init__(self, scope: str, retry_after: int, first: bool) -> None:
+        super().__init__(
+            "Too many failed sign-in attempts; try again later",
+            details={"scope": scope, "retry_after_seconds": retry_after},
+            retry_after_seconds=retry_after,
+        )
+        self.scope, self.retry_after, self.first = scope, retry_after, first
 
 
 class LoginThrottle:
@@ -134,7 +160,7 @@ class LoginThrottle:
         )
 
     async def reserve(self, email: str, ip: str, user_agent: str) -> Reservation:
-        """One failure's worth of every budget this attempt answers to, or RateLimited."""
+        """One failure's worth of every budget this attempt answers to, or SignInThrottled."""
         keys = self._keys(email, ip, user_agent)
         count_address = self._address_limit > 0 and limit_unit(ip) != ""
         answer = await self._reserve(
@@ -144,12 +170,13 @@ class LoginThrottle:
         if int(answer[0]) == 0:
             retry_after = _retry_after(int(answer[1]))
             scope = answer[2].decode() if isinstance(answer[2], bytes) else str(answer[2])
-            raise RateLimited(
-                "Too many failed sign-in attempts; try again later",
-                details={"scope": scope, "retry_after_seconds": retry_after},
-                retry_after_seconds=retry_after,
-            )
-        return Reservation(keys, known_device=bool(int(answer[1])), address_counted=bool(int(answer[2])))
+            raise SignInThrottled(scope, retry_after, first=bool(int(answer[3])))
+        return Reservation(
+            keys,
+            known_device=bool(int(answer[1])),
+            address_counted=bool(int(answer[2])),
+            delay_if_failed=int(answer[3]) / 1000,
+        )
 
     async def give_back(self, reservation: Reservation, *, signed_in: bool) -> None:
         """The attempt was not a wrong password: its unit returns. ``signed_in``: it was the

@@ -107,6 +107,8 @@ CASES = [
          f"{ANALYTICS}/ListUsageRecords"),
     Case("GET", "/v1/analytics/metrics?window=24h", f"{ANALYTICS}/GetMetrics"),
     Case("GET", "/v1/analytics/system?window=7d", f"{ANALYTICS}/GetSystemAnalytics", "admin"),
+    Case("GET", "/v1/admin/audit?action=auth.login_failed&since=2024-01-01T00:00:00Z&pageSize=5",
+         f"{ANALYTICS}/ListAuditEvents", "admin"),
 ]  # fmt: skip
 
 

@@ -49,6 +49,8 @@ GENERATION_ENV = {
                 "multiplier": 2.0,
                 "provider": "replicate",
                 "replicate_version": REPLICATE_VERSION,
+                # The fake's version is an SDXL one: it takes the SDXL family's inputs.
+                "parameters": ["negativePrompt", "guidanceScale"],
             }
         ]
     ),

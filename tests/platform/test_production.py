@@ -36,6 +36,8 @@ PRODUCTION_ENV = {
     "STYLESTUDIO_STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
     # No Stripe key here: offline payments, enabled explicitly (production refuses them otherwise).
     "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED": "true",
+    # No Replicate here either: the local provider's stand-ins, allowed explicitly (refused otherwise).
+    "STYLESTUDIO_REFUSE_STAND_IN_MODELS": "false",
 }
 
 

@@ -3,16 +3,24 @@ users service), pointed at a local OAuth provider, with cheap argon2 parameters.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
 
+from kit import audit
+from kit.db import Database
 from kit.errors import from_rpc_error
+from kit.events import Event, stream_key, unpack
 from kit.origin import RELAY_CREDENTIAL_HEADER
+from stylestudio.common.v1.audit_pb2 import AuditRecorded
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2_grpc
 from tests.harness import Platform, TestDatabase, own_database
+from tests.harness.streams import stream_entries
 from tests.users.oauth_provider import LocalOAuthProvider
 
 # What the tests assume about brute-force protection: three free failures per account, then
@@ -105,3 +113,28 @@ def behind_gateway(platform: Platform, address: str) -> tuple[tuple[str, str], .
     """Metadata of a call the gateway relayed for a client at ``address``: only the gateway's own
     credential beside it makes the service believe the forwarded address (kit/origin.py)."""
     return (("x-forwarded-for", address), (RELAY_CREDENTIAL_HEADER, platform.credentials("gateway").token()))
+
+
+async def audit_events_about(platform: Platform, database: TestDatabase, target: str) -> list[AuditRecorded]:
+    """The users service's audit events about ``target`` (``users/<id>``), once its outbox is
+    relayed (each was committed before the answer of the call that recorded it)."""
+    db = Database(database.service_urls["users"], "users", pool_size=1, max_overflow=0)
+    try:
+        for _ in range(300):
+            async with db.autocommit() as session:
+                waiting = (await session.execute(sa.text("SELECT count(*) FROM users.outbox"))).scalar_one()
+            if waiting == 0:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await db.dispose()
+    found = []
+    async with Redis.from_url(platform.redis_url) as redis:
+        for _, fields in await stream_entries(redis, stream_key(platform.redis_prefix, "events.users")):
+            if fields[b"type"] != audit.AUDIT_RECORDED.encode():
+                continue
+            data = unpack(Event.FromString(fields[b"event"]), AuditRecorded)
+            assert isinstance(data, AuditRecorded)
+            if data.target == target:
+                found.append(data)
+    return found

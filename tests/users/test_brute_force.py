@@ -20,9 +20,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 
+from kit import audit
 from services.users.throttle import delay_after
 from tests.harness import Platform, TestDatabase, own_database
-from tests.users.conftest import DELAY_CAP_SECONDS, FREE_FAILURES, MAX_FAILURES_PER_ADDRESS, PASSWORD
+from tests.users.conftest import (
+    DELAY_CAP_SECONDS,
+    FREE_FAILURES,
+    MAX_FAILURES_PER_ADDRESS,
+    PASSWORD,
+    audit_events_about,
+)
 
 WRONG = "not the password at all"
 # The held platform's delays: longer than any test takes, so an attempt during one is refused.
@@ -46,9 +53,9 @@ def held_database(infrastructure: object) -> Iterator[TestDatabase]:
 
 
 @pytest.fixture(scope="module")
-async def held_gateway_url(
+async def held_platform(
     held_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[str]:
+) -> AsyncIterator[Platform]:
     """Users and the gateway, with the package's policy but delays of LONG_DELAY_SECONDS."""
     env = {
         "STYLESTUDIO_ARGON2_TIME_COST": "1",
@@ -62,7 +69,12 @@ async def held_gateway_url(
     work_dir = tmp_path_factory.mktemp("brute-force-held")
     async with Platform(held_database, redis_url, work_dir, extra_env=env) as running:
         await running.start_and_wait("users", "gateway")
-        yield running.gateway_url
+        yield running
+
+
+@pytest.fixture(scope="module")
+def held_gateway_url(held_platform: Platform) -> str:
+    return held_platform.gateway_url
 
 
 class Client:
@@ -228,3 +240,28 @@ async def test_successful_sign_ins_are_never_refused(client_at: OpenClient) -> N
     assert {(await loader.sign_up(e)).status_code for e in emails} == {200}
     answers = await asyncio.gather(*(loader.sign_in(e) for e in emails))
     assert {answer.status_code for answer in answers} == {200}
+
+
+async def test_failures_and_the_wait_they_start_are_audited_once_each(
+    held_client_at: OpenClient, held_platform: Platform, held_database: TestDatabase
+) -> None:
+    email = new_email()
+    signed_up = await held_client_at("127.0.6.1").sign_up(email)
+    user_id = signed_up.json()["user"]["id"]
+    attacker = held_client_at("127.0.6.2", "attacker")
+
+    answers = await asyncio.gather(*(attacker.sign_in(email, WRONG) for _ in range(12)))
+
+    statuses = Counter(answer.status_code for answer in answers)
+    assert 1 <= statuses[401] <= FREE_FAILURES and statuses[429] == 12 - statuses[401], statuses
+    events = await audit_events_about(held_platform, held_database, f"users/{user_id}")
+    failed = [event for event in events if event.action == audit.LOGIN_FAILED]
+    throttled = [event for event in events if event.action == audit.LOGIN_THROTTLED]
+    # Every failure, and one refusal for the whole wait however many attempts it refused.
+    assert len(failed) == statuses[401] and len(throttled) == 1, events
+    assert {(e.client_address, e.user_agent, e.actor_user_id) for e in events} == {
+        ("127.0.6.2", "attacker", "")
+    }
+    assert {e.details["reason"] for e in failed} == {"wrong_password"}
+    assert throttled[0].details["scope"] == "account" and int(throttled[0].details["retryAfterSeconds"]) >= 1
+    assert email not in str(events) and WRONG not in str(events)

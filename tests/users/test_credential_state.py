@@ -14,6 +14,7 @@ import grpc
 import pytest
 from redis.asyncio import Redis
 
+from kit import audit
 from kit.db import Database
 from kit.errors import DependencyUnavailable
 from kit.events import Outbox
@@ -24,7 +25,7 @@ from services.users.settings import UsersSettings
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc, users_pb2, users_pb2_grpc
 from tests.harness import Platform, TestDatabase
 from tests.harness.platform import REPO_ROOT, free_port
-from tests.users.conftest import PASSWORD, new_email, signup
+from tests.users.conftest import PASSWORD, audit_events_about, new_email, signup
 
 
 def _admin_command(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +78,10 @@ async def test_get_credential_state_reads_the_database(users_platform: Platform,
 
 
 async def test_ending_every_session_refuses_all_earlier_tokens_of_the_account(
-    users_platform: Platform, auth: auth_pb2_grpc.AuthServiceStub, users: users_pb2_grpc.UsersServiceStub
+    users_platform: Platform,
+    users_database: TestDatabase,
+    auth: auth_pb2_grpc.AuthServiceStub,
+    users: users_pb2_grpc.UsersServiceStub,
 ) -> None:
     email = new_email()
     first = await signup(auth, email)
@@ -89,6 +93,10 @@ async def test_ending_every_session_refuses_all_earlier_tokens_of_the_account(
     ended = _admin_command(users_platform, "end-sessions", "--email", email)
     assert ended.returncode == 0, ended.stderr
     assert "2 session(s) ended" in ended.stdout
+    recorded = await audit_events_about(users_platform, users_database, f"users/{first.user.id}")
+    assert [(e.action, e.actor_service, e.actor_user_id, dict(e.details)) for e in recorded] == [
+        (audit.SESSIONS_ENDED, audit.OPERATOR, "", {"reason": "ended_by_operator", "sessions": "2"})
+    ]
     await asyncio.sleep(1.0)  # the rule: honoured by calls that start a second after
     for token in (first.access_token, second.access_token):
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -10,8 +10,10 @@ import grpc
 import httpx
 import pytest
 
+from kit import audit
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
-from tests.users.conftest import full_width, new_email, reason_of, signup
+from tests.harness import Platform, TestDatabase
+from tests.users.conftest import audit_events_about, full_width, new_email, reason_of, signup
 from tests.users.oauth_provider import LocalOAuthProvider, Person
 
 
@@ -62,7 +64,11 @@ async def test_first_sign_in_creates_the_account_and_the_next_finds_it(
 
 @pytest.mark.parametrize("provider", ["google", "github"])
 async def test_a_verified_provider_email_links_to_the_existing_account(
-    auth: auth_pb2_grpc.AuthServiceStub, oauth_provider: LocalOAuthProvider, provider: str
+    auth: auth_pb2_grpc.AuthServiceStub,
+    oauth_provider: LocalOAuthProvider,
+    provider: str,
+    users_platform: Platform,
+    users_database: TestDatabase,
 ) -> None:
     email = new_email()
     existing = await signup(auth, email)
@@ -73,6 +79,11 @@ async def test_a_verified_provider_email_links_to_the_existing_account(
         auth_pb2.CompleteOAuthSignInRequest(provider=provider, code=code, state=state)
     )
     assert signed_in.user.id == existing.user.id
+    # A new way into an existing account is a security event.
+    recorded = await audit_events_about(users_platform, users_database, f"users/{existing.user.id}")
+    assert [(e.action, e.actor_user_id, dict(e.details)) for e in recorded] == [
+        (audit.PROVIDER_LINKED, existing.user.id, {"provider": provider})
+    ]
 
 
 async def test_an_unverified_provider_email_neither_links_nor_creates(

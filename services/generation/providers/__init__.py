@@ -29,6 +29,9 @@ class ProviderRequest:
     seed: int
     product_images: list[bytes]
     model_images: list[bytes]
+    # Empty / None: not set (only models whose ImageModel.parameters lists them get them).
+    negative_prompt: str = ""
+    guidance_scale: float | None = None
     # 1 for the first try of this worker run, more when a transient error is retried.
     try_number: int = 1
     directives: Directives = NONE

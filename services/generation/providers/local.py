@@ -2,13 +2,15 @@
 
 It puts the user's product photo (and model photo, if any) on a backdrop painted
 in the style's colours, at the requested size; everything random comes from the
-seed, so the same request and seed give the same bytes.
+seed (and the negative prompt and guidance scale, when set), so the same request and seed
+give the same bytes, and another negative prompt another picture.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import io
 import random
 from collections.abc import Awaitable, Callable
@@ -113,7 +115,7 @@ def _fitted(image: Image.Image, width: int, height: int) -> Image.Image:
 def _compose(
     request: ProviderRequest, products: list[Image.Image], models: list[Image.Image], index: int
 ) -> Image.Image:
-    rng = random.Random(request.seed * 31 + index)
+    rng = random.Random(_randomness(request, index))
     width, height = request.width, request.height
     canvas = _backdrop(width, height, request.style.backdrop, rng)
     if models:
@@ -128,6 +130,16 @@ def _compose(
     _shadow(canvas, left, top, product.width, product.height)
     canvas.alpha_composite(product, (left, top))
     return canvas.convert("RGB")
+
+
+def _randomness(request: ProviderRequest, index: int) -> int:
+    """The picture's seed: the request's seed, mixed with the negative prompt and guidance when set
+    (so each changes the picture visibly, and the same inputs still give the same bytes)."""
+    base = request.seed * 31 + index
+    if not request.negative_prompt and request.guidance_scale is None:
+        return base
+    material = f"{base}\0{request.negative_prompt}\0{request.guidance_scale!r}".encode()
+    return int.from_bytes(hashlib.sha256(material).digest()[:8], "big")
 
 
 @functools.lru_cache(maxsize=64)

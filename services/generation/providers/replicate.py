@@ -55,6 +55,12 @@ class ReplicateProvider:
             "height": request.height,
             "seed": request.seed,
         }
+        # The SDXL family's inputs; sent only when the request set them (validation let only
+        # the models that take them through).
+        if request.negative_prompt:
+            inputs["negative_prompt"] = request.negative_prompt
+        if request.guidance_scale is not None:
+            inputs["guidance_scale"] = request.guidance_scale
         params: dict[str, Any] = {}
         if url := self._settings.replicate_webhook_url:
             params = {
