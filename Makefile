@@ -70,8 +70,13 @@ $(INSTALLED): pyproject.toml
 protos: $(INSTALLED)
 	$(PY) scripts/gen_protos.py
 
+# The editable install maps the packages that existed when it ran: install again (no deps, a few
+# seconds) once the generated `stylestudio` package exists, so console scripts such as
+# `stylestudio` import it from any directory.
 $(GENERATED): $(INSTALLED) $(PROTOS) scripts/gen_protos.py
 	$(PY) scripts/gen_protos.py
+	$(PY) -c "import sys, importlib.util; sys.path.remove(''); sys.exit(importlib.util.find_spec('stylestudio.common') is None)" 2>/dev/null \
+	  || $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 lint: $(INSTALLED) $(GENERATED)

@@ -41,6 +41,17 @@ class ApiRoute:
     # the method's multicallable, set once the channels are open
     call: Any = field(default=None)
 
+    @property
+    def is_catalogue(self) -> bool:
+        """A PUBLIC GET that takes nothing (styles, models, packages, the JWKS): the same answer
+        for everyone until a deploy, so browsers and CDNs may cache it (gateway/app.py)."""
+        return (
+            self.kind is CallKind.UNARY
+            and self.verb == "GET"
+            and self.method.is_public
+            and not self.method.descriptor.input_type.fields
+        )
+
 
 def kind_of(method: ApiMethod) -> CallKind | None:
     if method.client_streaming and method.server_streaming:

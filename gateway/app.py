@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -50,6 +51,7 @@ from gateway.settings import GatewaySettings
 from gateway.streaming import (
     DOWNLOAD_HEADERS,
     StreamBroken,
+    etag_matches,
     send_upload,
     serve_download,
     serve_event_stream,
@@ -93,6 +95,7 @@ _READ_HEADERS = frozenset(
         "forwarded",
         "access-control-request-method",
         "access-control-request-headers",
+        "if-none-match",
     )
 )
 _FORWARDED_FOR = b"x-forwarded-for"  # the HTTP header proxies append to
@@ -102,7 +105,7 @@ _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # What HTTP/2's header table counts per entry besides the name and value (gRPC's limits count it).
 _METADATA_ENTRY_OVERHEAD = 32
 _HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_EXPOSED = ", ".join(("x-request-id", "x-trace-id", "retry-after", *RATE_LIMIT_HEADERS)).encode()
+_EXPOSED = ", ".join(("x-request-id", "x-trace-id", "retry-after", "etag", *RATE_LIMIT_HEADERS)).encode()
 _ALLOWED_REQUEST_HEADERS = b"authorization, content-type, idempotency-key, x-request-id"
 
 Handler = Callable[[Exchange, list[tuple[str, str]]], Awaitable[None]]
@@ -349,7 +352,9 @@ class Gateway:
                 response = await unary
             except grpc.aio.AioRpcError as error:
                 raise from_rpc_error(error, settings.default_retry_after_seconds, service) from error
-            if kind is CallKind.UNARY:
+            if kind is CallKind.UNARY and route.is_catalogue:
+                await self._respond_cacheable(exchange, route.mapping.encode_response(response))
+            elif kind is CallKind.UNARY:
                 headers = service_headers(await unary.initial_metadata())
                 await exchange.respond(200, route.mapping.encode_response(response), headers=headers)
             else:
@@ -358,12 +363,26 @@ class Gateway:
             return
         call = route.call(payload, metadata=metadata, timeout=settings.stream_deadline_seconds)
         if kind is CallKind.DOWNLOAD:
-            await serve_download(exchange, call, settings.default_retry_after_seconds, service)
+            if_none_match = exchange.headers.get("if-none-match", "")
+            await serve_download(exchange, call, settings.default_retry_after_seconds, service, if_none_match)
         else:
             retry_after, heartbeat = settings.default_retry_after_seconds, settings.sse_heartbeat_seconds
             await serve_event_stream(
                 exchange, call, route.mapping.encode_response, retry_after, heartbeat, service
             )
+
+    async def _respond_cacheable(self, exchange: Exchange, body: bytes) -> None:
+        """A catalogue's answer, with its validator: 304 when the client's copy is current."""
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        headers = [
+            (b"cache-control", f"public, max-age={self.settings.catalogue_cache_max_age_seconds}".encode()),
+            (b"etag", etag.encode()),
+        ]
+        if_none_match = exchange.headers.get("if-none-match", "")
+        if if_none_match and etag_matches(if_none_match, etag):
+            await exchange.not_modified(headers)
+        else:
+            await exchange.respond(200, body, headers=headers)
 
     async def _upload(
         self, exchange: Exchange, route: ApiRoute, params: Any, metadata: list[tuple[str, str]]

@@ -66,6 +66,13 @@ class Exchange:
         await self.send({"type": "http.response.start", "status": status, "headers": response_headers})
         await self.send({"type": "http.response.body", "body": body})
 
+    async def not_modified(self, headers: Headers) -> None:
+        """304: no body, no content headers; the validators and caching of the 200 it stands for."""
+        self.status, self.started = 304, True
+        response_headers = [*self.common_headers, *headers]
+        await self.send({"type": "http.response.start", "status": 304, "headers": response_headers})
+        await self.send({"type": "http.response.body", "body": b""})
+
     async def fail(self, error: ApiError, headers: Headers | None = None) -> None:
         await self.respond(error.http_status, error.json(), JSON, [*error.headers(), *(headers or [])])
 

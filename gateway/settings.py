@@ -52,6 +52,10 @@ class GatewaySettings(PlatformSettings):
     # A comment line on a quiet event stream this often, so proxies keep it open.
     sse_heartbeat_seconds: float = 15.0
 
+    # Catalogue routes (PUBLIC GETs that take nothing: styles, models, packages, the JWKS) are
+    # sent with "Cache-Control: public, max-age=" this and an ETag of their body.
+    catalogue_cache_max_age_seconds: int = Field(default=300, ge=0)
+
     # Origins allowed to call the API from a browser; ["*"] allows any. Empty: no CORS headers.
     cors_allow_origins: list[str] = []
     cors_max_age_seconds: int = 600

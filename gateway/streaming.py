@@ -77,13 +77,23 @@ async def serve_event_stream(
         await exchange.end_stream()
 
 
-async def serve_download(exchange: Exchange, call: Any, default_retry_after: int, service: str = "") -> None:
+async def serve_download(
+    exchange: Exchange, call: Any, default_retry_after: int, service: str = "", if_none_match: str = ""
+) -> None:
+    # The service sends its headers before reading any bytes: a client's copy that is still
+    # current (If-None-Match) is answered 304 without them.
+    passed = await _passed_headers(call)
+    etag = dict(passed).get(b"etag")
+    if if_none_match and etag is not None and etag_matches(if_none_match, etag.decode()):
+        call.cancel()
+        await exchange.not_modified([(k, v) for k, v in passed if k in _NOT_MODIFIED_HEADERS])
+        return
     first = await _first_message(call, default_retry_after, service)
     if first is grpc.aio.EOF:
         await exchange.respond(200, b"", OCTET_STREAM.encode(), DOWNLOAD_HEADERS)
         return
     content_type = first.content_type if _is_header_safe(first.content_type) else OCTET_STREAM
-    headers = await _passed_headers(call) + DOWNLOAD_HEADERS
+    headers = passed + DOWNLOAD_HEADERS
     await exchange.start_stream(200, content_type.encode(), headers)
     disconnected = asyncio.Event()
     watcher = watch_disconnect(exchange, _stop(disconnected, call))
@@ -107,6 +117,18 @@ async def serve_download(exchange: Exchange, call: Any, default_retry_after: int
 
 # Response metadata a download's service may set, passed on as HTTP headers of the same name.
 _PASSED_HEADERS = ("cache-control", "etag", "last-modified", "content-disposition")
+# What a 304 repeats of the 200 it stands for (RFC 9110 15.4.5).
+_NOT_MODIFIED_HEADERS = (b"cache-control", b"etag")
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110's weak comparison of an If-None-Match list (or ``*``) with the current ETag."""
+    if if_none_match.strip() == "*":
+        return True
+    current = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == current for tag in if_none_match.split(","))
+
+
 # Every download: the browser must take the content type as given (a PNG that is also HTML
 # stays a PNG), and a document opened from it runs nothing and loads nothing.
 DOWNLOAD_HEADERS = [

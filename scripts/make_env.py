@@ -32,6 +32,7 @@ def env_lines(offline_payments: bool) -> list[str]:
         "STYLESTUDIO_ENVIRONMENT=production",
         f"POSTGRES_PASSWORD={strong()}",
         f"STYLESTUDIO_SIGNING_KEY_PASSPHRASE={strong()}",
+        f"STYLESTUDIO_FILE_URL_SIGNING_KEY={strong()}",
     ]
     lines += [f"STYLESTUDIO_{service.upper()}_DB_PASSWORD={strong()}" for service in SERVICES]
     lines += [

@@ -34,6 +34,9 @@ GENERATION_STARTED = "generation_started"
 GENERATION_COMPLETED = "generation_completed"
 GENERATION_FAILED = "generation_failed"
 GENERATION_CANCELED = "generation_canceled"
+# A batch's summary, once every request of it has reached an end (the seed logged it after
+# processBatchGenerations): batchSize, successCount, failureCount, canceledCount.
+BATCH_COMPLETED = "batch_completed"
 TOKEN_PURCHASE = "token_purchase"
 TOKENS_GRANTED = "tokens_granted"
 TOKENS_REFUNDED = "tokens_refunded"
@@ -50,6 +53,7 @@ SERVICE_ACTIONS = frozenset(
         GENERATION_COMPLETED,
         GENERATION_FAILED,
         GENERATION_CANCELED,
+        BATCH_COMPLETED,
         TOKEN_PURCHASE,
         TOKENS_GRANTED,
         TOKENS_REFUNDED,
@@ -212,6 +216,19 @@ def _generation_failed(data: generation_events.GenerationFailed, entry: UsageEnt
         "style": data.style,
         "processingTimeMs": data.processing_time_ms,
     }
+    if data.message:  # the generation service leaves the prompt out of it
+        entry.metadata["message"] = data.message
+
+
+def _batch_completed(data: generation_events.GenerationBatchCompleted, entry: UsageEntry) -> None:
+    entry.metadata = {
+        "batchId": data.batch_id,
+        "batchSize": data.batch_size,
+        "successCount": data.success_count,
+        "failureCount": data.failure_count,
+        "canceledCount": data.canceled_count,
+        "generationIds": list(data.generation_ids),
+    }
 
 
 def _generation_canceled(data: generation_events.GenerationCanceled, entry: UsageEntry) -> None:
@@ -275,6 +292,9 @@ EVENT_ACTIONS: dict[str, dict[str, EventAction]] = {
         ),
         "generation.canceled": EventAction(
             GENERATION_CANCELED, generation_events.GenerationCanceled, _generation_canceled
+        ),
+        "generation.batch_completed": EventAction(
+            BATCH_COMPLETED, generation_events.GenerationBatchCompleted, _batch_completed
         ),
     },
     "events.billing": {

@@ -100,6 +100,9 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
             purchases=[purchase_proto(row) for row in rows[:limit]], next_page_token=next_token
         )
 
+    async def GetPurchase(self, request: billing_pb2.GetPurchaseRequest, context: Context) -> Any:
+        return purchase_proto(await self.purchases.users_purchase(current_caller().user_id, request.id))
+
     async def HandleStripeWebhook(
         self, request: billing_pb2.HandleStripeWebhookRequest, context: Context
     ) -> Any:
@@ -212,7 +215,7 @@ def transaction_proto(row: Row) -> resources_pb2.Transaction:
 
 
 def purchase_proto(row: Row) -> resources_pb2.Purchase:
-    return resources_pb2.Purchase(
+    purchase = resources_pb2.Purchase(
         id=str(row["id"]),
         package_name=row["package_name"],
         tokens=row["tokens"],
@@ -222,6 +225,12 @@ def purchase_proto(row: Row) -> resources_pb2.Purchase:
         payment_intent_id=row["payment_intent_id"] or "",
         created_at=_timestamp(row["created_at"]),
     )
+    if row["status"] == "FAILED":
+        purchase.failure_code = row["failure_code"] or ""
+        purchase.failure_reason = row["failure_message"] or row["failure_code"] or ""
+    if row["completed_at"] is not None:
+        purchase.completed_at.CopyFrom(_timestamp(row["completed_at"]))
+    return purchase
 
 
 def hold_proto(row: Row) -> resources_pb2.Hold:

@@ -96,11 +96,14 @@ purchases = sa.Table(
     sa.Column("payment_intent_id", sa.Text, unique=True),
     sa.Column("idempotency_key", sa.Text, nullable=False),
     sa.Column("failure_code", sa.Text),
+    # Stripe's last_payment_error.message (what the customer is told), or ours for an underpayment.
+    sa.Column("failure_message", sa.Text),
     sa.Column("refunded_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("refund_shortfall", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("refund_reason", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),  # when the tokens were credited
     sa.UniqueConstraint("user_id", "idempotency_key", name="uq_purchases_user_id_idempotency_key"),
     sa.CheckConstraint(f"status IN {PURCHASE_STATUSES}", name="status"),
     sa.CheckConstraint("tokens > 0 AND amount_cents > 0", name="positive"),

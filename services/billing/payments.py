@@ -146,7 +146,9 @@ def stripe_event(event_type: str, data_object: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def payment_intent_object(purchase: Row, status: str, failure_code: str = "") -> dict[str, Any]:
+def payment_intent_object(
+    purchase: Row, status: str, failure_code: str = "", failure_message: str = ""
+) -> dict[str, Any]:
     intent_id = purchase["payment_intent_id"] or offline_payment_intent_id(purchase["id"])
     succeeded = status == "succeeded"
     return {
@@ -158,7 +160,11 @@ def payment_intent_object(purchase: Row, status: str, failure_code: str = "") ->
         "status": status,
         "latest_charge": f"ch_{uuid.UUID(str(purchase['id'])).hex[:24]}",
         "metadata": {"purchase_id": str(purchase["id"]), "package_name": purchase["package_name"]},
-        "last_payment_error": {"code": failure_code, "type": "card_error"} if failure_code else None,
+        "last_payment_error": (
+            {"code": failure_code, "message": failure_message or None, "type": "card_error"}
+            if failure_code
+            else None
+        ),
     }
 
 
@@ -234,6 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=["confirm", "fail"])
     parser.add_argument("purchase_id")
     parser.add_argument("--code", default="card_declined", help="failure code for 'fail'")
+    parser.add_argument(
+        "--message",
+        default="Your card was declined.",
+        help="failure message for 'fail' (the purchase's failureReason)",
+    )
     parser.add_argument("--grpc", action="store_true", help="post to the billing service, not the gateway")
     args = parser.parse_args(argv)
     settings = BillingSettings()
@@ -247,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "confirm":
         event = stripe_event("payment_intent.succeeded", payment_intent_object(purchase, "succeeded"))
     else:
-        failed = payment_intent_object(purchase, "requires_payment_method", args.code)
+        failed = payment_intent_object(purchase, "requires_payment_method", args.code, args.message)
         event = stripe_event("payment_intent.payment_failed", failed)
     payload = json.dumps(event).encode()
     signature = sign_payload(payload, settings.stripe_webhook_secret.get_secret_value())

@@ -13,11 +13,12 @@ import logging
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit import audit
 from kit.db import Database
-from kit.errors import FailedPrecondition, NotFound
+from kit.errors import FailedPrecondition, NotFound, ValidationError
 from kit.events import Outbox
 from kit.idempotency import IdempotencyKeyReused
 from services.billing import events, store
@@ -31,8 +32,11 @@ from services.billing.stripe_events import Charge, PaymentIntent, StripeEvent, v
 log = logging.getLogger("stylestudio.billing.purchases")
 
 Row = store.Row
-# failure_code of a purchase whose PaymentIntent succeeded for less than its price.
+# failure_code of a purchase whose PaymentIntent succeeded for less than its price, and its message.
 UNDERPAID = "underpaid"
+UNDERPAID_MESSAGE = "The payment received does not cover the package's price."
+# The message of a failure Stripe gave no message for.
+PAYMENT_FAILED_MESSAGE = "The payment failed."
 
 
 class Purchases:
@@ -76,6 +80,17 @@ class Purchases:
     async def page(self, user_id: str, before: Any, limit: int) -> list[Row]:
         async with self.db.transaction() as session:
             return await store.purchases_page(session, user_id, before, limit)
+
+    async def users_purchase(self, user_id: str, purchase_id: str) -> Row:
+        """One of the user's purchases; another user's is NotFound, like one that does not exist."""
+        parsed = _purchase_uuid(purchase_id)
+        if parsed is None:
+            raise ValidationError("id is not a purchase id", field="id")
+        async with self.db.transaction() as session:
+            purchase = await store.purchase(session, parsed)
+        if purchase is None or purchase["user_id"] != user_id:
+            raise NotFound(f"Purchase {purchase_id} not found", details={"purchase_id": purchase_id})
+        return purchase
 
     async def refund(self, purchase_id: str, reason: str) -> Row:
         """Asks Stripe to refund a COMPLETED purchase; the tokens go back on ``charge.refunded``."""
@@ -158,7 +173,7 @@ class Purchases:
                 "payment does not cover the purchase",
                 extra={"purchase_id": str(purchase["id"]), "amount_received": intent.amount_received},
             )
-            await self._mark_failed(session, purchase, UNDERPAID)
+            await self._mark_failed(session, purchase, UNDERPAID, UNDERPAID_MESSAGE)
             return f"underpaid: received {intent.amount_received} {intent.currency or ''}".rstrip()
         await credit_wallet(
             session,
@@ -171,7 +186,12 @@ class Purchases:
             purchase_id=purchase["id"],
         )
         completed = await store.update_purchase(
-            session, purchase["id"], status="COMPLETED", failure_code=None
+            session,
+            purchase["id"],
+            status="COMPLETED",
+            failure_code=None,
+            failure_message=None,
+            completed_at=sa.func.now(),
         )
         await events.purchase_completed(self.outbox, session, completed)
         return "credited"
@@ -181,11 +201,16 @@ class Purchases:
             return f"ignored: purchase already {purchase['status']}"
         error = intent.last_payment_error
         code = (error.decline_code or error.code) if error is not None else None
-        await self._mark_failed(session, purchase, code or "payment_failed")
+        message = error.message if error is not None else None
+        await self._mark_failed(
+            session, purchase, code or "payment_failed", message or PAYMENT_FAILED_MESSAGE
+        )
         return "failed"
 
-    async def _mark_failed(self, session: AsyncConnection, purchase: Row, code: str) -> None:
-        failed = await store.update_purchase(session, purchase["id"], status="FAILED", failure_code=code)
+    async def _mark_failed(self, session: AsyncConnection, purchase: Row, code: str, message: str) -> None:
+        failed = await store.update_purchase(
+            session, purchase["id"], status="FAILED", failure_code=code, failure_message=message
+        )
         if purchase["status"] != "FAILED":
             await events.purchase_failed(self.outbox, session, failed)
 

@@ -32,6 +32,8 @@ Amount = Annotated[int, Field(ge=0, le=999_999_999_999)]
 MetadataKey = Annotated[str, StringConstraints(max_length=40)]
 MetadataValue = Annotated[str, StringConstraints(max_length=500)]
 ErrorCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{0,100}$")]
+# What Stripe tells the customer ("Your card was declined."): one line of printable text.
+ErrorMessage = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{0,500}$")]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,6 +49,7 @@ class _StripeModel(BaseModel):
 class PaymentError(_StripeModel):
     code: ErrorCode | None = None
     decline_code: ErrorCode | None = None
+    message: ErrorMessage | None = None
 
 
 class PaymentIntent(_StripeModel):

@@ -15,7 +15,7 @@ from kit.errors import ValidationError
 from kit.interceptors import idempotency_key
 from kit.server import Registration, Runtime
 from services.files.images import content_type_of
-from services.files.library import FileLibrary
+from services.files.library import FileLibrary, FileLinks
 from services.files.settings import FilesSettings
 from services.files.storage import FileStorage
 from services.files.uploads import Uploads
@@ -28,6 +28,9 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
         self.uploads = uploads
         self.library = library
 
+    def file_message(self, file: Mapping[str, Any]) -> resources_pb2.File:
+        return file_message(file, self.library.links(dict(file)))
+
     # Public, for the signed-in user ---------------------------------------------------------------
 
     async def UploadFile(
@@ -38,7 +41,7 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
         caller = current_caller()
         key = idempotency_key(context)
         file = await self.uploads.receive(caller.user_id, caller.plan, key, request_iterator)
-        return file_message(file)
+        return self.file_message(file)
 
     async def ListFiles(
         self, request: files_pb2.ListFilesRequest, context: grpc.aio.ServicerContext
@@ -46,7 +49,9 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
         files, next_token = await self.library.list_files(
             current_caller().user_id, request.category, request.page_size, request.page_token
         )
-        return files_pb2.ListFilesResponse(files=[file_message(f) for f in files], next_page_token=next_token)
+        return files_pb2.ListFilesResponse(
+            files=[self.file_message(f) for f in files], next_page_token=next_token
+        )
 
     async def GetStorageUsage(
         self, request: files_pb2.GetStorageUsageRequest, context: grpc.aio.ServicerContext
@@ -57,28 +62,30 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
     async def GetFile(
         self, request: files_pb2.GetFileRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.File:
-        return file_message(await self.library.get(current_caller().user_id, request.id))
+        return self.file_message(await self.library.get(current_caller().user_id, request.id))
 
     async def DownloadFile(
         self, request: files_pb2.DownloadFileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         file, chunks = await self.library.content(current_caller().user_id, request.id)
-        first = await anext(aiter(chunks), b"")
-        # For the gateway: caching (the bytes of a file id never change, but are private) and the
-        # name to save it under. The content type is the validated format's, never the client's.
-        await context.send_initial_metadata(
-            (
-                (
-                    "cache-control",
-                    f"private, max-age={self.settings.download_cache_max_age_seconds}, immutable",
-                ),
-                ("etag", f'"{file["sha256"]}"'),
-                ("content-disposition", content_disposition(file["filename"])),
-            )
+        # The bytes of a file id never change, but are private.
+        cache = f"private, max-age={self.settings.download_cache_max_age_seconds}, immutable"
+        async for body in _served(context, file, chunks, cache, f'"{file["sha256"]}"'):
+            yield body
+
+    async def DownloadSignedFile(
+        self, request: files_pb2.DownloadSignedFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        linked = await self.library.linked_content(
+            request.id, request.rendition, request.expires, request.kid, request.sig
         )
-        yield httpbody_pb2.HttpBody(content_type=content_type_of(file["format"]), data=first)
-        async for chunk in chunks:
-            yield httpbody_pb2.HttpBody(data=chunk)
+        file = linked.file
+        # Anyone holding the link may see the bytes, caches included, but never after the link
+        # expires (a deleted file's link is refused here at once; a cache keeps it at most that long).
+        max_age = min(linked.remaining_seconds, self.settings.download_cache_max_age_seconds)
+        tag = f'"{file["sha256"]}"' if not linked.rendition else f'"{file["sha256"]}-{linked.rendition}"'
+        async for body in _served(context, file, linked.chunks, f"public, max-age={max_age}", tag):
+            yield body
 
     async def DeleteFile(
         self, request: files_pb2.DeleteFileRequest, context: grpc.aio.ServicerContext
@@ -104,13 +111,13 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
         files = await self.uploads.store_generation_results(
             user_id_for(request.user_id), request.generation_id, request.images
         )
-        return files_pb2.StoreGenerationResultsResponse(files=[file_message(f) for f in files])
+        return files_pb2.StoreGenerationResultsResponse(files=[self.file_message(f) for f in files])
 
     async def ReadFileContent(
         self, request: files_pb2.ReadFileContentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[files_pb2.ReadFileContentResponse]:
         file, chunks = await self.library.content(user_id_for(request.user_id), request.file_id)
-        yield files_pb2.ReadFileContentResponse(file=file_message(file))
+        yield files_pb2.ReadFileContentResponse(file=self.file_message(file))
         async for chunk in chunks:
             yield files_pb2.ReadFileContentResponse(chunk=chunk)
 
@@ -141,6 +148,30 @@ class FilesApi(files_pb2_grpc.FilesServiceServicer):
         return usage_message(await self.library.usage(user_id_for(request.user_id), plan))
 
 
+async def _served(
+    context: grpc.aio.ServicerContext,
+    file: Mapping[str, Any],
+    chunks: AsyncIterator[bytes],
+    cache_control: str,
+    etag: str,
+) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """A file's bytes as HttpBody messages, after the headers the gateway passes on: caching, the
+    validator (If-None-Match) and the name to save it under. The initial metadata goes out before
+    any bytes are read, so the gateway can answer a matching If-None-Match without them. The
+    content type is the validated format's, never the client's."""
+    await context.send_initial_metadata(
+        (
+            ("cache-control", cache_control),
+            ("etag", etag),
+            ("content-disposition", content_disposition(file["filename"])),
+        )
+    )
+    first = await anext(aiter(chunks), b"")
+    yield httpbody_pb2.HttpBody(content_type=content_type_of(file["format"]), data=first)
+    async for chunk in chunks:
+        yield httpbody_pb2.HttpBody(data=chunk)
+
+
 def content_disposition(filename: str) -> str:
     """``inline`` with the stored name (RFC 6266): an ASCII fallback and the UTF-8 original."""
     fallback = "".join(
@@ -149,9 +180,11 @@ def content_disposition(filename: str) -> str:
     return f"inline; filename=\"{fallback or 'file'}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def file_message(file: Mapping[str, Any]) -> resources_pb2.File:
+def file_message(file: Mapping[str, Any], links: FileLinks) -> resources_pb2.File:
     created_at = timestamp_pb2.Timestamp()
     created_at.FromDatetime(file["created_at"])
+    url_expires_at = timestamp_pb2.Timestamp()
+    url_expires_at.FromDatetime(links.expires_at)
     return resources_pb2.File(
         id=str(file["id"]),
         filename=file["filename"],
@@ -166,6 +199,9 @@ def file_message(file: Mapping[str, Any]) -> resources_pb2.File:
         generation_id=file["generation_id"] or "",
         image_order=file["image_order"] or 0,
         is_primary=file["is_primary"],
+        url=links.url,
+        url_expires_at=url_expires_at,
+        thumbnail_url=links.thumbnail_url,
     )
 
 

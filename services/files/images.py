@@ -93,3 +93,17 @@ def _bomb(width: int, height: int, max_pixels: int) -> FileTooLarge:
         "The image has too many pixels to be processed safely",
         details={"width": width, "height": height, "max_pixels": max_pixels},
     )
+
+
+def thumbnail_of(content: bytes, fmt: str, max_pixels: int) -> bytes:
+    """A small rendition of a stored (already validated) image, at most ``max_pixels`` on its
+    long side, in the same format: transparency stays, and the content type is the file's."""
+    with Image.open(io.BytesIO(content)) as opened:
+        opened.thumbnail((max_pixels, max_pixels), Image.Resampling.LANCZOS)
+        image: Image.Image = opened
+        if fmt == "jpeg" and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        out = io.BytesIO()
+        quality = {"jpeg": {"quality": 85}, "webp": {"quality": 80}}.get(fmt, {})
+        image.save(out, format=fmt.upper(), **quality)
+        return out.getvalue()

@@ -48,6 +48,8 @@ class Janitor:
                 for row in rows:
                     try:
                         await self.storage.remove(row.storage_key)
+                        if row.thumbnail_key:
+                            await self.storage.remove(row.thumbnail_key)
                     except StorageUnavailable as error:
                         log.warning(
                             "cannot remove bytes yet", extra={"file_id": str(row.id), "error": str(error)}

@@ -7,17 +7,21 @@ later by the janitor, and a file pinned by a running generation cannot be delete
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kit.db import Database
 from kit.errors import FailedPrecondition, NotFound, ValidationError
 from kit.events import Outbox
 from services.files import events, store
+from services.files.images import thumbnail_of
+from services.files.links import THUMBNAIL, LinkSigner, refused_link
 from services.files.settings import FilesSettings
 from services.files.storage import FileStorage, StoredObject
 from services.files.uploads import GENERATED_CATEGORY, USER_CATEGORIES
@@ -54,12 +58,86 @@ def page_size_of(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+@dataclass(frozen=True, slots=True)
+class FileLinks:
+    """Where a file can be fetched without credentials, until ``expires_at``."""
+
+    url: str
+    expires_at: datetime
+    thumbnail_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedContent:
+    """What a signed link serves: the file, the rendition's bytes, how long the link has left."""
+
+    file: dict[str, Any]
+    rendition: str
+    chunks: AsyncIterator[bytes]
+    remaining_seconds: int
+
+
 class FileLibrary:
     def __init__(self, settings: FilesSettings, db: Database, outbox: Outbox, storage: FileStorage) -> None:
         self.settings = settings
         self.db = db
         self.outbox = outbox
         self.storage = storage
+        self.signer = LinkSigner(
+            settings.url_signing_keys(),
+            settings.file_url_key_id,
+            settings.file_url_ttl_seconds,
+            settings.file_url_base,
+        )
+        # Decoding for thumbnails is bounded like the uploads' validation.
+        self._thumbnailing = asyncio.Semaphore(settings.max_concurrent_validations)
+
+    def links(self, file: dict[str, Any]) -> FileLinks:
+        """Signed links to the file and its thumbnail: the back end's own (a CDN) when it has
+        them, else the gateway's signed route."""
+        stored = StoredObject(key=file["storage_key"], version=file["storage_version"])
+        expires = self.signer.expiry()
+        direct = self.storage.delivery_link(stored, max_pixels=None, expires=expires)
+        if direct is not None:
+            small = self.storage.delivery_link(
+                stored, max_pixels=self.settings.thumbnail_max_pixels, expires=expires
+            )
+            return FileLinks(direct, datetime.fromtimestamp(expires, UTC), small or direct)
+        original = self.signer.link(str(file["id"]))
+        return FileLinks(original.url, original.expires_at, self.signer.link(str(file["id"]), THUMBNAIL).url)
+
+    async def linked_content(
+        self, file_id: str, rendition: str, expires: int, kid: str, sig: str
+    ) -> LinkedContent:
+        """The bytes a signed link names; FORBIDDEN for a bad or expired link or a deleted file."""
+        remaining = self.signer.verify(file_id, rendition, expires, kid, sig)
+        async with self.db.autocommit() as session:
+            row = await store.active_file_by_id(session, uuid.UUID(file_id))
+        if row is None:
+            raise refused_link()
+        file = dict(row._mapping)
+        stored = StoredObject(key=file["storage_key"], version=file["storage_version"])
+        if rendition == THUMBNAIL:
+            stored = StoredObject(key=file["thumbnail_key"] or await self._make_thumbnail(file, stored))
+        chunks = self.storage.read(stored, self.settings.download_chunk_bytes)
+        return LinkedContent(file, rendition, chunks, remaining)
+
+    async def _make_thumbnail(self, file: dict[str, Any], stored: StoredObject) -> str:
+        """Made once, on the first request for it, and stored beside the file in its back end."""
+        content = b"".join(
+            [chunk async for chunk in self.storage.read(stored, self.settings.download_chunk_bytes)]
+        )
+        async with self._thumbnailing:
+            small = await asyncio.to_thread(
+                thumbnail_of, content, file["format"], self.settings.thumbnail_max_pixels
+            )
+        key = (await self.storage.save(f"{file['storage_key']}.thumb", small, file["format"])).key
+        async with self.db.autocommit() as session:
+            recorded = await store.set_thumbnail_key(session, file["id"], key)
+        if not recorded:  # purged meanwhile: nothing would ever remove it
+            await self.storage.remove(key)
+            raise refused_link()
+        return key
 
     async def get(self, user_id: str, file_id: str) -> dict[str, Any]:
         found = parse_file_id(file_id)

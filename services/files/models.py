@@ -31,6 +31,8 @@ files = sa.Table(
     sa.Column("storage_backend", sa.Text, nullable=False),
     sa.Column("storage_key", sa.Text, nullable=False),
     sa.Column("storage_version", sa.Text, nullable=False, server_default=""),
+    # The small rendition's key in the same back end, once made (None: not made yet).
+    sa.Column("thumbnail_key", sa.Text),
     sa.Column("status", sa.Text, nullable=False, server_default=ACTIVE),
     sa.Column("generation_id", sa.Text),
     sa.Column("image_order", sa.Integer),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+import orjson
+from pydantic import Field, SecretStr, field_validator
 
 from kit.migrations import REPO_ROOT
-from kit.settings import DevelopmentOnly, ServiceSettings
+from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
 
 MIB = 1024 * 1024
+# The development key of signed file links: public, so production refuses it (secret_checks).
+DEVELOPMENT_URL_SIGNING_KEY = "development-file-url-signing-key-not-secret"
 
 
 class FilesSettings(ServiceSettings):
@@ -42,6 +45,19 @@ class FilesSettings(ServiceSettings):
     download_chunk_bytes: int = 256 * 1024
     download_cache_max_age_seconds: int = 86_400
 
+    # Signed links (File.url, File.thumbnail_url; services/files/links.py): how long a link
+    # works, the key that signs new links and its id, and the keys of links signed before a
+    # rotation (JSON {"key id": "key"}), which keep working until they expire.
+    file_url_ttl_seconds: int = Field(default=3600, ge=60)
+    file_url_signing_key: SecretStr = SecretStr(DEVELOPMENT_URL_SIGNING_KEY)
+    file_url_key_id: str = Field(default="dev", pattern="^[A-Za-z0-9_-]{1,32}$")
+    file_url_previous_keys: SecretStr = SecretStr("")
+    # Where clients reach the gateway (https://api.example.com): links are absolute on it.
+    # Empty: links are paths on the gateway ("/v1/files/...").
+    file_url_base: str = ""
+    # Thumbnails: at most this many pixels on the long side.
+    thumbnail_max_pixels: int = Field(default=256, ge=16, le=2048)
+
     # The janitor: removes deleted files' bytes and gives back abandoned reservations.
     janitor_interval_seconds: float = 5.0
     janitor_batch_size: int = 100
@@ -62,6 +78,50 @@ class FilesSettings(ServiceSettings):
     cloudinary_secure_delivery: bool = True
     cloudinary_folder: str = "stylestudio"
     cloudinary_timeout_seconds: float = 30.0
+    # Cloudinary's token-based authentication key (hex, from the console): links then expire
+    # with urlExpiresAt. Empty: signed delivery URLs, valid until the asset is destroyed.
+    cloudinary_auth_token_key: SecretStr = SecretStr("")
+
+    @field_validator("file_url_previous_keys")
+    @classmethod
+    def _previous_keys_are_a_key_map(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if text:
+            try:
+                keys = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                keys = None
+            if not isinstance(keys, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in keys.items()
+            ):
+                raise ValueError('must be a JSON object {"key id": "key", ...}')
+        return value
+
+    def url_signing_keys(self) -> dict[str, bytes]:
+        """Every key a link may be signed with, by key id: the current one and the previous ones."""
+        previous = self.file_url_previous_keys.get_secret_value()
+        keys = {kid: key.encode() for kid, key in (orjson.loads(previous) if previous else {}).items()}
+        keys[self.file_url_key_id] = self.file_url_signing_key.get_secret_value().encode()
+        return keys
+
+    def secret_checks(self) -> list[SecretCheck]:
+        previous = self.file_url_previous_keys.get_secret_value()
+        old_keys = orjson.loads(previous) if previous else {}
+        return [
+            *super().secret_checks(),
+            self.secret_check("file_url_signing_key"),
+            self.secret_check(
+                "cloudinary_auth_token_key", required=bool(self.cloudinary_auth_token_key.get_secret_value())
+            ),
+            *(
+                SecretCheck(
+                    f"{self.variable_of('file_url_previous_keys')}[{kid}]",
+                    key,
+                    frozenset({DEVELOPMENT_URL_SIGNING_KEY}),
+                )
+                for kid, key in old_keys.items()
+            ),
+        ]
 
     def development_only(self) -> list[DevelopmentOnly]:
         plain_http = DevelopmentOnly(

@@ -44,6 +44,20 @@ async def active_file(
     return (await session.execute(query)).first()
 
 
+async def active_file_by_id(session: AsyncConnection, file_id: uuid.UUID) -> FileRow | None:
+    """Whoever owns it: for signed links, whose signature is the permission."""
+    query = sa.select(files).where(files.c.id == file_id, files.c.status == ACTIVE)
+    return (await session.execute(query)).first()
+
+
+async def set_thumbnail_key(session: AsyncConnection, file_id: uuid.UUID, key: str) -> bool:
+    """Records a thumbnail; False once the file's bytes were purged (the thumbnail is an orphan)."""
+    statement = (
+        sa.update(files).where(files.c.id == file_id, files.c.purged_at.is_(None)).values(thumbnail_key=key)
+    )
+    return bool((await session.execute(statement)).rowcount)
+
+
 async def active_files(
     session: AsyncConnection, user_id: str, file_ids: Sequence[uuid.UUID], *, lock: bool = False
 ) -> list[FileRow]:
@@ -107,7 +121,7 @@ async def files_awaiting_purge(session: AsyncConnection, limit: int) -> list[Fil
     """Deleted files whose bytes are still stored and that no generation references; locked."""
     referenced = sa.exists().where(file_references.c.file_id == files.c.id)
     query = (
-        sa.select(files.c.id, files.c.storage_key)
+        sa.select(files.c.id, files.c.storage_key, files.c.thumbnail_key)
         .where(files.c.status == DELETED, files.c.purged_at.is_(None), ~referenced)
         .order_by(files.c.deleted_at)
         .limit(limit)

@@ -15,7 +15,7 @@ from kit.errors import DomainError, FeatureNotInPlan, NotFound, ValidationError
 from kit.idempotency import IdempotencyKeyReused, item_key, request_fingerprint
 from kit.interceptors import idempotency_key
 from kit.server import Registration, Runtime
-from services.generation import progress, store
+from services.generation import batches, progress, store
 from services.generation.lifecycle import Status
 from services.generation.saga import Generation, Saga
 from services.generation.starting import batch_conflicts, start_generation
@@ -119,10 +119,16 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
             fingerprints = [request_fingerprint(item, batch_fingerprint) for item in request.requests]
             if await batch_conflicts(self.saga, caller.user_id, item_keys, fingerprints):
                 raise IdempotencyKeyReused(key)
+        # Recorded first and sealed last, so that its summary waits for every item (batches.py).
+        batch_id = batches.batch_id_for(caller.user_id, key)
+        async with self.saga.db.transaction() as session:
+            await batches.create(session, batch_id, caller.user_id, len(request.requests))
         try:
-            results = await self._start_batch(caller, request, item_keys, batch_fingerprint)
+            results = await self._start_batch(caller, request, item_keys, batch_fingerprint, batch_id)
         finally:
             await self._send_allowance(context, caller)
+        async with self.saga.db.transaction() as session:
+            await batches.seal(self.saga.outbox, session, batch_id)
         return generation_pb2.BatchCreateGenerationsResponse(results=results)
 
     async def _start_batch(
@@ -131,6 +137,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
         request: generation_pb2.BatchCreateGenerationsRequest,
         item_keys: list[str],
         batch_fingerprint: str,
+        batch_id: uuid.UUID,
     ) -> list[generation_pb2.BatchResult]:
         results = []
         # One after the other, so a wallet that can pay for some gets the first ones.
@@ -142,6 +149,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                     item,
                     item_keys[index] if item_keys else None,
                     batch_fingerprint=batch_fingerprint,
+                    batch_id=batch_id,
                 )
             except DomainError as error:
                 results.append(

@@ -78,6 +78,7 @@ async def publish_outcome(
             model=generation.model,
             style=generation.style,
             processing_time_ms=generation.processing_time_ms or 0,
+            message=failure_message(generation),
         )
     else:
         event = events_pb2.GenerationCanceled(
@@ -86,3 +87,12 @@ async def publish_outcome(
             previous_status=resources_pb2.GenerationStatus.Value(previous.value),
         )
     await outbox.add(session, f"generation.{status.value.lower()}", event, user_id=user_id)  # type: ignore[arg-type]
+
+
+def failure_message(generation: Generation) -> str:
+    """The generation's error message for the usage log: the user's prompt never goes with it."""
+    message = generation.error_message or ""
+    for words in (generation.prompt, generation.enhanced_prompt):
+        if words and words in message:
+            message = message.replace(words, "[prompt]")
+    return message

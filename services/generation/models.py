@@ -43,6 +43,8 @@ generations = sa.Table(
     # Hash of the request, so a reused idempotency key with another request is a CONFLICT.
     sa.Column("request_hash", sa.Text),
     sa.Column("batch", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The batch it was created in (batches.id); None for single creations and older batches.
+    sa.Column("batch_id", sa.Uuid),
     sa.Column("trace_id", sa.Text, nullable=False, server_default=""),
     # W3C context of the saga's root, so sweeper and webhook work joins the generation's trace.
     sa.Column("traceparent", sa.Text, nullable=False, server_default=""),
@@ -70,9 +72,26 @@ generations = sa.Table(
         "updated_at",
         postgresql_where=sa.text("status NOT IN ('COMPLETED', 'FAILED', 'CANCELED')"),
     ),
+    sa.Index("ix_generations_batch_id", "batch_id", postgresql_where=sa.text("batch_id IS NOT NULL")),
     sa.Index(
         "ix_generations_prediction", "prediction_id", postgresql_where=sa.text("prediction_id IS NOT NULL")
     ),
+)
+
+# One row per BatchCreateGenerations call (per idempotency key when one is given). Its summary
+# (generation.batch_completed) is published once, when the batch is sealed (every item was
+# started or refused) and none of its generations is still running; see batches.py.
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    # The number of requests in the batch.
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("sealed_at", sa.DateTime(timezone=True)),
+    sa.Column("summarized_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("size > 0", name="size_positive"),
 )
 
 # Replicate webhook deliveries already handled (Replicate retries; each webhook-id acts once).

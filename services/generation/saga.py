@@ -23,7 +23,7 @@ from kit import retry, telemetry
 from kit.errors import DomainError, FailedPrecondition, NotFound, Reason, from_rpc_error
 from kit.retry import RetryPolicy
 from kit.server import Runtime
-from services.generation import events, faults, monitoring, store
+from services.generation import batches, events, faults, monitoring, store
 from services.generation.admission import QueueAdmission
 from services.generation.catalog import Catalog
 from services.generation.lifecycle import Status, check_cancelable
@@ -204,6 +204,7 @@ class Saga:
                 recorded = await store.record_outcome(session, generation.id)
                 if recorded is not None:
                     await events.publish_outcome(self.outbox, session, recorded, previous)
+                    await batches.on_outcome(self.outbox, session, recorded)
         if recorded is not None:
             monitoring.record_outcome(recorded)
             await self.notify(recorded)

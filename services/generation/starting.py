@@ -59,6 +59,7 @@ async def start_generation(
     idempotency_key: str | None,
     *,
     batch_fingerprint: str | None = None,
+    batch_id: uuid.UUID | None = None,
 ) -> Generation:
     """Starts one generation; a batch's items pass the fingerprint of the whole batch, which
     becomes part of each item's, so a batch key reused with any other batch conflicts."""
@@ -86,6 +87,7 @@ async def start_generation(
             values = _row(
                 saga, generation_id, user_id, parsed, token_cost, idempotency_key, fingerprint, batch
             )
+            values["batch_id"] = batch_id
             async with saga.db.transaction() as session:
                 starting = await store.insert_starting(session, values)
             if starting is None:  # the same key raced us: answer with its generation

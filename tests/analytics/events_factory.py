@@ -114,6 +114,21 @@ def every_action(user_id: str) -> dict[str, tuple[str, Event]]:
                 u,
             ),
         ),
+        "batch_completed": (
+            "events.generation",
+            envelope(
+                "generation.batch_completed",
+                generation.GenerationBatchCompleted(
+                    user_id=u,
+                    batch_id=str(uuid.uuid4()),
+                    batch_size=3,
+                    success_count=1,
+                    failure_count=2,
+                    generation_ids=[generation_id],
+                ),
+                u,
+            ),
+        ),
         "token_purchase": (
             "events.billing",
             envelope(

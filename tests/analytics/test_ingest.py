@@ -54,6 +54,7 @@ async def test_every_action_arrives_once_even_when_each_event_is_delivered_twice
     assert by_action["login"].session_id == "s-1"
     assert by_action["generation_completed"].metadata["processingTimeMs"] == 1500
     assert by_action["generation_canceled"].metadata["previousStatus"] == "QUEUED"
+    assert by_action["batch_completed"].metadata["failureCount"] == 2
     assert by_action["signup"].source == "users"
     assert by_action["signup"].metadata["signupNetwork"] == "198.51.100.0/24"
     async with analytics.service.runtime.db.transaction() as session:  # type: ignore[union-attr]

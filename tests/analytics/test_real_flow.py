@@ -22,7 +22,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from kit.events import Event
-from services.analytics.usage_log import SERVICE_ACTIONS
+from services.analytics.usage_log import BATCH_COMPLETED, SERVICE_ACTIONS
 from services.billing.payments import payment_intent_object, sign_payload, stripe_event
 from services.billing.settings import BillingSettings
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc
@@ -261,8 +261,10 @@ async def test_every_action_arrives_once_after_the_real_flow(flow_platform: Plat
         resources_pb2.CANCELED,
     ]
 
-    records = await flow.until_actions(set(SERVICE_ACTIONS))
-    assert {r.action for r in records} == SERVICE_ACTIONS
+    # Batches are summarized by test_a_batch_is_summarized_once_with_its_counts.
+    actions = SERVICE_ACTIONS - {BATCH_COMPLETED}
+    records = await flow.until_actions(set(actions))
+    assert {r.action for r in records} == actions
     counts = Counter(r.action for r in records)
     # welcome grant + admin grant; three generations started; the product image, the deleted
     # one and the completed generation's result(s) were uploads.
@@ -271,6 +273,10 @@ async def test_every_action_arrives_once_after_the_real_flow(flow_platform: Plat
     assert counts["login"] == 2 and counts["logout"] == 1 and counts["signup"] == 1
     assert counts["file_upload"] == 2 + len(outcomes[0].result_image_files)
     assert "@" not in json.dumps([json_format.MessageToDict(r.metadata) for r in records])
+    # The failure's message reaches the log beside its reason; the prompt does not.
+    (failure,) = [json_format.MessageToDict(r.metadata) for r in records if r.action == "generation_failed"]
+    assert (failure["reason"], failure["message"]) == (outcomes[1].error.reason, outcomes[1].error.message)
+    assert failure["message"] and "red dress" not in json.dumps(failure)
 
     assert await _redeliver_everything_about(flow_platform, flow.user_id) >= len(records)
     await _until_analytics_caught_up(flow_platform)
@@ -317,3 +323,59 @@ async def test_the_analytics_routes_through_the_gateway(flow_platform: Platform)
         assert (await gateway.get("/v1/analytics/system", headers=auth(free))).status_code == 403
         system = await gateway.get("/v1/analytics/system", params={"window": "7d"}, headers=auth(admin))
         assert system.status_code == 200 and len(system.json()["generationTrends"]) == 8
+
+
+async def test_a_batch_is_summarized_once_with_its_counts(flow_platform: Platform) -> None:
+    """A batch of four through the gateway: two complete, one fails ([fail:permanent]), one is
+    refused at creation (a file that does not exist). Once all have ended, one batch_completed
+    record says so; a retried batch and every event delivered again add nothing."""
+    user_id, token = flow_platform.user_token(plan="pro")
+    operator = flow_platform.stub("billing", billing_pb2_grpc.BillingServiceStub)
+    await operator.GrantTokens(
+        billing_pb2.GrantTokensRequest(user_id=user_id, amount=20, reason="test", idempotency_key=user_id)
+    )
+    flow = _Flow(flow_platform)
+    flow.metadata, flow.user_id = flow_platform.bearer(token), user_id
+    product = await flow.upload("green")
+
+    def item(prompt: str, file_id: str = product) -> dict[str, object]:
+        return {"productImageFiles": [file_id], "prompt": prompt, "parameters": {"quality": "draft"}}
+
+    batch = {
+        "requests": [
+            item("a green coat"),
+            item("a green coat [fail:permanent]"),
+            item("a green scarf"),
+            item("a green hat", str(uuid.uuid4())),
+        ]
+    }
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"batch-{uuid.uuid4().hex}"}
+    async with httpx.AsyncClient(base_url=flow_platform.gateway_url, timeout=30.0) as gateway:
+        created = await gateway.post("/v1/generations:batch", json=batch, headers=headers)
+        assert created.status_code == 200, created.text
+        results = created.json()["results"]
+        assert results[3]["error"]["reason"] == "NOT_FOUND"
+        started = [r["generation"]["id"] for r in results[:3]]
+        outcomes = [await flow.until_terminal(generation_id) for generation_id in started]
+        assert [g.status for g in outcomes] == [
+            resources_pb2.COMPLETED,
+            resources_pb2.FAILED,
+            resources_pb2.COMPLETED,
+        ]
+
+        await flow.until_actions({BATCH_COMPLETED, "generation_failed"})
+        again = await gateway.post("/v1/generations:batch", json=batch, headers=headers)  # the client retries
+        assert [r.get("generation", {}).get("id") for r in again.json()["results"][:3]] == started
+        assert await _redeliver_everything_about(flow_platform, user_id) > 0
+        await _until_analytics_caught_up(flow_platform)
+
+        usage = await gateway.get(
+            "/v1/analytics/usage",
+            params={"action": BATCH_COMPLETED},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert usage.status_code == 200, usage.text
+    (summary,) = usage.json()["records"]
+    metadata = summary["metadata"]
+    assert (metadata["batchSize"], metadata["successCount"], metadata["failureCount"]) == (4, 2, 2)
+    assert metadata["canceledCount"] == 0 and sorted(metadata["generationIds"]) == sorted(started)

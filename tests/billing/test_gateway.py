@@ -5,6 +5,7 @@ signed payment_intent.succeeded to the gateway's /webhooks/stripe, admin grants.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.billing.payments import sign_payload, stripe_event
+from services.billing.payments import payment_intent_object, sign_payload, stripe_event
 from services.billing.settings import BillingSettings
 from tests.harness import Platform
 from tests.harness.platform import REPO_ROOT
@@ -291,3 +292,76 @@ async def test_a_grant_idempotency_key_reused_with_another_amount_is_409(
         conflict = await gateway.post(route, headers=key, json=other)
         assert conflict.status_code == 409 and conflict.json()["error"]["reason"] == "CONFLICT"
     assert (await balance(gateway, token))["balance"] == WELCOME_TOKENS + 5
+
+
+async def _buy(gateway: httpx.AsyncClient, token: str, package: str = "starter") -> dict[str, Any]:
+    created = await gateway.post(
+        "/v1/billing/purchases",
+        headers=bearer(token) | {"Idempotency-Key": uuid.uuid4().hex},
+        json={"packageName": package},
+    )
+    assert created.status_code == 200, created.text
+    return dict(created.json()["purchase"])
+
+
+async def _purchase(gateway: httpx.AsyncClient, token: str, purchase_id: str) -> httpx.Response:
+    return await gateway.get(f"/v1/billing/purchases/{purchase_id}", headers=bearer(token))
+
+
+async def test_a_client_follows_its_purchase_pending_completed_or_failed_and_only_its_own(
+    gateway: httpx.AsyncClient,
+) -> None:
+    """GET /v1/billing/purchases/{id}: status, failureReason from Stripe's last payment error,
+    completedAt once Stripe confirmed; another user's purchase is 404, a malformed id 400."""
+    _, _, token = await sign_up(gateway)
+    paid, declined = await _buy(gateway, token, "standard"), await _buy(gateway, token)
+
+    pending = await _purchase(gateway, token, paid["id"])
+    assert pending.status_code == 200, pending.text
+    assert pending.json() == paid
+    assert pending.json()["status"] == "PENDING" and "completedAt" not in pending.json()
+    assert pending.json()["failureReason"] == ""  # the gateway writes empty strings out
+
+    succeeded = stripe_event("payment_intent.succeeded", payment_intent_object(_row(paid), "succeeded"))
+    assert (await _post_signed(gateway, json.dumps(succeeded).encode())).status_code == 200
+    completed = (await _purchase(gateway, token, paid["id"])).json()
+    assert (completed["status"], completed["failureReason"], completed["failureCode"]) == (
+        "COMPLETED",
+        "",
+        "",
+    )
+    assert completed["completedAt"] >= completed["createdAt"]
+
+    stripe_says = "Your card has insufficient funds."
+    intent = payment_intent_object(
+        _row(declined), "requires_payment_method", "insufficient_funds", stripe_says
+    )
+    failed_event = stripe_event("payment_intent.payment_failed", intent)
+    assert (await _post_signed(gateway, json.dumps(failed_event).encode())).status_code == 200
+    failed = (await _purchase(gateway, token, declined["id"])).json()
+    assert (failed["status"], failed["failureReason"], failed["failureCode"]) == (
+        "FAILED",
+        stripe_says,
+        "insufficient_funds",
+    )
+    assert "completedAt" not in failed
+
+    _, _, someone_else = await sign_up(gateway)
+    for purchase_id in (paid["id"], str(uuid.uuid4())):
+        refused = await _purchase(gateway, someone_else, purchase_id)
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error"]["reason"] == "NOT_FOUND"
+    malformed = await _purchase(gateway, token, "not-a-purchase")
+    assert malformed.status_code == 400 and malformed.json()["error"]["reason"] == "VALIDATION_ERROR"
+    assert (await gateway.get(f"/v1/billing/purchases/{paid['id']}")).status_code == 401
+
+
+def _row(purchase: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a purchase a Stripe event is built from (services.billing.payments)."""
+    return {
+        "id": purchase["id"],
+        "payment_intent_id": purchase["paymentIntentId"],
+        "amount_cents": int(purchase["amountCents"]),
+        "currency": purchase["currency"],
+        "package_name": purchase["packageName"],
+    }

@@ -155,6 +155,30 @@ async def test_a_success_after_a_failure_credits_once(billing, public) -> None:
     assert await state(public, token) == (10, ["COMPLETED"])
 
 
+async def test_a_failure_keeps_stripes_message_until_a_success_clears_it(billing, public) -> None:
+    _, token, created = await buy(billing, public)
+    intent = payment_intent_object(
+        as_row(created.purchase), "requires_payment_method", "card_declined", "Your card was declined."
+    )
+    control = intent | {
+        "last_payment_error": {"code": "card_declined", "message": "Your card\nwas declined."}
+    }
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # one printable line, or not Stripe's
+        await billing.webhook(stripe_event("payment_intent.payment_failed", control))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await billing.webhook(stripe_event("payment_intent.payment_failed", intent))
+    request = billing_pb2.GetPurchaseRequest(id=created.purchase.id)
+    failed_purchase = await public.GetPurchase(request, metadata=bearer(token))
+    assert (failed_purchase.failure_reason, failed_purchase.failure_code) == (
+        "Your card was declined.",
+        "card_declined",
+    )
+    await billing.webhook(succeeded(created.purchase))  # paid with another card
+    paid = await public.GetPurchase(request, metadata=bearer(token))
+    assert paid.status == resources_pb2.COMPLETED and not paid.failure_reason and not paid.failure_code
+    assert paid.HasField("completed_at") and not failed_purchase.HasField("completed_at")
+
+
 async def test_a_refund_that_arrives_before_the_success_means_nothing_is_credited(billing, public) -> None:
     _, token, created = await buy(billing, public)
     await billing.webhook(charge_refunded_event(as_row(created.purchase)))

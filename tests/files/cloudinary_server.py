@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from starlette.routing import Route
 from tests.harness.platform import free_port
 
 NOT_SIGNED = {"file", "api_key", "resource_type", "cloud_name", "signature"}
+# A delivery URL's transformation component: "c_limit,h_256,w_256" (only c_limit is applied here).
+TRANSFORMATION = re.compile(r"[a-z]{1,2}_[^/,]+(,[a-z]{1,2}_[^/,]+)*")
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -41,6 +45,8 @@ class FakeCloudinary:
     cloud_name: str = "style-studio-test"
     api_key: str = "123456789012345"
     api_secret: str = "test-api-secret-for-signatures"
+    # Token-based authentication's key (hex), for expiring delivery URLs.
+    auth_token_key: str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
     assets: dict[tuple[str, str], Asset] = field(default_factory=dict)
     rejected_signatures: int = 0
     destroyed: list[str] = field(default_factory=list)
@@ -53,6 +59,16 @@ class FakeCloudinary:
     def expected_signature(self, params: dict[str, str], algorithm: str) -> str:
         pairs = [f"{key}={value}".replace("&", "%26") for key, value in sorted(params.items()) if value]
         return hashlib.new(algorithm, ("&".join(pairs) + self.api_secret).encode()).hexdigest()
+
+    def valid_token(self, token: str, path: str) -> bool:
+        """Token-based authentication: ``exp=<unix s>~hmac=<hex>``, the HMAC-SHA256 under the hex
+        key over ``exp=<unix s>~url=<path, reserved characters percent-encoded in lower case>``."""
+        fields = dict(part.split("=", 1) for part in token.split("~") if "=" in part)
+        url = re.sub(r"""[ "#%&'/:;<=>?@\[\\\]^`{|}~]""", lambda m: f"%{ord(m.group()):02x}", path)
+        message = f"exp={fields.get('exp', '')}~url={url}".encode()
+        expected = hmac.new(bytes.fromhex(self.auth_token_key), message, hashlib.sha256).hexdigest()
+        fresh = fields.get("exp", "").isdigit() and int(fields["exp"]) > time.time()
+        return bool(fresh) and hmac.compare_digest(expected, fields.get("hmac", ""))
 
     def _check_signed(self, form: dict[str, str]) -> JSONResponse | None:
         if form.get("api_key") != self.api_key:
@@ -111,11 +127,20 @@ class FakeCloudinary:
         signature = ""
         if parts and parts[0].startswith("s--") and parts[0].endswith("--"):
             signature, parts = parts[0][3:-2], parts[1:]
+        transformation = ""
+        if parts and TRANSFORMATION.fullmatch(parts[0]):
+            transformation, parts = parts[0], parts[1:]
         if parts and parts[0].startswith("v") and parts[0][1:].isdigit():
             parts = parts[1:]
         source = "/".join(parts)
-        if kind == "authenticated":
-            digest = hashlib.sha1((source + self.api_secret).encode()).digest()
+        token = request.query_params.get("__cld_token__")
+        if kind == "authenticated" and token is not None:
+            if not self.valid_token(token, request.url.path):
+                self.rejected_signatures += 1
+                return Response(status_code=401)
+        elif kind == "authenticated":
+            signed = f"{transformation}/{source}" if transformation else source
+            digest = hashlib.sha1((signed + self.api_secret).encode()).digest()
             if signature != base64.urlsafe_b64encode(digest)[:8].decode():
                 self.rejected_signatures += 1
                 return Response(status_code=401)
@@ -123,7 +148,8 @@ class FakeCloudinary:
         asset = self.assets.get((kind, public_id))
         if asset is None:
             return Response(status_code=404)
-        return Response(asset.content, media_type=CONTENT_TYPES[ext or asset.format])
+        content = _transformed(asset, transformation) if transformation else asset.content
+        return Response(content, media_type=CONTENT_TYPES[ext or asset.format])
 
     def app(self) -> Starlette:
         return Starlette(
@@ -160,3 +186,14 @@ class RunningFakeCloudinary:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message}}, status_code=status)
+
+
+def _transformed(asset: Asset, transformation: str) -> bytes:
+    """The asset scaled down as ``c_limit,w_..,h_..`` asks (Cloudinary's "limit" crop)."""
+    options = dict(part.split("_", 1) for part in transformation.split(","))
+    assert options.get("c") == "limit", transformation
+    with Image.open(io.BytesIO(asset.content)) as image:
+        image.thumbnail((int(options["w"]), int(options["h"])))
+        out = io.BytesIO()
+        image.save(out, format=str(Image.registered_extensions()[f".{asset.format}"]))
+        return out.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,15 @@ def stored_files(root: Path) -> set[Path]:
 # The "basic" plan gets a tiny quota here so quota tests need only a few small uploads; the
 # free plan keeps its real default, so the 10 MiB size limit is what refuses an 11 MiB file.
 BASIC_QUOTA_BYTES = 300 * 1024
+# Signed links: a current key and one kept from before a rotation (tests/files/test_signed_links.py).
+URL_SIGNING_KEYS = {
+    "k1": "previous-url-signing-key-for-the-tests-0001",
+    "k2": "current-url-signing-key-for-the-tests-00002",
+}
 FILES_ENV = {
+    "STYLESTUDIO_FILE_URL_KEY_ID": "k2",
+    "STYLESTUDIO_FILE_URL_SIGNING_KEY": URL_SIGNING_KEYS["k2"],
+    "STYLESTUDIO_FILE_URL_PREVIOUS_KEYS": json.dumps({"k1": URL_SIGNING_KEYS["k1"]}),
     "STYLESTUDIO_QUOTA_BASIC_BYTES": str(BASIC_QUOTA_BYTES),
     "STYLESTUDIO_QUOTA_RESERVATION_STEP_BYTES": str(64 * 1024),
     "STYLESTUDIO_JANITOR_INTERVAL_SECONDS": "0.3",
@@ -109,6 +118,7 @@ async def files_platform(
     work_dir = tmp_path_factory.mktemp("files-platform")
     with own_database(infrastructure, ["users", "files"]) as database:
         async with Platform(database, redis_url, work_dir, extra_env=FILES_ENV) as running:
+            running.add_env({"STYLESTUDIO_FILE_URL_BASE": running.gateway_url})
             await running.start_and_wait("users", "files")
             yield running
 

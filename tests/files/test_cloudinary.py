@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 
 from kit.clients import open_channel
@@ -68,6 +71,30 @@ async def test_the_adapter_uploads_serves_and_deletes_with_valid_signatures(
     with pytest.raises(StorageUnavailable):
         await _read_all(storage, stored)
     assert cloudinary_server.rejected_signatures == 0
+
+
+async def test_with_a_token_key_delivery_links_expire(cloudinary_server: FakeCloudinary):
+    storage = _adapter(cloudinary_server, auth_token_key=cloudinary_server.auth_token_key)
+    content = image_bytes("PNG", (600, 300))
+    stored = await storage.save(storage.key_for(uuid.uuid4()), content, "png")
+    other = await storage.save(storage.key_for(uuid.uuid4()), image_bytes("PNG", (20, 20)), "png")
+    now = int(time.time())
+    link = storage.delivery_link(stored, max_pixels=None, expires=now + 600)
+    small = storage.delivery_link(stored, max_pixels=256, expires=now + 600)
+    expired = storage.delivery_link(stored, max_pixels=None, expires=now - 1)
+    assert link is not None and small is not None and expired is not None
+    assert "?__cld_token__=exp=" in link and "/s--" not in link
+    rejected = cloudinary_server.rejected_signatures
+    async with httpx.AsyncClient() as anonymous:
+        served = await anonymous.get(link)
+        thumbnail = await anonymous.get(small)
+        late = await anonymous.get(expired)
+        moved = await anonymous.get(link.replace(stored.key, other.key))  # the token names one URL
+    assert served.status_code == 200 and served.content == content
+    with Image.open(io.BytesIO(thumbnail.content)) as image:
+        assert image.size == (256, 128)
+    assert (late.status_code, moved.status_code) == (401, 401)
+    assert cloudinary_server.rejected_signatures == rejected + 2
 
 
 async def test_requests_signed_with_the_wrong_secret_are_refused(cloudinary_server: FakeCloudinary):
@@ -131,12 +158,27 @@ async def test_the_service_stores_serves_and_deletes_through_cloudinary(
         state = CredentialState(version=0, role="user", plan="free")
         files_platform.store_credential_state(user_id, state, f"{files_platform.redis_prefix}:cloudinary")
         user = FilesUser(user_id, token, files_pb2_grpc.FilesServiceStub(channel))
-        content = image_bytes("WEBP", (40, 20))
+        content = image_bytes("WEBP", (600, 300))
         file = await user.upload(content, filename="dress.webp")
         key = f"stylestudio/{file.id}"
         assert cloudinary_server.assets[("authenticated", key)].content == stored_form(content)
         content_type, body, _ = await user.download(file.id)
         assert (content_type, body) == ("image/webp", stored_form(content))
+
+        # The links are Cloudinary's signed delivery URLs: the CDN serves the bytes, no gateway.
+        delivery = f"{cloudinary_server.url}/{cloudinary_server.cloud_name}/image/authenticated/s--"
+        assert file.url.startswith(delivery) and file.url.endswith(f"/{key}")
+        assert file.url_expires_at.seconds > time.time()
+        rejected = cloudinary_server.rejected_signatures
+        async with httpx.AsyncClient() as anonymous:
+            served = await anonymous.get(file.url)
+            small = await anonymous.get(file.thumbnail_url)
+            forged = await anonymous.get(file.url.replace(f"/{key}", f"/stylestudio/{uuid.uuid4()}"))
+        assert served.status_code == 200 and served.content == stored_form(content)
+        assert file.thumbnail_url.startswith(delivery) and "/c_limit,h_256,w_256/" in file.thumbnail_url
+        with Image.open(io.BytesIO(small.content)) as thumbnail:
+            assert thumbnail.size == (256, 128)
+        assert forged.status_code == 401 and cloudinary_server.rejected_signatures == rejected + 1
 
         refused = await domain_error_of(user.upload(b"<html></html>"))
         assert refused.reason == Reason.INVALID_FILE_TYPE

@@ -78,6 +78,7 @@ CASES = [
     Case("POST", "/v1/billing/purchases", f"{BILLING}/CreatePurchase", json_body={"packageName": "starter"},
          headers={"Idempotency-Key": ID}),
     Case("GET", "/v1/billing/purchases?pageSize=5", f"{BILLING}/ListPurchases"),
+    Case("GET", f"/v1/billing/purchases/{ID}", f"{BILLING}/GetPurchase"),
     Case("POST", "/webhooks/stripe", f"{BILLING}/HandleStripeWebhook", "public",
          content=b'{"id": "evt_test", "type": "payment_intent.succeeded"}',
          headers={"Stripe-Signature": "t=1,v1=bad", "Content-Type": "application/json"}),
@@ -85,6 +86,8 @@ CASES = [
     Case("GET", "/v1/files?category=product_image&pageSize=5", f"{FILES}/ListFiles"),
     Case("GET", f"/v1/files/{ID}", f"{FILES}/GetFile"),
     Case("GET", f"/v1/files/{ID}/content", f"{FILES}/DownloadFile"),
+    Case("GET", f"/v1/files/{ID}/content:signed?expires=1&kid=k&sig=s", f"{FILES}/DownloadSignedFile",
+         "public"),
     Case("DELETE", f"/v1/files/{ID}", f"{FILES}/DeleteFile"),
     Case("GET", "/v1/files/usage", f"{FILES}/GetStorageUsage"),
     Case("POST", "/v1/generations", f"{GENERATION}/CreateGeneration", json_body=GENERATION_REQUEST,
@@ -199,3 +202,28 @@ async def test_dashboard_fans_out_to_every_part(gateway: httpx.AsyncClient, plat
 
 async def test_dashboard_without_a_token_is_401(gateway: httpx.AsyncClient) -> None:
     assert (await gateway.get("/v1/dashboard")).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/v1/styles", "/v1/models", "/v1/billing/packages"])
+async def test_catalogue_routes_send_cache_headers_and_answer_304(
+    gateway: httpx.AsyncClient, path: str
+) -> None:
+    first = await gateway.get(path)
+    assert first.status_code == 200
+    assert first.headers["cache-control"] == "public, max-age=300"
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"') and len(etag) > 10
+    cached = await gateway.get(path, headers={"If-None-Match": etag})
+    assert (cached.status_code, cached.content, cached.headers["etag"]) == (304, b"", etag)
+    assert cached.headers["cache-control"] == first.headers["cache-control"]
+    stale = await gateway.get(path, headers={"If-None-Match": '"stale"'})
+    assert stale.status_code == 200 and stale.content == first.content
+
+
+async def test_a_users_own_data_is_not_sent_as_cacheable(
+    gateway: httpx.AsyncClient, platform: Platform
+) -> None:
+    token = platform.user_token()[1]
+    usage = await gateway.get("/v1/files/usage", headers={"Authorization": f"Bearer {token}"})
+    assert usage.status_code == 200, usage.text
+    assert "cache-control" not in usage.headers and "etag" not in usage.headers

@@ -152,9 +152,10 @@ async def test_events_for_analytics(gen_platform: Platform) -> None:
     }
     for _, fields in entries:
         event = Event.FromString(fields[b"event"])
+        if event.user_id != shopper.user_id:  # others' events, batch summaries among them
+            continue
         data = unpack(event, kinds[event.type])
-        if event.user_id == shopper.user_id:
-            mine.setdefault(data.generation_id, []).append((event.type, data))  # type: ignore[attr-defined]
+        mine.setdefault(data.generation_id, []).append((event.type, data))  # type: ignore[attr-defined]
     assert [t for t, _ in mine[completed.id]] == [
         "generation.started",
         "generation.processing",
@@ -165,6 +166,10 @@ async def test_events_for_analytics(gen_platform: Platform) -> None:
     assert done.processing_time_ms > 0  # type: ignore[attr-defined]
     assert [t for t, _ in mine[failed.id]][-1] == "generation.failed"
     assert mine[failed.id][-1][1].reason == "PROCESSING_ERROR"  # type: ignore[attr-defined]
+    # Its message goes with it (for the usage log), never the prompt.
+    failure = mine[failed.id][-1][1]
+    told = await shopper.wait_terminal(failed.id)
+    assert failure.message == told.error.message and "a cap" not in failure.message  # type: ignore[attr-defined]
     assert [t for t, _ in mine[canceled.id]] == ["generation.started", "generation.canceled"]
     started = mine[completed.id][0][1]
     assert (started.token_cost, started.num_images) == (1, 1)  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ STRIPE_WEBHOOK_SECRET = "whsec_" + secrets.token_urlsafe(32)
 PRODUCTION_ENV = {
     "STYLESTUDIO_ENVIRONMENT": "production",
     "STYLESTUDIO_SIGNING_KEY_PASSPHRASE": secrets.token_urlsafe(32),
+    "STYLESTUDIO_FILE_URL_SIGNING_KEY": secrets.token_urlsafe(32),
     "STYLESTUDIO_STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
     # No Stripe key here: offline payments, enabled explicitly (production refuses them otherwise).
     "STYLESTUDIO_OFFLINE_PAYMENTS_ENABLED": "true",

@@ -33,6 +33,11 @@ class FileStorage(Protocol):
 
     async def remove(self, key: str) -> None: ...
 
+    def delivery_link(self, stored: StoredObject, *, max_pixels: int | None, expires: int) -> str | None:
+        """A URL the back end itself serves the object from without credentials (a CDN), at most
+        ``max_pixels`` on the long side when given; None when the gateway serves it (signed links)."""
+        ...
+
 
 class StorageUnavailable(ProviderUnavailable):
     """The back end could not be reached or refused the operation (UNAVAILABLE: try again later)."""

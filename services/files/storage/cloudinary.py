@@ -41,10 +41,12 @@ class CloudinaryStorage:
         secure_delivery: bool,
         folder: str,
         timeout_seconds: float,
+        auth_token_key: str = "",
     ) -> None:
         if not (cloud_name and api_key and api_secret):
             raise ValueError("the cloudinary back end needs cloud name, API key and API secret")
         self._folder = folder.strip("/")
+        self._auth_token_key = auth_token_key
         self._timeout = timeout_seconds
         # Passed on every call rather than through cloudinary.config(): no process-global state.
         self._options: dict[str, Any] = {
@@ -69,6 +71,7 @@ class CloudinaryStorage:
             secure_delivery=settings.cloudinary_secure_delivery,
             folder=settings.cloudinary_folder,
             timeout_seconds=settings.cloudinary_timeout_seconds,
+            auth_token_key=settings.cloudinary_auth_token_key.get_secret_value(),
         )
 
     def key_for(self, file_id: uuid.UUID) -> str:
@@ -91,9 +94,18 @@ class CloudinaryStorage:
             raise StorageUnavailable(f"cloudinary upload failed: {type(error).__name__}") from error
         return StoredObject(key=str(result["public_id"]), version=str(result.get("version", "")))
 
-    def delivery_url(self, stored: StoredObject) -> str:
+    def delivery_url(self, stored: StoredObject, max_pixels: int | None = None, expires: int = 0) -> str:
+        """A signed delivery URL of the asset; scaled down to ``max_pixels`` on its long side by
+        a Cloudinary transformation when given (the signature covers the transformation). With
+        ``expires`` and a token key, a token-authenticated URL that stops working then."""
         options = dict(self._options)
         options.pop("timeout")
+        # Never the SDK's process-wide configuration (CLOUDINARY_URL): only what was given here.
+        options["auth_token"] = False
+        if expires and self._auth_token_key:
+            options["auth_token"] = {"key": self._auth_token_key, "expiration": expires}
+        if max_pixels is not None:
+            options["transformation"] = [{"crop": "limit", "width": max_pixels, "height": max_pixels}]
         url, _ = cloudinary.utils.cloudinary_url(
             stored.key,
             resource_type="image",
@@ -103,6 +115,12 @@ class CloudinaryStorage:
             **options,
         )
         return str(url)
+
+    def delivery_link(self, stored: StoredObject, *, max_pixels: int | None, expires: int) -> str | None:
+        # Served by Cloudinary's CDN. With a token key (Cloudinary's token-based authentication)
+        # the link expires; without, its signature covers the asset and transformation, not a
+        # time, and the link works until the asset is destroyed (purge, with invalidation).
+        return self.delivery_url(stored, max_pixels, expires)
 
     async def read(self, stored: StoredObject, chunk_size: int) -> AsyncIterator[bytes]:
         async with (

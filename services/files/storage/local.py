@@ -55,6 +55,9 @@ class LocalDiskStorage:
         finally:
             handle.close()
 
+    def delivery_link(self, stored: StoredObject, *, max_pixels: int | None, expires: int) -> str | None:
+        return None  # the gateway serves local files, through signed links
+
     async def remove(self, key: str) -> None:
         path = self.path_of(key)
         with contextlib.suppress(FileNotFoundError):
