@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -19,10 +16,10 @@ from kit.auth import current_caller
 from kit.errors import FeatureNotInPlan, Forbidden, ValidationError
 from kit.origin import client_origin
 from kit.server import Registration, Runtime
-from services.analytics import audit_log, metrics, usage_log
+from services.analytics import audit_log, metrics, paging, usage_log
 from services.analytics.audit_store import AuditStore
 from services.analytics.settings import AnalyticsSettings
-from services.analytics.store import Cursor, UsageRow, UsageStore
+from services.analytics.store import UsageRow, UsageStore
 from stylestudio.analytics.v1 import analytics_pb2, analytics_pb2_grpc, resources_pb2
 
 _ACTION_FILTER = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -49,9 +46,9 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             limit=size + 1,
             action=request.action or None,
             since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
-            after=_decode_page_token(request.page_token),
+            after=paging.decode_page_token(request.page_token),
         )
-        next_token = _encode_page_token(rows[size - 1]) if len(rows) > size else ""
+        next_token = _page_token(rows[size - 1]) if len(rows) > size else ""
         return analytics_pb2.ListUsageRecordsResponse(
             records=[_usage_record(row) for row in rows[:size]], next_page_token=next_token
         )
@@ -128,9 +125,9 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             actor=request.actor or None,
             action=request.action or None,
             since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
-            after=audit_log.decode_page_token(request.page_token),
+            after=paging.decode_page_token(request.page_token),
         )
-        next_token = audit_log.encode_page_token(entries[size - 1]) if len(entries) > size else ""
+        next_token = _page_token(entries[size - 1]) if len(entries) > size else ""
         return analytics_pb2.ListAuditEventsResponse(
             events=[_audit_event(entry) for entry in entries[:size]], next_page_token=next_token
         )
@@ -215,23 +212,8 @@ def _page_size(requested: int, default: int, maximum: int) -> int:
     return min(requested or default, maximum)
 
 
-def _encode_page_token(row: UsageRow) -> str:
-    raw = json.dumps({"t": row.created_at.isoformat(), "i": str(row.id)}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str) -> Cursor | None:
-    if not token:
-        return None
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        cursor = Cursor(datetime.fromisoformat(raw["t"]), uuid.UUID(raw["i"]))
-    # forged tokens: AttributeError from uuid.UUID(5), RecursionError from deeply nested JSON
-    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-        raise ValidationError("page_token is not one this API returned", field="page_token") from error
-    if cursor.created_at.tzinfo is None:
-        raise ValidationError("page_token is not one this API returned", field="page_token")
-    return cursor
+def _page_token(entry: UsageRow | audit_log.AuditEntry) -> str:
+    return paging.encode_page_token(entry.created_at, entry.id)
 
 
 def _usage_record(row: UsageRow) -> resources_pb2.UsageRecord:

@@ -9,10 +9,7 @@ happened by ``purge``, the service's background loop. Plain Python here; SQL in 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ipaddress
-import json
 import logging
 import re
 import uuid
@@ -110,32 +107,6 @@ def validate_filters(actor: str, action: str) -> None:
             "action must be lower case, dotted, at most 64 characters (e.g. auth.login_failed)",
             field="action",
         )
-
-
-@dataclass(frozen=True)
-class AuditCursor:
-    """Where a page ended (newest first): the last event's time and id."""
-
-    created_at: datetime
-    id: uuid.UUID
-
-
-def encode_page_token(entry: AuditEntry) -> str:
-    raw = json.dumps({"t": entry.created_at.isoformat(), "i": str(entry.id)}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> AuditCursor | None:
-    if not token:
-        return None
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        cursor = AuditCursor(datetime.fromisoformat(raw["t"]), uuid.UUID(raw["i"]))
-    except (binascii.Error, ValueError, KeyError, TypeError) as error:
-        raise ValidationError("page_token is not one this API returned", field="page_token") from error
-    if cursor.created_at.tzinfo is None:
-        raise ValidationError("page_token is not one this API returned", field="page_token")
-    return cursor
 
 
 def retention_cutoff(now: datetime, retention_days: int) -> datetime | None:

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
-from services.analytics.audit_log import AuditCursor, AuditEntry
+from services.analytics.audit_log import AuditEntry
 from services.analytics.models import audit_events
+from services.analytics.paging import Cursor
 
 _TYPES = {
     "id": "uuid",
@@ -66,7 +67,7 @@ class AuditStore:
         actor: str | None = None,
         action: str | None = None,
         since: datetime | None = None,
-        after: AuditCursor | None = None,
+        after: Cursor | None = None,
     ) -> list[AuditEntry]:
         t = audit_events
         query = sa.select(t).order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)

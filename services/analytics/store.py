@@ -20,6 +20,7 @@ from kit.db import Database
 from services.analytics import usage_log
 from services.analytics.metrics import GenerationMetrics, GroupedCount, Window, window_parts
 from services.analytics.models import usage_daily, usage_records
+from services.analytics.paging import Cursor
 from services.analytics.partitions import PARENT_TABLE, Month
 
 SCHEMA = "analytics"
@@ -33,14 +34,6 @@ class UsageRow:
     metadata: dict[str, object]
     session_id: str | None
     created_at: datetime
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Where a page of usage records ended (newest first): the last record's time and id."""
-
-    created_at: datetime
-    id: uuid.UUID
 
 
 _ROW_COLUMNS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from kit import audit
 from kit.errors import ValidationError
 from kit.events import Event, Outbox
-from services.analytics import audit_log
+from services.analytics import audit_log, paging
 from services.users import models as users_models
 from stylestudio.common.v1.audit_pb2 import AuditRecorded
 
@@ -53,11 +54,18 @@ def test_filters_and_page_tokens_refuse_what_this_api_did_not_make() -> None:
         with pytest.raises(ValidationError):
             audit_log.validate_filters(actor, action)
     entry = audit_log.entry_from_event(_event(AuditRecorded(action="a.b"), NOW), NOW, SKEW)
-    cursor = audit_log.decode_page_token(audit_log.encode_page_token(entry))
-    assert cursor == audit_log.AuditCursor(NOW, entry.id)
-    for token in ("garbage", "eyJ0IjogIjIwMjYtMDEtMDEiLCAiaSI6ICJ4In0"):
+    cursor = paging.decode_page_token(paging.encode_page_token(entry.created_at, entry.id))
+    assert cursor == paging.Cursor(NOW, entry.id)
+    # garbage, a bad id, a number for an id, and JSON nested past the parser's depth
+    deep = base64.urlsafe_b64encode(b"[" * 5000).decode()
+    for token in (
+        "garbage",
+        "eyJ0IjogIjIwMjYtMDEtMDEiLCAiaSI6ICJ4In0",
+        "eyJ0IjoiMjAyNi0wMS0wMVQwMDowMDowMCswMDowMCIsImkiOjV9",
+        deep,
+    ):
         with pytest.raises(ValidationError):
-            audit_log.decode_page_token(token)
+            paging.decode_page_token(token)
 
 
 def test_retention_zero_keeps_everything() -> None:
