@@ -16,33 +16,30 @@ run: $(INSTALLED) $(GENERATED)
 test: $(INSTALLED) $(GENERATED) lint pgbouncer chromium promtool
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Debian's pgbouncer (1.18 on bookworm), which tests/platform/test_pgbouncer.py runs the platform
-# through; installed with apt-get (as root, else with sudo) when neither PATH nor /usr/sbin has it.
+# System tools that checks need, from Debian's packages: $(call apt_install,COMMAND,PACKAGE) installs
+# PACKAGE with apt-get (as root, else with sudo) when neither PATH nor /usr/sbin has COMMAND; the
+# package lists are refreshed only when the first try fails.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+define apt_install
+	@command -v $(1) >/dev/null 2>&1 || test -x /usr/sbin/$(1) || { \
+	  echo "installing Debian's $(2) (for $(1))"; \
+	  $(APT_GET) $(2) || { $(SUDO) apt-get update && $(APT_GET) $(2); }; }
+endef
+
+# pgbouncer (1.18 on bookworm): tests/platform/test_pgbouncer.py runs the platform through it.
 pgbouncer:
-	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { \
-	  echo "installing Debian's pgbouncer"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer || { \
-	    $(SUDO) apt-get update && \
-	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer; }; }
+	$(call apt_install,pgbouncer,pgbouncer)
 
-# Debian's chromium, which tests/gateway/test_operator_page.py drives headless (through
-# playwright, with no browser download of its own); installed with apt-get like pgbouncer.
+# chromium: tests/gateway/test_operator_page.py drives it headless (through playwright, with no
+# browser download of its own).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || { \
-	    $(SUDO) apt-get update && \
-	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; }
+	$(call apt_install,chromium,chromium)
 
-# Debian's prometheus package, for its promtool: tests/deploy/test_prometheus.py checks the alert
-# rules and scrape configuration in deploy/prometheus with it (and fails without it).
+# promtool, from the prometheus package: tests/deploy/test_prometheus.py checks the alert rules and
+# scrape configuration in deploy/prometheus with it (and fails without it).
 promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing Debian's prometheus (for promtool)"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus || { \
-	    $(SUDO) apt-get update && \
-	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }; }
+	$(call apt_install,promtool,prometheus)
 
 # Load + faults + invariants against a platform of its own (docs/operations.md, "Soak runs"):
 # make soak DURATION=30m SEED=13 FAULT_EVERY=20s; the last line is `violations: N`.
