@@ -37,9 +37,9 @@ import httpx
 import psycopg
 import redis
 
+from bench.load.webhooks import webhook_headers
 from bench.soak.platform import CONSUMER_CLAIM_IDLE_MS, WEBHOOK_SECRET, WORKER_LEASE_SECONDS, SoakPlatform
 from kit.infra import libpq_url
-from services.billing.payments import sign_payload
 from services.generation.faults import provider_fault_key
 from tests.generation.replicate_server import SentWebhook
 
@@ -228,12 +228,10 @@ class FaultInjector:
         async with httpx.AsyncClient(base_url=self.soak.gateway_url, timeout=30.0) as http:
             for payload in deliveries:
                 body = payload if isinstance(payload, str) else json.dumps(payload)
-                headers = {
-                    "Content-Type": "application/json",
-                    "Stripe-Signature": sign_payload(body.encode(), WEBHOOK_SECRET),
-                }
                 try:
-                    answer = await http.post("/webhooks/stripe", content=body, headers=headers)
+                    answer = await http.post(
+                        "/webhooks/stripe", content=body, headers=webhook_headers(body, WEBHOOK_SECRET)
+                    )
                 except httpx.TransportError as error:
                     log.warning("stripe webhook not delivered: %s", error)
                     continue
