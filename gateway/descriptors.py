@@ -8,6 +8,7 @@ alone, and tests can build a gateway over protos of their own.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message, message_factory
 
-from stylestudio.common.v1 import access_pb2
+from stylestudio.common.v1 import access_pb2, openapi_pb2
 
 HTTP_BODY = "google.api.HttpBody"
 
@@ -46,6 +47,9 @@ class ApiMethod:
     bindings: tuple[HttpBinding, ...]
     # Refuses API keys: only an access token of a signed-in session may call it.
     session_only: bool = False
+    # How the route reads in /openapi.json (operation id, summary, headers); None when the
+    # proto declares nothing (gateway/openapi.py derives them).
+    openapi: openapi_pb2.OpenApiOperation | None = dataclasses.field(default=None, compare=False)
 
     @property
     def full_name(self) -> str:
@@ -107,6 +111,11 @@ class ApiDescriptors:
                     access=options.Extensions[access_pb2.access],
                     bindings=tuple(_bindings(options.Extensions[annotations_pb2.http])),
                     session_only=options.Extensions[access_pb2.session_only],
+                    openapi=(
+                        options.Extensions[openapi_pb2.openapi]
+                        if options.HasExtension(openapi_pb2.openapi)
+                        else None
+                    ),
                 )
 
 
