@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.descriptors import ApiDescriptors, ApiMethod, HttpBinding
 from gateway.routes import PathTemplate, RouteTable, parse_template
-from gateway.streaming import UploadMapping
+from gateway.streaming import OCTET_STREAM, UploadMapping
 from gateway.transcoding import RequestMapping
 
 log = logging.getLogger("stylestudio.gateway")
@@ -40,6 +40,13 @@ class ApiRoute:
     label: str
     # the method's multicallable, set once the channels are open
     call: Any = field(default=None)
+
+    @property
+    def media_types(self) -> tuple[str, ...]:
+        """What content a download may be served as: the types its proto declares, then
+        octet-stream, which content of any other type is served as (gateway/streaming.py)."""
+        declared = self.method.openapi.media_types if self.method.openapi is not None else ()
+        return (*(t for t in declared if t != OCTET_STREAM), OCTET_STREAM)
 
     @property
     def is_catalogue(self) -> bool:

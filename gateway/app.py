@@ -32,6 +32,7 @@ from gateway.docs import docs_assets
 from gateway.errors import (
     ApiError,
     bad_request,
+    bearer_challenge,
     busy,
     from_rpc_error,
     headers_too_large,
@@ -55,6 +56,7 @@ from gateway.streaming import (
     send_upload,
     serve_download,
     serve_event_stream,
+    served_type,
 )
 from gateway.traces import TRACE_ROUTE, AdminTraces, span_store_lookup
 from kit import telemetry
@@ -105,7 +107,9 @@ _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # What HTTP/2's header table counts per entry besides the name and value (gRPC's limits count it).
 _METADATA_ENTRY_OVERHEAD = 32
 _HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_EXPOSED = ", ".join(("x-request-id", "x-trace-id", "retry-after", "etag", *RATE_LIMIT_HEADERS)).encode()
+_EXPOSED = ", ".join(
+    ("x-request-id", "x-trace-id", "retry-after", "etag", "www-authenticate", *RATE_LIMIT_HEADERS)
+).encode()
 _ALLOWED_REQUEST_HEADERS = b"authorization, content-type, idempotency-key, x-request-id"
 
 Handler = Callable[[Exchange, list[tuple[str, str]]], Awaitable[None]]
@@ -358,13 +362,14 @@ class Gateway:
                 headers = service_headers(await unary.initial_metadata())
                 await exchange.respond(200, route.mapping.encode_response(response), headers=headers)
             else:
-                raw_type = (response.content_type or "application/octet-stream").encode()
+                raw_type = served_type(response.content_type, route.media_types).encode()
                 await exchange.respond(200, response.data, raw_type, DOWNLOAD_HEADERS)
             return
         call = route.call(payload, metadata=metadata, timeout=settings.stream_deadline_seconds)
         if kind is CallKind.DOWNLOAD:
             if_none_match = exchange.headers.get("if-none-match", "")
-            await serve_download(exchange, call, settings.default_retry_after_seconds, service, if_none_match)
+            retry_after = settings.default_retry_after_seconds
+            await serve_download(exchange, call, retry_after, service, if_none_match, route.media_types)
         else:
             retry_after, heartbeat = settings.default_retry_after_seconds, settings.sse_heartbeat_seconds
             await serve_event_stream(
@@ -492,7 +497,8 @@ class Gateway:
         self._add_credentials(exchange, metadata, required=True)
         with self._admitted(holds=True):  # calls several services: an API request like the others
             status, body = await self.dashboard.render(metadata)
-        await exchange.respond(status, body)
+        challenge = [bearer_challenge("authorization" in exchange.headers)] if status == 401 else None
+        await exchange.respond(status, body, headers=challenge)
 
     async def _trace(self, exchange: Exchange, metadata: list[tuple[str, str]], params: PathParams) -> None:
         self._add_credentials(exchange, metadata, required=True)

@@ -115,6 +115,14 @@ class ApiError(Exception):
         return [(b"retry-after", str(self.retry_after_seconds).encode()), *self.extra_headers]
 
 
+def bearer_challenge(credential_sent: bool) -> tuple[bytes, bytes]:
+    """The WWW-Authenticate header of a 401 (RFC 6750 section 3): the scheme and realm, and
+    ``invalid_token`` when a credential was sent and refused (none sent: no error code)."""
+    if credential_sent:
+        return (b"www-authenticate", b'Bearer realm="stylestudio", error="invalid_token"')
+    return (b"www-authenticate", b'Bearer realm="stylestudio"')
+
+
 def service_headers(metadata: object) -> list[tuple[bytes, bytes]]:
     """The HTTP response headers a service asked for in its initial metadata: only the
     contract's names (kit.ratelimits.RATE_LIMIT_HEADERS), printable values."""

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import ApiError, payload_too_large
+from gateway.errors import ApiError, bearer_challenge, payload_too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -74,7 +74,10 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": b""})
 
     async def fail(self, error: ApiError, headers: Headers | None = None) -> None:
-        await self.respond(error.http_status, error.json(), JSON, [*error.headers(), *(headers or [])])
+        response_headers = [*error.headers(), *(headers or [])]
+        if error.http_status == 401:
+            response_headers.append(bearer_challenge("authorization" in self.headers))
+        await self.respond(error.http_status, error.json(), JSON, response_headers)
 
     async def start_stream(self, status: int, content_type: bytes, headers: Headers | None = None) -> None:
         response_headers = [(b"content-type", content_type), *self.common_headers, *(headers or [])]

@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -78,7 +78,12 @@ async def serve_event_stream(
 
 
 async def serve_download(
-    exchange: Exchange, call: Any, default_retry_after: int, service: str = "", if_none_match: str = ""
+    exchange: Exchange,
+    call: Any,
+    default_retry_after: int,
+    service: str = "",
+    if_none_match: str = "",
+    media_types: Sequence[str] = (OCTET_STREAM,),
 ) -> None:
     # The service sends its headers before reading any bytes: a client's copy that is still
     # current (If-None-Match) is answered 304 without them.
@@ -92,7 +97,7 @@ async def serve_download(
     if first is grpc.aio.EOF:
         await exchange.respond(200, b"", OCTET_STREAM.encode(), DOWNLOAD_HEADERS)
         return
-    content_type = first.content_type if _is_header_safe(first.content_type) else OCTET_STREAM
+    content_type = served_type(first.content_type, media_types)
     headers = passed + DOWNLOAD_HEADERS
     await exchange.start_stream(200, content_type.encode(), headers)
     disconnected = asyncio.Event()
@@ -174,6 +179,17 @@ async def _first_message(call: Any, default_retry_after: int, service: str = "")
         return await call.read()
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error, default_retry_after, service) from error
+
+
+def served_type(content_type: str, media_types: Sequence[str]) -> str:
+    """The Content-Type content goes out with: the service's own where the route declares it
+    (``media_types``, its OpenAPI document's list), application/octet-stream otherwise. What
+    a generated client was told is then what it gets, and a stored type never turns bytes
+    into a page (text/html) on our origin."""
+    essence = content_type.split(";", 1)[0].strip().lower()
+    if essence in media_types and _is_header_safe(content_type):
+        return content_type
+    return OCTET_STREAM
 
 
 def _is_header_safe(value: str) -> bool:
