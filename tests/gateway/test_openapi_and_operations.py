@@ -42,15 +42,20 @@ async def test_openapi_lists_every_binding_with_parameters_and_schemas(echo: htt
         "schema": {"type": "string"},
     }
     schemas = document["components"]["schemas"]
-    thing = schemas["gatewaytest.echo.v1.Thing"]
+    thing = schemas["Thing"]  # the short name: unique in the document
     assert thing["properties"]["size"]["type"] == "string"  # int64 is a JSON string
     assert thing["properties"]["createdAt"]["format"] == "date-time"
-    assert listing["responses"]["default"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Error"
-    }
+    assert listing["responses"]["default"] == {"$ref": "#/components/responses/Error"}
+    error = document["components"]["responses"]["Error"]
+    assert error["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     assert "multipart/form-data" in paths["/v1/blobs"]["post"]["requestBody"]["content"]
     assert "text/event-stream" in paths["/v1/count/{to}:watch"]["get"]["responses"]["200"]["content"]
     assert listing["description"].startswith("Echoes the query parameters")
+    # A proto with no openapi option still gets AIP-style ids, derived from service and method.
+    assert listing["operationId"] == "echo.listThings" and listing["tags"] == ["echo"]
+    assert listing["summary"] == "Echoes the query parameters it was given."  # its first sentence
+    download = paths["/v1/blobs/{id}/content"]["get"]["responses"]
+    assert list(download["200"]["content"]) == ["image/png", "image/jpeg", "application/octet-stream"]
 
 
 async def test_docs_page_and_its_assets_are_served_locally(echo: httpx.AsyncClient) -> None:

@@ -9,10 +9,12 @@ import os
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from tests.gateway.conftest import TEST_MAX_UPLOAD_BYTES
 from tests.gateway.echo_service import EchoService
+from tests.harness.rest import schema_validator
 
 NINE_MIB = 9 * 1024 * 1024
 
@@ -38,6 +40,27 @@ async def test_sse_delivers_every_message_in_order_and_ends_after_the_terminal_o
     events = events_of(text)
     assert [data["n"] for _, data in events] == list(range(1, 26))
     assert [data["last"] for _, data in events] == [False] * 24 + [True]
+
+
+async def test_every_event_matches_the_schema_the_document_names_for_it(echo: httpx.AsyncClient) -> None:
+    """The stream is text to OpenAPI 3.0 (what generated clients read it as); each event's
+    JSON has its schema named beside it, and holds to it: messages and the error alike."""
+    document = (await echo.get("/openapi.json")).json()
+    stream = document["paths"]["/v1/count/{to}:watch"]["get"]["responses"]["200"]["content"]
+    assert list(stream) == ["text/event-stream"]
+    assert stream["text/event-stream"]["schema"]["type"] == "string"
+    named = stream["text/event-stream"]["x-event-schemas"]
+    assert named == {
+        "message": {"$ref": "#/components/schemas/Tick"},
+        "error": {"$ref": "#/components/schemas/Error"},
+    }
+    validators = {kind: schema_validator(document, schema) for kind, schema in named.items()}
+    events = events_of((await echo.get("/v1/count/10:watch", params={"failAt": 4})).text)
+    assert [kind for kind, _ in events] == ["message"] * 3 + ["error"]
+    for kind, data in events:
+        validators[kind].validate(data)
+    with pytest.raises(jsonschema.ValidationError):
+        validators["message"].validate({"n": 1, "last": True, "unexpected": 1})
 
 
 async def test_a_quiet_event_stream_gets_heartbeat_comments(echo: httpx.AsyncClient) -> None:
@@ -102,6 +125,23 @@ async def test_nine_mib_upload_and_download_round_trip_byte_for_byte(echo: httpx
         assert download.headers["content-type"] == "image/png"
         received = b"".join([chunk async for chunk in download.aiter_bytes()])
     assert received == content
+
+
+async def test_content_of_a_type_the_route_does_not_declare_is_served_as_octet_stream(
+    echo: httpx.AsyncClient,
+) -> None:
+    """The document lists what a download may be (image/png, image/jpeg for the echo's); a
+    stored type outside it (a page, here) goes out as bytes, not as what it claims."""
+    document = (await echo.get("/openapi.json")).json()
+    declared = document["paths"]["/v1/blobs/{id}/content"]["get"]["responses"]["200"]["content"]
+    assert list(declared) == ["image/png", "image/jpeg", "application/octet-stream"]
+    for claimed, served in (("text/html", "application/octet-stream"), ("image/jpeg", "image/jpeg")):
+        files = {"file": ("page.html", b"<script>alert(1)</script>", claimed)}
+        summary = (await echo.post("/v1/blobs", data={"category": "avatar"}, files=files)).json()
+        download = await echo.get(f"/v1/blobs/{summary['id']}/content")
+        assert download.status_code == 200
+        assert download.headers["content-type"] == served
+        assert download.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_a_service_refusing_an_upload_midway_answers_with_its_error(echo: httpx.AsyncClient) -> None:

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
+import jsonschema
 
 PASSWORD = "correct horse battery staple"
 
@@ -21,3 +22,10 @@ async def sign_up(
     )
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+def schema_validator(document: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Validator:
+    """A validator of ``schema`` from an OpenAPI document (often a ``$ref`` to one of its
+    components), its references resolved in that document. Strict where the document is:
+    message schemas allow no property they do not name."""
+    return jsonschema.Draft4Validator({**schema, "components": document["components"]})
