@@ -186,3 +186,15 @@ def test_prometheus_runs_beside_jaeger_and_the_collector_and_scrapes_every_servi
         assert envs[process]["STYLESTUDIO_METRICS_BEARER_TOKEN"].startswith(
             "${STYLESTUDIO_METRICS_BEARER_TOKEN:?"
         )
+
+
+def test_files_links_are_absolute_on_the_port_compose_publishes_the_gateway_on() -> None:
+    published = compose()["services"]["gateway"]["ports"]
+    assert published == ["8080:8080"]
+    base = environments()["files"]["STYLESTUDIO_FILE_URL_BASE"]
+    assert base == "${STYLESTUDIO_FILE_URL_BASE:-http://localhost:8080}"
+    tls = yaml.safe_load((COMPOSE.parent / "docker-compose.tls.yml").read_text())["services"]["files"]
+    assert (
+        tls["environment"]["STYLESTUDIO_FILE_URL_BASE"]
+        == "${STYLESTUDIO_FILE_URL_BASE:-https://localhost:8080}"
+    )
