@@ -46,6 +46,8 @@ class ApiMethod:
     bindings: tuple[HttpBinding, ...]
     # Refuses API keys: only an access token of a signed-in session may call it.
     session_only: bool = False
+    # Its answers carry the caller's X-RateLimit-* (kit/ratelimits.py), which only its service knows.
+    rate_limit_headers: bool = False
 
     @property
     def full_name(self) -> str:
@@ -107,6 +109,7 @@ class ApiDescriptors:
                     access=options.Extensions[access_pb2.access],
                     bindings=tuple(_bindings(options.Extensions[annotations_pb2.http])),
                     session_only=options.Extensions[access_pb2.session_only],
+                    rate_limit_headers=options.Extensions[access_pb2.rate_limit_headers],
                 )
 
 
