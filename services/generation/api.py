@@ -164,7 +164,6 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
     async def ListModels(
         self, request: generation_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.ListModelsResponse:
-        refused = self.saga.settings.stand_ins_refused
         return generation_pb2.ListModelsResponse(
             models=[
                 resources_pb2.Model(
@@ -175,8 +174,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                     parameters=m.accepted_parameters,
                     stand_in=m.stand_in,
                 )
-                for m in self.saga.catalog.models.values()
-                if not (m.stand_in and refused)
+                for m in self.saga.settings.offered_models().values()
             ]
         )
 

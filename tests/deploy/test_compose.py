@@ -198,3 +198,15 @@ def test_files_links_are_absolute_on_the_port_compose_publishes_the_gateway_on()
         tls["environment"]["STYLESTUDIO_FILE_URL_BASE"]
         == "${STYLESTUDIO_FILE_URL_BASE:-https://localhost:8080}"
     )
+
+
+def test_generation_and_billing_read_the_same_model_catalogue_settings() -> None:
+    """Billing prices the models generation runs (kit/image_models.py): a setting given to one
+    alone would let an estimate quote what a start refuses, or a start fail on its own price."""
+    env = environments()
+    assert (
+        env["billing"]["STYLESTUDIO_REFUSE_STAND_IN_MODELS"]
+        == env["generation"]["STYLESTUDIO_REFUSE_STAND_IN_MODELS"]
+    )
+    shared = compose()["x-service"]["environment"]
+    assert "STYLESTUDIO_REFUSE_STAND_IN_MODELS" in shared
