@@ -304,15 +304,17 @@ class Gateway:
         self, exchange: Exchange, route: ApiRoute, params: Any, metadata: list[tuple[str, str]]
     ) -> None:
         streams = route.kind is CallKind.EVENTS or route.kind is CallKind.DOWNLOAD
-        with self._admitted(holds=not streams):
+        # A refusal of a method with rate-limit headers must carry the caller's allowance, which
+        # only its service knows: that service's own admission control refuses it (kit/ratelimits.py).
+        with self._admitted(holds=not streams, refuses=not route.method.rate_limit_headers):
             await self._call_route(exchange, route, params, metadata)
 
     @contextlib.contextmanager
-    def _admitted(self, *, holds: bool) -> Iterator[None]:
+    def _admitted(self, *, holds: bool, refuses: bool = True) -> Iterator[None]:
         """Admission control: refuse at once past the cap; a stream is checked but holds no place
-        while it streams (it mostly waits)."""
+        while it streams (it mostly waits); a request that ``refuses`` nothing here still counts."""
         limit = self.settings.gateway_max_in_flight_requests
-        if limit and self.in_flight >= limit:
+        if refuses and limit and self.in_flight >= limit:
             raise busy(self.settings.gateway_busy_retry_after_seconds)
         if not holds:
             yield

@@ -47,6 +47,8 @@ class ApiMethod:
     bindings: tuple[HttpBinding, ...]
     # Refuses API keys: only an access token of a signed-in session may call it.
     session_only: bool = False
+    # Its answers carry the caller's X-RateLimit-* (kit/ratelimits.py), which only its service knows.
+    rate_limit_headers: bool = False
     # How the route reads in /openapi.json (operation id, summary, headers); None when the
     # proto declares nothing (gateway/openapi.py derives them).
     openapi: openapi_pb2.OpenApiOperation | None = dataclasses.field(default=None, compare=False)
@@ -111,6 +113,7 @@ class ApiDescriptors:
                     access=options.Extensions[access_pb2.access],
                     bindings=tuple(_bindings(options.Extensions[annotations_pb2.http])),
                     session_only=options.Extensions[access_pb2.session_only],
+                    rate_limit_headers=options.Extensions[access_pb2.rate_limit_headers],
                     openapi=(
                         options.Extensions[openapi_pb2.openapi]
                         if options.HasExtension(openapi_pb2.openapi)

@@ -523,8 +523,7 @@ def _upload_body(route: ApiRoute, schemas: _Schemas) -> dict[str, Any]:
 
 
 def _responses(route: ApiRoute, schemas: _Schemas) -> dict[str, Any]:
-    declared = route.method.openapi
-    rate_limited = declared is not None and declared.rate_limit_headers
+    rate_limited = route.method.rate_limit_headers
     success = _success_response(route, schemas)
     success["headers"] = _headers(
         *(_CACHING if route.is_catalogue else ()),

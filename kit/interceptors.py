@@ -15,7 +15,9 @@ against its descriptor (kit.validation: control characters, enum numbers, intege
 A ``DomainError`` raised by a handler becomes its gRPC status with ErrorInfo; any
 other exception becomes INTERNAL with no detail leaked to the caller.
 Before any of it, admission control (kit.admission) refuses a call from outside when the
-process already runs as many as it may; such a call is not authenticated, only logged.
+process already runs as many as it may; such a call is not authenticated, only logged, unless
+its method declares rate-limit headers (kit.ratelimits): those describe the caller, so its
+caller is authenticated and its allowance read for the refusal too, as for every other answer.
 Every call's duration, authentication included, goes to ``rpc_server_duration_seconds`` by
 status code (kit.metrics.RpcMetrics; one cached histogram child per method and code).
 """
@@ -61,6 +63,7 @@ from kit.errors import (
 from kit.logs import describe_error, request_id_var, user_id_var
 from kit.metrics import MethodRecorder, RpcMetrics
 from kit.origin import RELAY_CREDENTIAL_HEADER, bind_relayed, reset_relayed
+from kit.ratelimits import AllowanceReader
 from kit.service_keys import GATEWAY_IDENTITY
 from stylestudio.common.v1 import access_pb2
 
@@ -150,11 +153,13 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
         access: Mapping[str, MethodAccess],
         admission: InFlightLimiter = UNLIMITED,
         metrics: RpcMetrics | None = None,
+        allowances: Mapping[str, AllowanceReader] | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._access = access
         self._admission = admission
         self._metrics = metrics
+        self._allowances = dict(allowances or {})
         # Wrapped handlers are built once per method: nothing per call but the call itself.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -176,9 +181,9 @@ class KitServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         recorder = self._metrics.for_method(method) if self._metrics is not None else None
-        call = _Call(
-            self._authenticator, method, self._access.get(method, UNDECLARED), self._admission, recorder
-        )
+        access = self._access.get(method, UNDECLARED)
+        allowance = self._allowances.get(method)
+        call = _Call(self._authenticator, method, access, self._admission, recorder, allowance)
         handler = validation.checking(handler, method)  # every request message, after the access check
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -215,10 +220,12 @@ class _Call:
         access: MethodAccess,
         admission: InFlightLimiter,
         recorder: MethodRecorder | None = None,
+        allowance: AllowanceReader | None = None,
     ) -> None:
         self._authenticator, self._method, self._access = authenticator, method, access
         self._admission = admission
         self._recorder = recorder
+        self._allowance = allowance
         self._attributes = telemetry.rpc_attributes(method)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -228,7 +235,9 @@ class _Call:
             if admitted:  # held until the call ends, however it ends
                 self._admission.enter()
             try:
-                state, auth_error = await self._enter(context, authenticate=admitted)
+                # a refused call's caller is known only where the refusal must describe them
+                authenticate = admitted or self._allowance is not None
+                state, auth_error = await self._enter(context, authenticate=authenticate)
             except BaseException:  # canceled while authenticating
                 if admitted:
                     self._admission.leave()
@@ -239,7 +248,9 @@ class _Call:
                     raise self._admission.refusal()
                 self._check(auth_error)
                 result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
+                response = await result if inspect.isawaitable(result) else result
+                await self._send_allowance(context, auth_error)
+                return response
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
@@ -251,6 +262,7 @@ class _Call:
                 code = _code_for(error)
                 if code is grpc.StatusCode.INTERNAL:
                     telemetry.record_error(state.span, error)
+                await self._send_allowance(context, auth_error)
                 await self._abort(error, code, context)
             finally:
                 if admitted:
@@ -258,6 +270,22 @@ class _Call:
                 self._exit(state, started, code)
 
         return run
+
+    async def _send_allowance(self, context: grpc.aio.ServicerContext, auth_error: Exception | None) -> None:
+        """The rate-limit headers of a method that declares them (kit.ratelimits), for a signed-in
+        caller, on the answer or the refusal alike. Read after the handler: what it counted, or
+        gave back, is in it. An unreadable allowance (Redis down) costs the headers only."""
+        caller = current_caller()
+        if self._allowance is None or auth_error is not None or caller.kind is not CallerKind.USER:
+            return
+        try:
+            allowance = await self._allowance(caller)
+            await context.send_initial_metadata(allowance.metadata())
+        except Exception as error:
+            log.warning(
+                "allowance unreadable; answered without rate-limit headers",
+                extra={"rpc": self._method, "error": describe_error(error)},
+            )
 
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

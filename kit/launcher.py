@@ -31,6 +31,10 @@ LAUNCHER = "launcher"
 SERVICE_DATABASE_URL_ENV = "STYLESTUDIO_SERVICE_DATABASE_URL"
 SPAN_STORE_DIR_ENV = "STYLESTUDIO_SPAN_STORE_DIR"
 METRICS_ADDR_ENV = "STYLESTUDIO_METRICS_ADDR"
+# Where clients reach the gateway, so the files service's signed links are absolute (docs/files.md).
+FILE_URL_BASE_ENV = "STYLESTUDIO_FILE_URL_BASE"
+# Hosts that mean "every interface": a gateway bound to one is reached through loopback here.
+ANY_INTERFACE = ("", "0.0.0.0", "::")
 
 READINESS_PATH = "/readyz"
 READINESS_INTERVAL_SECONDS = 0.5
@@ -56,6 +60,8 @@ class LaunchSettings(PlatformSettings):
     # embedded PostgreSQL and Redis, when neither is configured nor on localhost, keep their data here
     data_dir: Path = REPO_ROOT / "data"
     gateway_addr: str = "127.0.0.1:8080"
+    # The gateway's own HTTPS (gateway/settings.py): its links and announcement then say https.
+    gateway_tls_cert_file: str = ""
     # Each service's Prometheus port (its STYLESTUDIO_METRICS_ADDR); the gateway's is its own /metrics.
     users_metrics_addr: str = "127.0.0.1:9464"
     billing_metrics_addr: str = "127.0.0.1:9465"
@@ -65,6 +71,16 @@ class LaunchSettings(PlatformSettings):
 
     def metrics_addresses(self) -> dict[str, str]:
         return {service: str(getattr(self, f"{service}_metrics_addr")) for service in SERVICES}
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway as a client on this machine reaches it: the address it listens on (loopback
+        for every interface) with its scheme. The announcement and, unless STYLESTUDIO_FILE_URL_BASE
+        says otherwise, the base of the files service's signed links."""
+        host, _, port = self.gateway_addr.rpartition(":")
+        if host.strip("[]") in ANY_INTERFACE:
+            host = "127.0.0.1"
+        return f"{'https' if self.gateway_tls_cert_file else 'http'}://{host}:{port}"
 
     @property
     def span_store_path(self) -> Path:
@@ -243,7 +259,7 @@ async def gateway_ready(addr: str) -> bool:
     host, _, port = addr.rpartition(":")
     host = host.strip("[]")
     # a gateway listening on every interface is reached through loopback
-    probe_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    probe_host = "127.0.0.1" if host in ANY_INTERFACE else host
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
             reader, writer = await asyncio.open_connection(probe_host, int(port))
@@ -260,10 +276,10 @@ async def gateway_ready(addr: str) -> bool:
     return len(fields) >= 2 and fields[1] == b"200"
 
 
-async def announce_when_ready(addr: str, console: Console, shutdown: ShutdownRequest) -> None:
+async def announce_when_ready(addr: str, url: str, console: Console, shutdown: ShutdownRequest) -> None:
     while not shutdown.requested.is_set():
         if await gateway_ready(addr):
-            console.line(LAUNCHER, f"Style Studio is ready at http://{addr}")
+            console.line(LAUNCHER, f"Style Studio is ready at {url}")
             return
         await asyncio.sleep(READINESS_INTERVAL_SECONDS)
 
@@ -271,7 +287,8 @@ async def announce_when_ready(addr: str, console: Console, shutdown: ShutdownReq
 async def run_platform(children: Sequence[Child], console: Console, settings: LaunchSettings) -> int:
     shutdown = ShutdownRequest()
     shutdown.listen_to_signals()
-    announcement = asyncio.create_task(announce_when_ready(settings.gateway_addr, console, shutdown))
+    ready = announce_when_ready(settings.gateway_addr, settings.gateway_url, console, shutdown)
+    announcement = asyncio.create_task(ready)
     try:
         grace = settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
         return await supervise(children, console, shutdown, grace=grace, cwd=REPO_ROOT)
@@ -362,16 +379,20 @@ def platform_children(
     *,
     span_store: Path | None = None,
     metrics_addresses: Mapping[str, str] | None = None,
+    gateway_url: str | None = None,
 ) -> list[Child]:
     """The five services, then the gateway, each with its own copy of the environment (and the
     pool ``pools`` gives it, and the metrics port ``metrics_addresses`` gives it), keeping their spans
-    in ``span_store`` unless the environment says."""
+    in ``span_store`` and making file links absolute on ``gateway_url`` unless the environment says."""
     shared = {
         # Lines for a person at a terminal; set STYLESTUDIO_LOG_FORMAT=json to see what production logs.
         "STYLESTUDIO_LOG_FORMAT": "text",
         # `make run` is a developer's platform: its stand-ins and generated secrets are allowed.
         "STYLESTUDIO_ENVIRONMENT": "development",
         **({SPAN_STORE_DIR_ENV: str(span_store)} if span_store is not None else {}),
+        # an app served from another origin puts a result's link in <img src>: relative, it would
+        # point at the app's own origin
+        **({FILE_URL_BASE_ENV: gateway_url} if gateway_url is not None else {}),
         **base_env,
         DATABASE_URL_ENV: infrastructure.database_url,
         REDIS_URL_ENV: infrastructure.redis_url,
@@ -412,6 +433,7 @@ def launch(settings: LaunchSettings, console: Console) -> int:
             pools,
             span_store=settings.span_store_path,
             metrics_addresses=settings.metrics_addresses(),
+            gateway_url=settings.gateway_url,
         )
         console.line(
             LAUNCHER,
@@ -420,6 +442,10 @@ def launch(settings: LaunchSettings, console: Console) -> int:
         )
         for line in metrics_listing(settings):
             console.line(LAUNCHER, line)
+        base = children[0].env.get(FILE_URL_BASE_ENV)
+        console.line(
+            LAUNCHER, f"signed file links start with {base}" if base else "signed file links are paths"
+        )
         return asyncio.run(run_platform(children, console, settings))
     finally:
         infrastructure.close()

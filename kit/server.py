@@ -44,6 +44,7 @@ from kit.interceptors import Authenticator, KitServerInterceptor
 from kit.logs import describe_error, setup_logging
 from kit.metrics import MetricsAccess, MetricsEndpoint, ServiceMetrics
 from kit.process_metrics import loop_lag_histogram, sample_loop_lag, watch_process
+from kit.ratelimits import AllowanceReader, allowance_readers
 from kit.reflection import enable_reflection
 from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
 from kit.tls import TransportSecurity, listen
@@ -132,6 +133,8 @@ class Registration:
     servicer: object
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     service: descriptor.ServiceDescriptor
+    # The caller's allowance, for the methods declaring rate-limit headers (kit/ratelimits.py).
+    allowance: AllowanceReader | None = None
 
 
 @dataclass
@@ -251,8 +254,12 @@ class RunningService:
         self.admission = InFlightLimiter(
             settings.in_flight_limit, settings.admission_retry_after_seconds, d.name
         )
+        allowances = allowance_readers((r.service, r.allowance) for r in registrations)
+        interceptor = KitServerInterceptor(
+            authenticator, access, self.admission, runtime.metrics.rpc, allowances
+        )
         server = grpc.aio.server(
-            interceptors=[KitServerInterceptor(authenticator, access, self.admission, runtime.metrics.rpc)],
+            interceptors=[interceptor],
             options=server_options(settings.grpc_keepalive_ms),
         )
         for registration in registrations:

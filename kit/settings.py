@@ -52,6 +52,8 @@ RETIRED_VARIABLES = {
     "STYLESTUDIO_SERVICE_SECRET": "service credentials use each identity's own key"
     " (STYLESTUDIO_SERVICE_PRIVATE_KEY, STYLESTUDIO_SERVICE_PUBLIC_KEYS) and database roles"
     " their own password (STYLESTUDIO_<SERVICE>_DB_PASSWORD)",
+    "STYLESTUDIO_MODEL_MULTIPLIERS": "billing prices each model by its multiplier in"
+    " STYLESTUDIO_IMAGE_MODELS, the catalogue generation runs (kit/image_models.py)",
 }
 
 

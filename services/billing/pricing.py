@@ -1,6 +1,8 @@
 """What a generation costs: ceil(quality x aspect ratio x model) tokens per image.
 
-The one place prices are decided; the generation service asks through EstimateCost.
+The one place prices are decided; the generation service asks through EstimateCost. A model's
+factor, and whether it may be chosen, come from the catalogue generation runs
+(kit/image_models.py), read from the same settings.
 Multipliers are exact decimals (``Decimal(str(x))``) so that e.g. 1.5 x 1.1 x 2.0 is
 3.3 and not 3.3000000000000003, and the ceiling never depends on float rounding.
 """
@@ -31,12 +33,14 @@ class PriceList:
 
     def estimate(self, model: str, quality: str, aspect_ratio: str, num_images: int) -> GenerationQuote:
         s = self._settings
-        model = model or s.default_model
+        # As a start would take it: a stand-in refused where stand-ins are, in the same words.
+        image_model = s.chosen_model(model, "model")
+        model = image_model.name
         quality = quality or s.default_quality
         aspect_ratio = aspect_ratio or s.default_aspect_ratio
         num_images = num_images or 1
         factors = [
-            _multiplier(s.model_multipliers, model, "model"),
+            Decimal(str(image_model.multiplier)),
             _multiplier(s.quality_multipliers, quality, "quality"),
             _multiplier(s.aspect_ratio_multipliers, aspect_ratio, "aspect_ratio"),
         ]

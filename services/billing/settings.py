@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
-from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
+from kit.image_models import ImageModelSettings
+from kit.settings import DevelopmentOnly, SecretCheck
 
 
 class TokenPackage(BaseModel):
@@ -28,7 +29,9 @@ DEFAULT_PACKAGES = [
 ]
 
 
-class BillingSettings(ServiceSettings):
+class BillingSettings(ImageModelSettings):
+    """Its own knobs, and the model catalogue it prices (kit/image_models.py, shared with generation)."""
+
     service_name: str = "billing"
 
     # --- pricing: ceil(quality x aspect ratio x model) tokens per image ---
@@ -40,8 +43,8 @@ class BillingSettings(ServiceSettings):
         "3:2": 1.1,
         "2:3": 1.1,
     }
-    model_multipliers: dict[str, float] = {"stable-diffusion-xl": 1.0, "dall-e-3": 2.0, "midjourney": 1.5}
-    default_model: str = "stable-diffusion-xl"
+    # The model's factor is its multiplier in the catalogue generation runs (kit/image_models.py:
+    # STYLESTUDIO_IMAGE_MODELS), so what an estimate quotes is what a start charges.
     default_quality: str = "standard"
     default_aspect_ratio: str = "1:1"
     max_images_per_generation: int = 4

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf import empty_pb2
-from redis.exceptions import RedisError
 
 from kit.auth import Caller, current_caller, user_id_for
 from kit.errors import DomainError, FeatureNotInPlan, NotFound, ValidationError
 from kit.idempotency import IdempotencyKeyReused, item_key, request_fingerprint
 from kit.interceptors import idempotency_key
+from kit.ratelimits import Allowance
 from kit.server import Registration, Runtime
 from services.generation import batches, progress, store
 from services.generation.lifecycle import Status
@@ -22,8 +21,6 @@ from services.generation.starting import batch_conflicts, start_generation
 from services.generation.webhooks import handle_replicate_webhook
 from stylestudio.common.v1 import error_pb2
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
-
-log = logging.getLogger("stylestudio.generation")
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -36,23 +33,11 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
     async def CreateGeneration(
         self, request: generation_pb2.CreateGenerationRequest, context: grpc.aio.ServicerContext
     ) -> resources_pb2.Generation:
-        caller = current_caller()
-        try:
-            generation = await start_generation(self.saga, caller, request, idempotency_key(context) or None)
-        finally:
-            await self._send_allowance(context, caller)
+        # Its answers carry the hourly allowance (X-RateLimit-*): the kit sends it (registrations).
+        generation = await start_generation(
+            self.saga, current_caller(), request, idempotency_key(context) or None
+        )
         return to_proto(generation)
-
-    async def _send_allowance(self, context: grpc.aio.ServicerContext, caller: Caller) -> None:
-        """The hourly limit after this call, as initial metadata (the gateway's X-RateLimit-*
-        headers), on the answer and on its refusal alike. Read after the start: what the
-        start counted, or gave back, is in it. Redis not answering costs the headers only."""
-        try:
-            allowance = await self.saga.limiter.allowance(caller.user_id, caller.plan)
-        except RedisError:
-            log.warning("hourly allowance unreadable; answered without rate-limit headers")
-            return
-        await context.send_initial_metadata(allowance.metadata())
 
     async def GetGeneration(
         self, request: generation_pb2.GetGenerationRequest, context: grpc.aio.ServicerContext
@@ -123,10 +108,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
         batch_id = batches.batch_id_for(caller.user_id, key)
         async with self.saga.db.transaction() as session:
             await batches.create(session, batch_id, caller.user_id, len(request.requests))
-        try:
-            results = await self._start_batch(caller, request, item_keys, batch_fingerprint, batch_id)
-        finally:
-            await self._send_allowance(context, caller)
+        results = await self._start_batch(caller, request, item_keys, batch_fingerprint, batch_id)
         async with self.saga.db.transaction() as session:
             await batches.seal(self.saga.outbox, session, batch_id)
         return generation_pb2.BatchCreateGenerationsResponse(results=results)
@@ -182,7 +164,6 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
     async def ListModels(
         self, request: generation_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.ListModelsResponse:
-        refused = self.saga.settings.stand_ins_refused
         return generation_pb2.ListModelsResponse(
             models=[
                 resources_pb2.Model(
@@ -193,8 +174,7 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
                     parameters=m.accepted_parameters,
                     stand_in=m.stand_in,
                 )
-                for m in self.saga.catalog.models.values()
-                if not (m.stand_in and refused)
+                for m in self.saga.settings.offered_models().values()
             ]
         )
 
@@ -267,11 +247,16 @@ def _generation_id(value: str) -> uuid.UUID:
 
 
 def registrations(saga: Saga) -> Sequence[Registration]:
+    async def hourly_allowance(caller: Caller) -> Allowance:
+        """What starts and batches answer in X-RateLimit-* (their proto options declare it)."""
+        return await saga.limiter.allowance(caller.user_id, caller.plan)
+
     return [
         Registration(
             GenerationApi(saga),
             generation_pb2_grpc.add_GenerationServiceServicer_to_server,
             generation_pb2.DESCRIPTOR.services_by_name["GenerationService"],
+            allowance=hourly_allowance,
         ),
     ]
 

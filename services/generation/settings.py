@@ -6,12 +6,17 @@ Lists and maps (styles, models, limits) are read as JSON from their variables, e
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
+from kit.image_models import (  # re-exported: the catalogue's types, for generation's modules
+    COMMON_PARAMETERS,
+    DEFAULT_MODELS,
+    OPTIONAL_PARAMETERS,
+    ImageModel,
+    ImageModelSettings,
+)
 from kit.plans import Feature, plans_with
-from kit.settings import DevelopmentOnly, SecretCheck, ServiceSettings
+from kit.settings import DevelopmentOnly, SecretCheck
 
 
 class StylePreset(BaseModel):
@@ -20,33 +25,6 @@ class StylePreset(BaseModel):
     prompt_suffix: str
     # Backdrop colours (top, bottom) the local provider paints for this style.
     backdrop: tuple[str, str] = ("#f2f2f2", "#d9d9d9")
-
-
-# Parameters every model takes (GenerationParameters' JSON names), and those only some do.
-COMMON_PARAMETERS = ("model", "style", "quality", "aspectRatio", "numImages", "seed")
-OPTIONAL_PARAMETERS = ("negativePrompt", "guidanceScale")
-
-
-class ImageModel(BaseModel):
-    name: str
-    display_name: str
-    multiplier: float
-    # Which provider runs it: "local" or "replicate". "local" draws a stand-in picture.
-    provider: str = "local"
-    # The Replicate model version id, for provider "replicate".
-    replicate_version: str = ""
-    # Which of OPTIONAL_PARAMETERS it takes (Replicate's SDXL family: negative_prompt and
-    # guidance_scale); a request setting another is refused.
-    parameters: list[Literal["negativePrompt", "guidanceScale"]] = []
-
-    @property
-    def stand_in(self) -> bool:
-        """The local provider draws it: not the real model's picture."""
-        return self.provider == "local"
-
-    @property
-    def accepted_parameters(self) -> list[str]:
-        return [*COMMON_PARAMETERS, *(name for name in OPTIONAL_PARAMETERS if name in self.parameters)]
 
 
 DEFAULT_STYLES = [
@@ -88,31 +66,19 @@ DEFAULT_STYLES = [
     ),
 ]
 
-DEFAULT_MODELS = [
-    ImageModel(
-        name="stable-diffusion-xl",
-        display_name="Stable Diffusion XL",
-        multiplier=1.0,
-        parameters=["negativePrompt", "guidanceScale"],
-    ),
-    # DALL-E 3 takes neither; Midjourney's "--no" is a negative prompt.
-    ImageModel(name="dall-e-3", display_name="DALL-E 3", multiplier=2.0),
-    ImageModel(name="midjourney", display_name="Midjourney", multiplier=1.5, parameters=["negativePrompt"]),
-]
 
+class GenerationSettings(ImageModelSettings):
+    """Its own knobs, and the model catalogue it shares with billing (kit/image_models.py)."""
 
-class GenerationSettings(ServiceSettings):
     service_name: str = "generation"
 
     # Catalogues.
     styles: list[StylePreset] = Field(default_factory=lambda: list(DEFAULT_STYLES))
-    image_models: list[ImageModel] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     # Long side in pixels of an output image, per quality.
     quality_resolutions: dict[str, int] = {"draft": 512, "standard": 1024, "high": 1536}
     aspect_ratios: list[str] = ["1:1", "16:9", "9:16", "3:2", "2:3"]
 
     # Defaults for what a request leaves out (API.md).
-    default_model: str = "stable-diffusion-xl"
     default_style: str = "realistic"
     default_quality: str = "standard"
     default_aspect_ratio: str = "1:1"
@@ -167,11 +133,6 @@ class GenerationSettings(ServiceSettings):
     # Progress streaming: WatchGeneration re-reads the generation at least this often.
     watch_poll_interval_seconds: float = 2.0
 
-    # Models the local provider draws (ImageModel.stand_in) are left out of ListModels and
-    # refused at creation, so nobody pays a real model's multiplier for a stand-in's picture.
-    # Unset: refused in production, offered in development.
-    refuse_stand_in_models: bool | None = None
-
     # Local provider.
     local_provider_latency_seconds: float = 0.0
     # Share of local calls that fail for good / transiently (demos, chaos; refused in production,
@@ -198,12 +159,6 @@ class GenerationSettings(ServiceSettings):
     replicate_poll_interval_seconds: float = 10.0
     replicate_timeout_seconds: float = 30.0
     max_output_bytes: int = 10 * 1024 * 1024
-
-    @property
-    def stand_ins_refused(self) -> bool:
-        if self.refuse_stand_in_models is None:
-            return self.is_production
-        return self.refuse_stand_in_models
 
     def secret_checks(self) -> list[SecretCheck]:
         with_replicate = bool(self.replicate_api_token.get_secret_value())
@@ -257,3 +212,13 @@ class GenerationSettings(ServiceSettings):
             cap = self.db_pool_size + self.db_max_overflow
             self.db_pool_size, self.db_max_overflow = needed, max(0, cap - needed)
         return self
+
+
+__all__ = [
+    "COMMON_PARAMETERS",
+    "DEFAULT_MODELS",
+    "OPTIONAL_PARAMETERS",
+    "GenerationSettings",
+    "ImageModel",
+    "StylePreset",
+]

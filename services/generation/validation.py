@@ -75,7 +75,7 @@ def validate_request(
         raise ValidationError(
             "A file cannot be both a product image and a model image", field="model_image_files"
         )
-    model = _model(model or settings.default_model, catalog, settings)
+    model = _model(model, settings)
     parameters = Parameters(
         model=model,
         style=_choice(style or settings.default_style, catalog.styles, "parameters.style"),
@@ -130,17 +130,10 @@ def _seed(seed: int | None) -> int | None:
     return seed
 
 
-def _model(name: str, catalog: Catalog, settings: GenerationSettings) -> str:
-    """A model of the catalogue; a stand-in (drawn by the local provider) only where allowed."""
-    refused = settings.stand_ins_refused
-    if refused and name in catalog.models and catalog.models[name].stand_in:
-        raise ValidationError(
-            f"The model {name!r} is not available here: no provider runs it",
-            field="parameters.model",
-            details={"model": name},
-        )
-    offered = {key for key, model in catalog.models.items() if not (refused and model.stand_in)}
-    return _choice(name, offered, "parameters.model")
+def _model(name: str, settings: GenerationSettings) -> str:
+    """A model of the catalogue; a stand-in (drawn by the local provider) only where allowed:
+    the rule billing's estimate applies too (kit/image_models.py)."""
+    return settings.chosen_model(name, "parameters.model").name
 
 
 def _negative_prompt(text: str, settings: GenerationSettings) -> str:

@@ -6,8 +6,10 @@ import grpc
 import pytest
 
 from kit.errors import ValidationError
+from kit.image_models import ImageModel
 from services.billing.pricing import PriceList
 from services.billing.settings import BillingSettings
+from services.generation.settings import GenerationSettings
 from stylestudio.billing.v1 import billing_pb2
 
 PRICES = PriceList(BillingSettings())
@@ -45,7 +47,10 @@ def test_unknown_values_name_their_field(args: tuple[str, str, str, int], field:
 
 
 def test_multipliers_and_packages_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STYLESTUDIO_MODEL_MULTIPLIERS", '{"flux": 3.0}')
+    # The model's multiplier is the catalogue's, the one generation runs (kit/image_models.py).
+    monkeypatch.setenv(
+        "STYLESTUDIO_IMAGE_MODELS", '[{"name": "flux", "display_name": "Flux", "multiplier": 3.0}]'
+    )
     monkeypatch.setenv(
         "STYLESTUDIO_TOKEN_PACKAGES",
         '[{"name": "mini", "display_name": "Mini", "tokens": 3, "price_cents": 99}]',
@@ -53,6 +58,32 @@ def test_multipliers_and_packages_come_from_the_environment(monkeypatch: pytest.
     prices = PriceList(BillingSettings())
     assert prices.estimate("flux", "", "", 1).tokens == 3
     assert [p.name for p in prices.packages()] == ["mini"]
+
+
+def test_an_estimate_refuses_a_stand_in_as_a_start_would_and_prices_real_models_alone() -> None:
+    catalogue = [
+        ImageModel(name="flux", display_name="Flux", multiplier=3.0, provider="replicate"),
+        ImageModel(name="dall-e-3", display_name="DALL-E 3", multiplier=2.0),  # drawn locally
+    ]
+    refusing = BillingSettings(image_models=catalogue, default_model="flux", refuse_stand_in_models=True)
+    generation = GenerationSettings(image_models=catalogue, default_model="flux", refuse_stand_in_models=True)
+    prices = PriceList(refusing)
+    assert prices.estimate("", "", "", 1).tokens == 3 == prices.estimate("flux", "", "", 1).tokens
+    with pytest.raises(ValidationError) as quoted:
+        prices.estimate("dall-e-3", "", "", 1)
+    with pytest.raises(ValidationError) as started:
+        generation.chosen_model("dall-e-3", "parameters.model")
+    assert quoted.value.details == {"field": "model", "model": "dall-e-3"}
+    assert (
+        quoted.value.message
+        == started.value.message
+        == ("The model 'dall-e-3' is not available here: no provider runs it")
+    )
+    with pytest.raises(ValidationError) as unknown:
+        prices.estimate("midjourney", "", "", 1)
+    assert unknown.value.message == "Unknown model 'midjourney'; one of: flux"
+    # Development offers stand-ins unless told otherwise: quoted like any model.
+    assert PriceList(BillingSettings(image_models=catalogue)).estimate("dall-e-3", "", "", 1).tokens == 2
 
 
 async def test_packages_and_estimates_over_grpc_are_public(public) -> None:

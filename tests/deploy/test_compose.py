@@ -186,3 +186,27 @@ def test_prometheus_runs_beside_jaeger_and_the_collector_and_scrapes_every_servi
         assert envs[process]["STYLESTUDIO_METRICS_BEARER_TOKEN"].startswith(
             "${STYLESTUDIO_METRICS_BEARER_TOKEN:?"
         )
+
+
+def test_files_links_are_absolute_on_the_port_compose_publishes_the_gateway_on() -> None:
+    published = compose()["services"]["gateway"]["ports"]
+    assert published == ["8080:8080"]
+    base = environments()["files"]["STYLESTUDIO_FILE_URL_BASE"]
+    assert base == "${STYLESTUDIO_FILE_URL_BASE:-http://localhost:8080}"
+    tls = yaml.safe_load((COMPOSE.parent / "docker-compose.tls.yml").read_text())["services"]["files"]
+    assert (
+        tls["environment"]["STYLESTUDIO_FILE_URL_BASE"]
+        == "${STYLESTUDIO_FILE_URL_BASE:-https://localhost:8080}"
+    )
+
+
+def test_generation_and_billing_read_the_same_model_catalogue_settings() -> None:
+    """Billing prices the models generation runs (kit/image_models.py): a setting given to one
+    alone would let an estimate quote what a start refuses, or a start fail on its own price."""
+    env = environments()
+    assert (
+        env["billing"]["STYLESTUDIO_REFUSE_STAND_IN_MODELS"]
+        == env["generation"]["STYLESTUDIO_REFUSE_STAND_IN_MODELS"]
+    )
+    shared = compose()["x-service"]["environment"]
+    assert "STYLESTUDIO_REFUSE_STAND_IN_MODELS" in shared

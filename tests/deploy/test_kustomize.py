@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -236,3 +237,11 @@ def test_every_container_runs_a_real_entry_point(overlay: str) -> None:
         (runs,) = workloads(overlay)[name]["spec"]["template"]["spec"]["containers"]
         assert runs["command"] == ["python", "-m", module]
         assert runs_as_main(module), module
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_makes_file_links_absolute_on_its_public_address(overlay: str) -> None:
+    base = of_kind(overlay, "ConfigMap")["stylestudio"]["data"]["STYLESTUDIO_FILE_URL_BASE"]
+    parts = urlsplit(base)
+    assert parts.scheme == ("https" if overlay == "production" else "http") and parts.netloc, base
+    assert parts.path == "" and not parts.query, base

@@ -118,7 +118,6 @@ async def files_platform(
     work_dir = tmp_path_factory.mktemp("files-platform")
     with own_database(infrastructure, ["users", "files"]) as database:
         async with Platform(database, redis_url, work_dir, extra_env=FILES_ENV) as running:
-            running.add_env({"STYLESTUDIO_FILE_URL_BASE": running.gateway_url})
             await running.start_and_wait("users", "files")
             yield running
 

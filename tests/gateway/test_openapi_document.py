@@ -146,6 +146,12 @@ def test_responses_describe_their_headers(document: dict[str, Any]) -> None:
         assert "503" in responses or name == "GET /healthz", name  # busy, or a dependency down
     assert "WWW-Authenticate" in components["responses"]["Unauthorized"]["headers"]
     assert "Retry-After" in components["responses"]["TooManyRequests"]["headers"]
+    limited = {
+        name
+        for name, operation in operations(document)
+        if "X-RateLimit-Limit" in operation["responses"]["200"]["headers"]
+    }
+    assert limited == {"POST /v1/generations", "POST /v1/generations:batch"}  # the rate_limit_headers option
     create = document["paths"]["/v1/generations"]["post"]["responses"]
     assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
         create["200"]["headers"]

@@ -58,3 +58,28 @@ async def test_nine_mib_image_round_trips_through_the_files_service(
     assert int(stored["size"]) == len(received)
     with Image.open(io.BytesIO(received)) as after, Image.open(io.BytesIO(image)) as before:
         assert after.tobytes() == before.tobytes()
+
+
+async def test_a_files_links_are_absolute_on_the_gateway_and_serve_another_origin_without_a_token(
+    gateway: httpx.AsyncClient, platform: Platform
+) -> None:
+    _, token = platform.user_token()
+    image = noise_png(64, 48)
+    response = await gateway.post(
+        "/v1/files",
+        data={"category": "product_image"},
+        files={"file": ("small.png", image, "image/png")},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 200, response.text
+    stored = response.json()
+    prefix = f"{platform.gateway_url}/v1/files/{stored['id']}/content:signed?"
+    assert stored["url"].startswith(prefix) and stored["thumbnailUrl"].startswith(prefix), stored
+    # What an <img src> on another origin does: the absolute URL as it is, no base, no token.
+    async with httpx.AsyncClient(verify=platform.gateway_verify, timeout=30.0) as browser:
+        full = await browser.get(stored["url"], headers={"Origin": "https://shop.example"})
+        thumbnail = await browser.get(stored["thumbnailUrl"])
+    assert (full.status_code, thumbnail.status_code) == (200, 200)
+    with Image.open(io.BytesIO(full.content)) as served, Image.open(io.BytesIO(image)) as sent:
+        assert served.tobytes() == sent.tobytes()
+    assert thumbnail.headers["content-type"] == "image/png"

@@ -1,9 +1,11 @@
 """Overload through the gateway: a full generation queue refuses starts early (429, Retry-After)
 without charging or writing anything, and a watch stream that stays quiet while its generation
-waits keeps its connection (keepalive pings every 200 ms on every hop, issue 13).
+waits keeps its connection (keepalive pings every 200 ms on every hop, issue 13). Every such
+refusal of a start or a batch carries the caller's X-RateLimit-* (issue 15), the gateway's and
+the service's own admission control included.
 
-A platform of its own (the queue limit and keepalive interval are every process's settings):
-about 25 s with its start.
+Two platforms of their own (the queue limit and keepalive interval are every process's
+settings; a gateway and a generation service that take one call at a time): about 30 s.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from services.generation.settings import GenerationSettings
 from stylestudio.generation.v1 import resources_pb2
 from tests.generation.conftest import GENERATION_ENV, Shopper, png
+from tests.generation.test_crash_safety import _resume
+from tests.generation.test_start_races import _keys_now, _new_pause
 from tests.harness import Platform, TestDatabase, own_database
 
 QUEUE_LIMIT = 2
+HOURLY_LIMITS = GenerationSettings.model_fields["hourly_generation_limits"].default
 QUEUED_SECONDS = 6  # how long a worker leaves each generation QUEUED: its watch is quiet meanwhile
 ADMISSION_ENV = GENERATION_ENV | {
     "STYLESTUDIO_MAX_QUEUED_GENERATIONS": str(QUEUE_LIMIT),
@@ -63,6 +69,33 @@ async def _watch(rest: httpx.AsyncClient, generation_id: str, auth: dict[str, st
     return statuses
 
 
+def _limits(response: httpx.Response) -> tuple[int, int, int]:
+    headers = response.headers
+    return (
+        int(headers["X-RateLimit-Limit"]),
+        int(headers["X-RateLimit-Remaining"]),
+        int(headers["X-RateLimit-Reset"]),
+    )
+
+
+async def _a_batch_refused_for_the_full_queue_says_its_limits_too(
+    platform: Platform, rest: httpx.AsyncClient
+) -> None:
+    """Batches are refused whole for a full queue, before any item: with the pro hour's figures."""
+    pro = Shopper(platform, plan="pro")
+    await pro.grant(10)
+    item = {
+        "productImageFiles": [await pro.upload()],
+        "prompt": "a scarf",
+        "parameters": {"quality": "draft"},
+    }
+    auth = {"Authorization": f"Bearer {pro.token}"}
+    refused = await rest.post("/v1/generations:batch", json={"requests": [item, item]}, headers=auth)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["details"]["scope"] == "queue"
+    assert _limits(refused) == (HOURLY_LIMITS["pro"], HOURLY_LIMITS["pro"], 0)
+
+
 async def test_a_full_queue_refuses_starts_early_charging_nothing_and_quiet_watches_stay_connected(
     busy_platform: Platform,
 ) -> None:
@@ -101,6 +134,9 @@ async def test_a_full_queue_refuses_starts_early_charging_nothing_and_quiet_watc
         assert refused.headers["Retry-After"] == "3"
         error = refused.json()["error"]
         assert error["reason"] == "RATE_LIMITED" and error["details"]["scope"] == "queue"
+        # Not the hourly limit's refusal, but it says where that stands: two of the hour's used.
+        assert _limits(refused) == (HOURLY_LIMITS["free"], HOURLY_LIMITS["free"] - QUEUE_LIMIT, 0)
+        await _a_batch_refused_for_the_full_queue_says_its_limits_too(busy_platform, rest)
         # Refused before anything happened: no hold, no charge, no generation, no hourly slot.
         assert (await rest.get("/v1/billing/balance", headers=auth)).json() == before
         listed = (await rest.get("/v1/generations", headers=auth)).json()["generations"]
@@ -122,3 +158,79 @@ async def test_a_full_queue_refuses_starts_early_charging_nothing_and_quiet_watc
     # Every hop kept its connection: no GOAWAY anywhere.
     for process in ("gateway", "generation", "billing", "files"):
         assert "too_many_pings" not in busy_platform.logs(process), process
+
+
+# Saturated on purpose: one request at a time in the gateway, one call at a time in generation.
+SATURATED_ENV = GENERATION_ENV | {
+    "STYLESTUDIO_GATEWAY_MAX_IN_FLIGHT_REQUESTS": "1",
+    # the start the test holds at a checkpoint is not swept meanwhile
+    "STYLESTUDIO_START_ABANDONED_AFTER_SECONDS": "60",
+}
+
+
+@pytest.fixture(scope="module")
+def saturated_database(infrastructure: object) -> Iterator[TestDatabase]:
+    with own_database(infrastructure) as database:
+        yield database
+
+
+@pytest.fixture(scope="module")
+async def saturated_platform(
+    saturated_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Platform]:
+    running = Platform(
+        saturated_database,
+        redis_url,
+        tmp_path_factory.mktemp("saturated"),
+        extra_env=SATURATED_ENV,
+        process_env={"generation": {"STYLESTUDIO_MAX_IN_FLIGHT_RPCS": "1"}},
+    )
+    async with running:
+        await running.start_all()
+        yield running
+
+
+async def test_a_start_refused_by_a_saturated_gateway_or_service_carries_the_rate_limit_headers(
+    saturated_platform: Platform,
+) -> None:
+    """The gateway leaves refusing starts and batches to the generation service, whose admission
+    control refuses them with the caller's X-RateLimit-*; any other route it refuses itself."""
+    shopper = Shopper(saturated_platform)
+    await shopper.grant(10)
+    product = await shopper.upload()  # straight to files: the gateway takes one request at a time
+    auth = {"Authorization": f"Bearer {shopper.token}"}
+    free = HOURLY_LIMITS["free"]
+
+    def body(prompt: str) -> dict[str, object]:
+        return {"productImageFiles": [product], "prompt": prompt, "parameters": {"quality": "draft"}}
+
+    async with httpx.AsyncClient(base_url=saturated_platform.gateway_url, timeout=30.0) as rest:
+        before = await _keys_now(saturated_platform, "after_hold")
+        held = asyncio.ensure_future(
+            rest.post("/v1/generations", json=body("a belt [pause:after_hold]"), headers=auth)
+        )
+        generation_id = await _new_pause(saturated_platform, "after_hold", before)
+        # The gateway and generation are both full with the held start.
+        other = await rest.get("/v1/billing/balance", headers=auth)
+        assert other.status_code == 429, other.text
+        assert other.json()["error"]["details"]["scope"] == "gateway"
+        assert "X-RateLimit-Limit" not in other.headers
+        for path, sent in (
+            ("/v1/generations", body("a hat")),
+            ("/v1/generations:batch", {"requests": [body("a hat")]}),
+        ):
+            refused = await rest.post(path, json=sent, headers=auth)
+            assert refused.status_code == 429, refused.text
+            error = refused.json()["error"]
+            assert (error["reason"], error["details"]["scope"]) == ("RATE_LIMITED", "service"), error
+            assert int(refused.headers["Retry-After"]) >= 1
+            # The held start counted its slot before its hold; the refused ones counted nothing.
+            assert _limits(refused) == (free, free - 1, 0), path
+
+        await _resume(saturated_platform, generation_id, "after_hold")
+        started = await held
+        assert started.status_code == 200, started.text
+        assert _limits(started) == (free, free - 1, 0)
+        again = await rest.post("/v1/generations", json=body("a hat"), headers=auth)
+        assert again.status_code == 200, again.text
+        assert _limits(again) == (free, free - 2, 0)

@@ -164,15 +164,14 @@ def test_stand_in_models_are_refused_by_default_in_production_only() -> None:
     assert not GenerationSettings(environment="production", refuse_stand_in_models=False).stand_ins_refused
 
 
-async def test_refused_stand_ins_are_hidden_and_cannot_be_bought(
+async def test_refused_stand_ins_are_hidden_cannot_be_bought_and_are_not_quoted(
     gen_platform: Platform, rest: httpx.AsyncClient
 ) -> None:
     shopper, auth = await _shopper(gen_platform, 5)
     product = await shopper.upload()
     gen_platform.add_env({"STYLESTUDIO_REFUSE_STAND_IN_MODELS": "true"})
     try:
-        gen_platform.stop("generation")
-        await gen_platform.start_and_wait("generation")
+        await _restart(gen_platform, rest)
         listed = (await _once_reconnected(rest, "/v1/models")).json()["models"]
         assert [m["name"] for m in listed] == [REPLICATE_MODEL]
         for model in ("stable-diffusion-xl", "midjourney"):
@@ -181,12 +180,34 @@ async def test_refused_stand_ins_are_hidden_and_cannot_be_bought(
             error = refused.json()["error"]
             assert (refused.status_code, error["reason"]) == (400, "VALIDATION_ERROR"), error
             assert error["details"] == {"field": "parameters.model", "model": model}
+            # Billing's estimate takes the model as a start would: the same refusal, in its words.
+            quote = await rest.post("/v1/billing/estimate", json={"model": model})
+            quoted = quote.json()["error"]
+            assert (quote.status_code, quoted["reason"]) == (400, "VALIDATION_ERROR"), quoted
+            assert quoted["details"] == {"field": "model", "model": model}
+            assert quoted["message"] == error["message"]
+        # The default model is a stand-in too: an estimate naming none is refused as a start would be.
+        unnamed = await rest.post("/v1/billing/estimate", json={})
+        assert (
+            unnamed.status_code == 400
+            and unnamed.json()["error"]["details"]["model"] == "stable-diffusion-xl"
+        )
+        real = await rest.post("/v1/billing/estimate", json={"model": REPLICATE_MODEL, "quality": "draft"})
+        assert real.status_code == 200 and int(real.json()["tokens"]) == 1, real.text  # ceil(0.5 x 2.0)
         assert (await shopper.balance()).reserved == 0
     finally:
         gen_platform.add_env({"STYLESTUDIO_REFUSE_STAND_IN_MODELS": "false"})
-        gen_platform.stop("generation")
-        await gen_platform.start_and_wait("generation")
-        await _once_reconnected(rest, "/v1/models")
+        await _restart(gen_platform, rest)
+
+
+async def _restart(platform: Platform, rest: httpx.AsyncClient) -> None:
+    """Billing and generation again with the environment as it is now (they read the same
+    catalogue settings), once the gateway reaches both."""
+    for service in ("billing", "generation"):
+        platform.stop(service)
+        await platform.start_and_wait(service)
+    await _once_reconnected(rest, "/v1/billing/packages")
+    await _once_reconnected(rest, "/v1/models")
 
 
 async def _once_reconnected(rest: httpx.AsyncClient, path: str) -> httpx.Response:

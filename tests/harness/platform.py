@@ -218,6 +218,8 @@ class Platform:
                 "STYLESTUDIO_REDIS_URL": self.redis_url,
                 "STYLESTUDIO_REDIS_PREFIX": self.redis_prefix,
                 "STYLESTUDIO_GATEWAY_ADDR": self.gateway_addr,
+                # signed file links absolute on the gateway, as `make run` makes them (kit/launcher.py)
+                "STYLESTUDIO_FILE_URL_BASE": self.gateway_url,
                 "STYLESTUDIO_TRACE_FILE": str(self.trace_file),
                 "STYLESTUDIO_DATA_DIR": str(self.data_dir),
                 "STYLESTUDIO_SPAN_STORE_DIR": str(self.span_store_dir),

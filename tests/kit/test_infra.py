@@ -33,9 +33,11 @@ from kit.infra import (
     without_password,
 )
 from kit.launcher import (
+    FILE_URL_BASE_ENV,
     SERVICE_DATABASE_URL_ENV,
     Child,
     Console,
+    LaunchSettings,
     ShutdownRequest,
     gateway_ready,
     platform_children,
@@ -389,3 +391,27 @@ def test_every_service_and_then_the_gateway_get_their_own_environment() -> None:
         assert child.env["PATH"] == "/usr/bin"
     assert children[1].env[SERVICE_DATABASE_URL_ENV] == service_urls["billing"]
     assert SERVICE_DATABASE_URL_ENV not in children[-1].env
+
+
+def test_file_links_are_absolute_on_the_gateway_as_make_run_serves_it_unless_set() -> None:
+    infra = Infrastructure(
+        "postgresql+psycopg://postgres@db/stylestudio", Origin.ENV, "redis://r/0", Origin.ENV
+    )
+    service_urls = {name: f"postgresql+psycopg://stylestudio_{name}:pw@db/stylestudio" for name in SERVICES}
+
+    def links(base_env: dict[str, str], **settings: str) -> set[str | None]:
+        url = LaunchSettings(**settings).gateway_url  # type: ignore[arg-type]
+        children = platform_children(base_env, infra, service_urls, gateway_url=url)
+        return {child.env.get(FILE_URL_BASE_ENV) for child in children}
+
+    assert links({}) == {"http://127.0.0.1:8080"}
+    assert links({}, gateway_addr="127.0.0.1:18443") == {"http://127.0.0.1:18443"}
+    # every interface: reached through loopback on this machine; IPv6 keeps its brackets
+    assert links({}, gateway_addr="0.0.0.0:18080") == {"http://127.0.0.1:18080"}
+    assert links({}, gateway_addr="[::]:18080") == {"http://127.0.0.1:18080"}
+    assert links({}, gateway_addr="[::1]:18080") == {"http://[::1]:18080"}
+    assert links({}, gateway_addr="studio.lan:18080") == {"http://studio.lan:18080"}
+    assert links({}, gateway_tls_cert_file="/tls/gateway.crt") == {"https://127.0.0.1:8080"}
+    # what the user set wins, even empty (links as paths)
+    assert links({FILE_URL_BASE_ENV: "https://api.example.com"}) == {"https://api.example.com"}
+    assert links({FILE_URL_BASE_ENV: ""}) == {""}
