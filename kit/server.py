@@ -99,7 +99,7 @@ def connection_age_options(age_seconds: float, grace_seconds: float) -> list[tup
     if age_seconds <= 0:
         return []
     return [
-        ("grpc.max_connection_age_ms", round(age_seconds * 1000)),
+        ("grpc.max_connection_age_ms", max(1, round(age_seconds * 1000))),
         ("grpc.max_connection_age_grace_ms", round(grace_seconds * 1000)),
     ]
 
