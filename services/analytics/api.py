@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from kit import telemetry
+from kit import paging, telemetry
 from kit.auth import current_caller
 from kit.errors import FeatureNotInPlan, Forbidden, ValidationError
 from kit.origin import client_origin
 from kit.server import Registration, Runtime
-from services.analytics import audit_log, metrics, paging, usage_log
+from services.analytics import audit_log, metrics, usage_log
 from services.analytics.audit_store import AuditStore
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import UsageRow, UsageStore
@@ -46,7 +46,7 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             limit=size + 1,
             action=request.action or None,
             since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
-            after=paging.decode_page_token(request.page_token),
+            after=paging.decode_cursor(request.page_token),
         )
         next_token = _page_token(rows[size - 1]) if len(rows) > size else ""
         return analytics_pb2.ListUsageRecordsResponse(
@@ -125,7 +125,7 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             actor=request.actor or None,
             action=request.action or None,
             since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
-            after=paging.decode_page_token(request.page_token),
+            after=paging.decode_cursor(request.page_token),
         )
         next_token = _page_token(entries[size - 1]) if len(entries) > size else ""
         return analytics_pb2.ListAuditEventsResponse(
@@ -213,7 +213,7 @@ def _page_size(requested: int, default: int, maximum: int) -> int:
 
 
 def _page_token(entry: UsageRow | audit_log.AuditEntry) -> str:
-    return paging.encode_page_token(entry.created_at, entry.id)
+    return paging.encode_cursor(entry.created_at, entry.id)
 
 
 def _usage_record(row: UsageRow) -> resources_pb2.UsageRecord:

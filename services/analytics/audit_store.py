@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
+from kit.paging import Cursor
 from services.analytics.audit_log import AuditEntry
 from services.analytics.models import audit_events
-from services.analytics.paging import Cursor
 
 _TYPES = {
     "id": "uuid",

@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kit.db import Database
+from kit.paging import Cursor
 from services.analytics import usage_log
 from services.analytics.metrics import GenerationMetrics, GroupedCount, Window, window_parts
 from services.analytics.models import usage_daily, usage_records
-from services.analytics.paging import Cursor
 from services.analytics.partitions import PARENT_TABLE, Month
 
 SCHEMA = "analytics"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,6 +10,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from kit import paging
 from kit.auth import current_caller
 from kit.errors import ValidationError
 from kit.interceptors import idempotency_key, metadata_value
@@ -51,9 +50,9 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     async def ListTransactions(self, request: billing_pb2.ListTransactionsRequest, context: Context) -> Any:
         limit = self._page_size(request.page_size)
-        before = _transaction_cursor(request.page_token) if request.page_token else None
+        before = paging.decode_sequence(request.page_token)
         rows = await self.ledger.transactions(current_caller().user_id, before, limit + 1)
-        next_token = _encode_token(str(rows[limit - 1]["seq"])) if len(rows) > limit else ""
+        next_token = paging.encode_sequence(rows[limit - 1]["seq"]) if len(rows) > limit else ""
         return billing_pb2.ListTransactionsResponse(
             transactions=[transaction_proto(row) for row in rows[:limit]], next_page_token=next_token
         )
@@ -90,12 +89,12 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
 
     async def ListPurchases(self, request: billing_pb2.ListPurchasesRequest, context: Context) -> Any:
         limit = self._page_size(request.page_size)
-        before = _purchase_cursor(request.page_token) if request.page_token else None
+        before = paging.decode_cursor(request.page_token)
         rows = await self.purchases.page(current_caller().user_id, before, limit + 1)
         next_token = ""
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_token = _encode_token(f"{last['created_at'].isoformat()}|{last['id']}")
+            next_token = paging.encode_cursor(last["created_at"], last["id"])
         return billing_pb2.ListPurchasesResponse(
             purchases=[purchase_proto(row) for row in rows[:limit]], next_page_token=next_token
         )
@@ -254,36 +253,6 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
-
-
-def _encode_token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> str:
-    try:
-        value = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if not value:
-            raise ValueError(token)
-        return value
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise ValidationError("page_token is not one this service issued", field="page_token") from None
-
-
-def _transaction_cursor(token: str) -> int:
-    value = _decode_token(token)
-    # ASCII digits only (str.isdigit also takes '²', which int() refuses), and a bigint
-    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) < 2**63):
-        raise ValidationError("page_token is not one this service issued", field="page_token")
-    return int(value)
-
-
-def _purchase_cursor(token: str) -> tuple[datetime, uuid.UUID]:
-    created_at, _, purchase_id = _decode_token(token).partition("|")
-    try:
-        return datetime.fromisoformat(created_at), uuid.UUID(purchase_id)
-    except ValueError:
-        raise ValidationError("page_token is not one this service issued", field="page_token") from None
 
 
 def registrations(api: BillingApi) -> Sequence[Registration]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kit import audit
+from kit import audit, paging
 from kit.db import Database
 from kit.errors import FailedPrecondition, NotFound, ValidationError
 from kit.events import Outbox
@@ -77,7 +76,7 @@ class Purchases:
                 assert purchase is not None
         return purchase, intent.client_secret
 
-    async def page(self, user_id: str, before: Any, limit: int) -> list[Row]:
+    async def page(self, user_id: str, before: paging.Cursor | None, limit: int) -> list[Row]:
         async with self.db.transaction() as session:
             return await store.purchases_page(session, user_id, before, limit)
 

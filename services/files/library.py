@@ -8,14 +8,13 @@ later by the janitor, and a file pinned by a running generation cannot be delete
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kit import paging
 from kit.db import Database
 from kit.errors import FailedPrecondition, NotFound, ValidationError
 from kit.events import Outbox
@@ -34,22 +33,6 @@ def parse_file_id(text: str) -> uuid.UUID | None:
         return uuid.UUID(text)
     except (ValueError, AttributeError, TypeError):
         return None
-
-
-def encode_page_token(created_at: datetime, file_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{file_id}".encode()).decode()
-
-
-def decode_page_token(token: str) -> tuple[datetime, uuid.UUID] | None:
-    if not token:
-        return None
-    try:
-        created_at, _, file_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(file_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error) as error:
-        raise ValidationError(
-            "page_token is not a token this service gave out", field="page_token"
-        ) from error
 
 
 def page_size_of(requested: int) -> int:
@@ -155,13 +138,13 @@ class FileLibrary:
         if category and category not in (*USER_CATEGORIES, GENERATED_CATEGORY):
             raise ValidationError("category is not a file category", field="category")
         size = page_size_of(page_size)
-        after = decode_page_token(page_token)
+        after = paging.decode_cursor(page_token)
         async with self.db.autocommit() as session:
             rows = await store.list_active_files(
                 session, user_id, category=category, after=after, limit=size + 1
             )
         page = [dict(row._mapping) for row in rows[:size]]
-        next_token = encode_page_token(page[-1]["created_at"], page[-1]["id"]) if len(rows) > size else ""
+        next_token = paging.encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > size else ""
         return page, next_token
 
     async def delete(self, user_id: str, file_id: str) -> None:

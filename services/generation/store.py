@@ -7,10 +7,9 @@ never both win the same move.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kit.errors import ValidationError
+from kit import paging
 from services.generation.lifecycle import RUNNING, TERMINAL, VISIBLE, Status
 from services.generation.models import generations, replicate_webhooks
 
@@ -203,9 +202,9 @@ async def list_for_user(
     query = sa.select(g).where(g.c.user_id == user_id, g.c.status.in_(_names(VISIBLE)))
     if status is not None:
         query = query.where(g.c.status == status.value)
-    if page_token:
-        created_at, last_id = _decode_token(page_token)
-        query = query.where(sa.tuple_(g.c.created_at, g.c.id) < sa.tuple_(created_at, last_id))
+    after = paging.decode_cursor(page_token)
+    if after is not None:
+        query = query.where(sa.tuple_(g.c.created_at, g.c.id) < sa.tuple_(*after))
     rows = list(
         (
             await session.execute(query.order_by(g.c.created_at.desc(), g.c.id.desc()).limit(page_size + 1))
@@ -214,19 +213,7 @@ async def list_for_user(
     if len(rows) <= page_size:
         return rows, ""
     rows = rows[:page_size]
-    return rows, _encode_token(rows[-1].created_at, rows[-1].id)
-
-
-def _encode_token(created_at: datetime, last_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{last_id}".encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created_at, last_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(last_id)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("Invalid page token", field="page_token") from None
+    return rows, paging.encode_cursor(rows[-1].created_at, rows[-1].id)
 
 
 async def user_stats(session: AsyncConnection, user_id: str) -> tuple[int, int, int]:

@@ -8,14 +8,12 @@ within a second (the deletion bumps the owner's credential state; services/users
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
 
-from kit import audit
+from kit import audit, paging
 from kit.auth import Caller, CallerKind
 from kit.db import Database
 from kit.errors import NotFound, Unauthenticated, ValidationError
@@ -84,11 +82,13 @@ class ApiKeys:
         if page_size < 0:
             raise ValidationError("pageSize cannot be negative", field="pageSize")
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = _decode_page_token(page_token) if page_token else None
+        after = paging.decode_cursor(page_token)
         async with self._db.autocommit() as session:
             rows = await store.list_api_keys(session, user_id, limit=limit + 1, after=after)
-        next_token = _encode_page_token(rows[limit - 1]) if len(rows) > limit else ""
-        return rows[:limit], next_token
+        if len(rows) <= limit:
+            return rows, ""
+        last = rows[limit - 1]
+        return rows[:limit], paging.encode_cursor(last.created_at, last.id)
 
     async def delete(self, user_id: uuid.UUID, key_id: str) -> None:
         try:
@@ -126,16 +126,3 @@ class ApiKeys:
 
 def _key_target(user_id: uuid.UUID, key_id: uuid.UUID) -> str:
     return f"{audit.user_target(user_id)}/apiKeys/{key_id}"
-
-
-def _encode_page_token(row: store.Row) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _decode_page_token(token: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        created, _, key_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return dt.datetime.fromisoformat(created), uuid.UUID(key_id)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("pageToken is not valid", field="pageToken") from None

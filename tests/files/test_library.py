@@ -90,7 +90,7 @@ async def test_listing_is_paged_newest_first_and_filtered_by_category(new_user):
     bad = await domain_error_of(
         user.stub.ListFiles(files_pb2.ListFilesRequest(page_token="garbage!"), metadata=user.metadata)
     )
-    assert (bad.reason, bad.details["field"]) == (Reason.VALIDATION_ERROR, "page_token")
+    assert (bad.reason, bad.details["field"]) == (Reason.VALIDATION_ERROR, "pageToken")
 
 
 async def test_usage_is_counted_by_category_against_the_plan_quota(new_user, internal):

@@ -71,9 +71,9 @@ def _token(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-# Page tokens are opaque base64 a service decodes itself, beyond the descriptors' rules: forged
-# ones (deep JSON made analytics' json.loads raise RecursionError, '²' passed billing's isdigit
-# and not int()) must be a 4xx like any other bad input.
+# Page tokens are opaque base64 that kit.paging decodes, beyond the descriptors' rules: every
+# forged one (deep JSON once made a json.loads raise RecursionError, '²' passed an isdigit and
+# not int()) is a 400 naming pageToken on every list, as the request checks name a field.
 FORGED_PAGE_TOKENS = [
     "not base64!",
     _token(b"[" * 2000 + b"]" * 2000),
@@ -83,6 +83,10 @@ FORGED_PAGE_TOKENS = [
     _token(b'{"t": "2024-01-01T00:00:00+00:00", "i": 5}'),
     _token(b"2024-01-01T00:00:00|not-a-uuid|x"),
     _token(b"\xff\xfe"),
+    _token(b"-1"),
+    _token(b"253402300800000000." + b"0" * 32),  # past year 9999
+    _token(b"1767225600000000.not-a-uuid"),
+    "A" * 5000,
 ]
 
 
@@ -181,7 +185,7 @@ def values_for(leaf: Leaf) -> Iterator[tuple[object, bool]]:
                 yield text, not rules.raw_text and not (rules.multiline and text == "a\nb")
             if field.name == "page_token":
                 for token in FORGED_PAGE_TOKENS:
-                    yield token, False
+                    yield token, True
         case "enum":
             for number in ENUM_NUMBERS:
                 yield number, True
