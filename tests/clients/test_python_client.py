@@ -234,10 +234,30 @@ async def test_calls_carry_the_callers_trace_context_and_a_deadline(platform: Pl
             await generations.ListGenerations(generation_pb2.ListGenerationsRequest())
         assert await _server_span(platform, format(trace_id, "032x"), "ListGenerations")
 
-    async with connect(platform.addresses["generation"], identity, deadline_seconds=1e-6) as hurried:
-        stub = generation_pb2_grpc.GenerationServiceStub(hurried)
-        with pytest.raises(grpc.aio.AioRpcError) as late:
-            await stub.ListStyles(generation_pb2.ListStylesRequest())
+    # A server that takes its time: only the call's deadline ends it (a 1 µs deadline against
+    # the platform could lose the race to a fast answer: gRPC rounds deadlines up to the ms).
+    remaining: list[float | None] = []
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining.append(context.time_remaining())
+        await asyncio.sleep(10)
+        return b""
+
+    service = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
+    handler = grpc.unary_unary_rpc_method_handler(slow)
+    server = grpc.aio.server(
+        handlers=[grpc.method_handlers_generic_handler(service, {"ListStyles": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with connect(f"127.0.0.1:{port}", identity, deadline_seconds=0.5) as hurried:
+            stub = generation_pb2_grpc.GenerationServiceStub(hurried)
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await stub.ListStyles(generation_pb2.ListStylesRequest())
+    finally:
+        await server.stop(None)
+    assert remaining and remaining[0] is not None and 0 < remaining[0] <= 0.5  # the deadline crossed
     assert error_details(late.value).code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
