@@ -79,6 +79,20 @@ class GatewaySettings(PlatformSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _streams_end_within_the_connection_age_grace(self) -> GatewaySettings:
+        """A stream still open when its connection to a service reaches its maximum age has the
+        age's grace to end; a longer stream deadline would have streams cut at that point."""
+        if self.grpc_max_connection_age_seconds > 0 and (
+            self.stream_deadline_seconds > self.grpc_max_connection_age_grace_seconds
+        ):
+            raise ValueError(
+                "STYLESTUDIO_STREAM_DEADLINE_SECONDS is longer than"
+                " STYLESTUDIO_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS: raise the grace (for every"
+                " process) or shorten the deadline"
+            )
+        return self
+
     @field_validator("gateway_trusted_proxies")
     @classmethod
     def _networks(cls, cidrs: list[str]) -> list[str]:

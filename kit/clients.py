@@ -157,14 +157,27 @@ class TracedChannel:
 # replica that is up (a replica that is down is skipped until it is back).
 ROUND_ROBIN = ("grpc.lb_policy_name", "round_robin")
 
+# A ``dns:`` target is asked again when a connection of its channel ends (a pod stopping, a
+# server's maximum connection age: kit.server), at most this often (gRPC's default is 30 s), so
+# pods added by a scale-up are found within seconds of the next such end (docs/operations.md,
+# "Balancing calls over replicas").
+DNS_MIN_RESOLUTION_INTERVAL_MS = 5_000
+DNS_REFRESH = ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_RESOLUTION_INTERVAL_MS)
+
 
 def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
     """gRPC's target for an address setting, and the options it needs beside CHANNEL_OPTIONS.
 
-    ``host:port`` is used as it is. A comma-separated list (``127.0.0.1:7001,127.0.0.1:7002``,
-    replicas of one service) becomes gRPC's ``ipv4:`` (or ``ipv6:``) target, balanced round robin;
-    a list already written as such a target (``ipv4:a:1,b:2``) is only balanced.
+    ``host:port`` is used as it is: one connection, to the first address the name has (on
+    Kubernetes, a ClusterIP Service: kube-proxy pins the connection, and so every call, to one
+    pod). ``dns:///name:port`` (or ``dns://dns-server/name:port``) is balanced round robin over
+    every address the name has, asked again as connections end (a headless Service: one address
+    per ready pod). A comma-separated list (``127.0.0.1:7001,127.0.0.1:7002``, replicas of one
+    service) becomes gRPC's ``ipv4:`` (or ``ipv6:``) target, balanced round robin; a list already
+    written as such a target (``ipv4:a:1,b:2``) is only balanced.
     """
+    if address.startswith("dns:"):
+        return address, [ROUND_ROBIN, DNS_REFRESH]
     if "," not in address:
         return address, []
     if address.startswith(("ipv4:", "ipv6:")):
@@ -183,7 +196,8 @@ def open_channel(
 ) -> TracedChannel:
     """A channel to ``target``: plaintext, or TLS (mutual when ``security`` has a certificate).
 
-    ``target`` may list several replicas, comma-separated (``channel_target``)."""
+    ``target`` may list several replicas, comma-separated, or name them with ``dns:///``
+    (``channel_target``)."""
     channel = dial_service(target, security, channel_options(keepalive_ms))
     return TracedChannel(channel, _CallDefaults(credentials, deadline_seconds))
 
@@ -191,10 +205,10 @@ def open_channel(
 def dial_service(
     address: str, security: TransportSecurity | None = None, options: ChannelOptions = CHANNEL_OPTIONS
 ) -> grpc.aio.Channel:
-    """A plain grpc.aio channel (``options``) to a service's address setting, one replica or
-    several (``channel_target``)."""
-    target, extra = channel_target(address)
-    return dial(target, security, [*options, *extra])
+    """A plain grpc.aio channel (``options``) to a service's address setting, one replica, a list
+    of them or a DNS name of several (``channel_target``). ``options`` win over the target's own."""
+    target, needed = channel_target(address)
+    return dial(target, security, list((dict(needed) | dict(options)).items()))
 
 
 class ServiceClients:

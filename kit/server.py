@@ -46,14 +46,26 @@ from kit.metrics import MetricsAccess, MetricsEndpoint, ServiceMetrics
 from kit.process_metrics import loop_lag_histogram, sample_loop_lag, watch_process
 from kit.ratelimits import AllowanceReader, allowance_readers
 from kit.reflection import enable_reflection
-from kit.settings import EXIT_CONFIGURATION, InsecureSettings, ServiceSettings, refuse_insecure_settings
+from kit.settings import (
+    DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    EXIT_CONFIGURATION,
+    InsecureSettings,
+    PlatformSettings,
+    ServiceSettings,
+    refuse_insecure_settings,
+)
 from kit.tls import TransportSecurity, listen
 from kit.tokens import users_service_states, users_service_verifier
 
 log = logging.getLogger("stylestudio.server")
 
 
-def server_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, int]]:
+def server_options(
+    keepalive_ms: int = DEFAULT_KEEPALIVE_MS,
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+    max_connection_age_grace_seconds: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+) -> list[tuple[str, int]]:
     """The options of every gRPC server of the platform, for clients pinging every ``keepalive_ms``.
 
     gRPC's default server policy takes a ping less than 5 minutes after the previous one (while
@@ -63,6 +75,9 @@ def server_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, 
     interval (timers drift; a real abuser still gets struck), and on a connection without calls.
     (``grpc.http2.min_ping_interval_without_data_ms`` is the receiving side's minimum; the
     similarly named ``grpc.http2.min_recv_ping_interval_without_data_ms`` is no option of gRPC's.)
+
+    A connection ends after ``max_connection_age_seconds`` (0: never), so that callers spread
+    over replicas added since (``connection_age_options``).
     """
     return [
         *channel_options(keepalive_ms),  # a server pings its clients the same way
@@ -71,7 +86,31 @@ def server_options(keepalive_ms: int = DEFAULT_KEEPALIVE_MS) -> list[tuple[str, 
         # gRPC sets SO_REUSEPORT by default, so a second process started on a port already in
         # use shares it silently and takes some of its calls; this makes that a failure at start-up.
         ("grpc.so_reuseport", 0),
+        *connection_age_options(max_connection_age_seconds, max_connection_age_grace_seconds),
     ]
+
+
+def connection_age_options(age_seconds: float, grace_seconds: float) -> list[tuple[str, int]]:
+    """gRPC's maximum connection age: a client keeps one HTTP/2 connection per address for as long
+    as it can, so without an end a caller that found one pod (or two) before a scale-up never
+    uses the new ones. At the age the server sends GOAWAY: the client opens a new connection for
+    its next calls (asking DNS again for a ``dns:`` target, kit.clients.channel_target) while the
+    calls already open go on, for up to ``grace_seconds``, on the old one; then it is closed."""
+    if age_seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", max(1, round(age_seconds * 1000))),
+        ("grpc.max_connection_age_grace_ms", round(grace_seconds * 1000)),
+    ]
+
+
+def server_options_of(settings: PlatformSettings) -> list[tuple[str, int]]:
+    """``server_options`` as ``settings`` (STYLESTUDIO_GRPC_*) say."""
+    return server_options(
+        settings.grpc_keepalive_ms,
+        settings.grpc_max_connection_age_seconds,
+        settings.grpc_max_connection_age_grace_seconds,
+    )
 
 
 SERVER_OPTIONS = server_options()
@@ -260,7 +299,7 @@ class RunningService:
         )
         server = grpc.aio.server(
             interceptors=[interceptor],
-            options=server_options(settings.grpc_keepalive_ms),
+            options=server_options_of(settings),
         )
         for registration in registrations:
             registration.add_to_server(registration.servicer, server)
@@ -299,7 +338,7 @@ class RunningService:
 
     async def _serve_health_only(self, address: str) -> None:
         """The probes' port: the same health statuses, no other service, no TLS."""
-        server = grpc.aio.server(options=server_options(self.definition.settings.grpc_keepalive_ms))
+        server = grpc.aio.server(options=server_options_of(self.definition.settings))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.health_port = server.add_insecure_port(address)
         if self.health_port == 0:

@@ -40,6 +40,14 @@ DEFAULT_ADDRESSES = {
 # queueing for it past a deadline.
 IN_FLIGHT_RPCS_PER_DB_CONNECTION = 8
 
+# A gRPC server ends each connection after about this long (kit/server.py server_options), so
+# callers of a service reached through DNS (Kubernetes: a headless Service) ask again and spread
+# their calls over pods added since (docs/operations.md, "Balancing calls over replicas").
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0
+# The longest call the platform opens, a stream through the gateway (its stream deadline, 900 s),
+# and a minute: a call open when its connection ages still ends on its own.
+DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 960.0
+
 # A production secret has at least this many bytes: a random 256-bit value, not a word.
 MIN_SECRET_BYTES = 32
 ENVIRONMENT_VARIABLE = "STYLESTUDIO_ENVIRONMENT"
@@ -156,6 +164,17 @@ class PlatformSettings(BaseSettings):
     # How often every gRPC connection with calls open is pinged; the services accept pings at
     # half this interval (kit/clients.py channel_options, kit/server.py server_options).
     grpc_keepalive_ms: int = Field(default=30_000, ge=100)
+    # Every gRPC server ends each connection after this many seconds (gRPC adds +-10 %, so they do
+    # not all end together): GOAWAY, new calls go to a new connection, and callers of a ``dns:``
+    # address ask DNS again, finding the pods a scale-up added. 0: a connection lives as long as
+    # both ends do (docs/operations.md, "Balancing calls over replicas").
+    grpc_max_connection_age_seconds: float = Field(default=DEFAULT_MAX_CONNECTION_AGE_SECONDS, ge=0)
+    # How long calls still open on an ended connection may run before it is closed under them:
+    # at least the longest stream (the gateway refuses a stream deadline past it). Set both the
+    # same for every process, as the ConfigMap does.
+    grpc_max_connection_age_grace_seconds: float = Field(
+        default=DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS, gt=0
+    )
 
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")

