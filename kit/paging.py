@@ -1,4 +1,4 @@
-"""Keyset page tokens: where a list's previous page ended, as an opaque string.
+"""Keyset paging: how many items a page holds, and where the previous page ended, as a token.
 
 Every list of the platform pages by keyset, not by offset: a page is "the next ``size``
 items after the last one you saw", so a row inserted or deleted meanwhile neither repeats
@@ -15,6 +15,10 @@ field ``pageToken``, as the kit's request checks name a field by its JSON path.
 
 The format may change from one release to the next: a token from before is then refused
 like any other, and the client starts the list again (docs/kit.md, "Page tokens").
+
+A page's size is the contract's (API.md: "default 20, max 100") for every list, so it is
+decided here too (``page_size``), and so is what a page of rows fetched one past that size
+keeps and which token it gives for the next (``page_of``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,17 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from kit.errors import ValidationError
 
 FIELD = "pageToken"
+SIZE_FIELD = "pageSize"
+# API.md: "Lists take pageSize (default 20, max 100)".
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
 # Longer than any token made here (a cursor's is about 70 characters): a longer one is
 # refused before any decoding, so a megabyte of "token" costs nothing.
 MAX_TOKEN_CHARS = 128
@@ -47,6 +56,8 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _CURSOR = re.compile(r"(-?[0-9]{1,18})\.([0-9a-f]{32})")
 _SEQUENCE = re.compile(r"[0-9]{1,19}")
 
+Row = TypeVar("Row")
+
 
 class Cursor(NamedTuple):
     """Where a page ended on a list ordered newest first by ``(created_at, id)``. A tuple, so
@@ -56,11 +67,55 @@ class Cursor(NamedTuple):
     id: uuid.UUID
 
 
+class Keyed(Protocol):
+    """An item of a list ordered by ``(created_at, id)``: a row, a record, a dataclass."""
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
 class InvalidPageToken(ValidationError):
     """A page token this API did not give out (or gave out under an earlier format)."""
 
     def __init__(self) -> None:
         super().__init__(f"{FIELD} is not a token this API returned", field=FIELD)
+
+
+class Page(NamedTuple, Generic[Row]):
+    """The items a page shows, and the token of the next page ("" on the last one, API.md)."""
+
+    items: list[Row]
+    next_page_token: str
+
+
+def page_size(requested: int) -> int:
+    """How many items a page holds when the client asked for ``requested`` (``pageSize``).
+
+    0 (unset, proto3's default) is ``DEFAULT_PAGE_SIZE``. More than ``MAX_PAGE_SIZE`` is
+    ``MAX_PAGE_SIZE``: the contract names the most a page holds, so a client asking for more
+    gets the most and pages on, as with any other size. A negative size asks for nothing a
+    page can be, so it is refused, naming ``pageSize`` (the JSON name, like ``pageToken``)."""
+    if requested < 0:
+        raise ValidationError(f"{SIZE_FIELD} must not be negative", field=SIZE_FIELD)
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def page_of(rows: Sequence[Row], size: int, token_of: Callable[[Row], str]) -> Page[Row]:
+    """The page of ``rows``, fetched with a limit of ``size + 1``, and the next page's token.
+
+    The one row past ``size`` is how a list knows there is a next page without counting: it
+    is not shown, and the token is ``token_of`` the last row shown (e.g. ``encode_cursor`` of
+    its ``created_at`` and ``id``), since the next page starts after it. ``size`` or fewer
+    rows are the last page: its token is ""."""
+    if size < 1:
+        raise ValueError("a page holds at least one item")
+    if len(rows) <= size:
+        return Page(list(rows), "")
+    items = list(rows[:size])
+    return Page(items, token_of(items[-1]))
 
 
 def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
@@ -74,6 +129,11 @@ def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
     if not _MIN_MICROS <= micros <= _MAX_MICROS:
         raise ValueError("a page cursor's time is outside what a datetime holds in UTC")
     return _encode(f"{micros}.{item_id.hex}")
+
+
+def cursor_of(item: Keyed) -> str:
+    """The token of a page that ended at ``item``: ``page_of``'s ``token_of`` for such lists."""
+    return encode_cursor(item.created_at, item.id)
 
 
 def decode_cursor(token: str) -> Cursor | None:

@@ -62,6 +62,15 @@ RETIRED_VARIABLES = {
     " their own password (STYLESTUDIO_<SERVICE>_DB_PASSWORD)",
     "STYLESTUDIO_MODEL_MULTIPLIERS": "billing prices each model by its multiplier in"
     " STYLESTUDIO_IMAGE_MODELS, the catalogue generation runs (kit/image_models.py)",
+    **dict.fromkeys(
+        (
+            "STYLESTUDIO_DEFAULT_PAGE_SIZE",
+            "STYLESTUDIO_MAX_PAGE_SIZE",
+            "STYLESTUDIO_USAGE_PAGE_SIZE_DEFAULT",
+            "STYLESTUDIO_USAGE_PAGE_SIZE_MAX",
+        ),
+        "every list pages as the API contract says, pageSize 20 by default and 100 at most (kit/paging.py)",
+    ),
 }
 
 

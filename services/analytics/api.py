@@ -38,9 +38,7 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
         user_id = _whose_records(request.user_id)
         if request.action and not _ACTION_FILTER.match(request.action):
             raise ValidationError("action must be lower snake case, at most 64 characters", field="action")
-        size = _page_size(
-            request.page_size, self.settings.usage_page_size_default, self.settings.usage_page_size_max
-        )
+        size = paging.page_size(request.page_size)
         rows = await self.store.list_records(
             user_id,
             limit=size + 1,
@@ -48,9 +46,9 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
             after=paging.decode_cursor(request.page_token),
         )
-        next_token = _page_token(rows[size - 1]) if len(rows) > size else ""
+        page = paging.page_of(rows, size, paging.cursor_of)
         return analytics_pb2.ListUsageRecordsResponse(
-            records=[_usage_record(row) for row in rows[:size]], next_page_token=next_token
+            records=[_usage_record(row) for row in page.items], next_page_token=page.next_page_token
         )
 
     async def LogUserAction(
@@ -117,9 +115,7 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
         self, request: analytics_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> analytics_pb2.ListAuditEventsResponse:
         audit_log.validate_filters(request.actor, request.action)
-        size = _page_size(
-            request.page_size, self.settings.usage_page_size_default, self.settings.usage_page_size_max
-        )
+        size = paging.page_size(request.page_size)
         entries = await self.audit.list_events(
             limit=size + 1,
             actor=request.actor or None,
@@ -127,9 +123,9 @@ class AnalyticsApi(analytics_pb2_grpc.AnalyticsServiceServicer):
             since=request.since.ToDatetime(UTC) if request.HasField("since") else None,
             after=paging.decode_cursor(request.page_token),
         )
-        next_token = _page_token(entries[size - 1]) if len(entries) > size else ""
+        page = paging.page_of(entries, size, paging.cursor_of)
         return analytics_pb2.ListAuditEventsResponse(
-            events=[_audit_event(entry) for entry in entries[:size]], next_page_token=next_token
+            events=[_audit_event(entry) for entry in page.items], next_page_token=page.next_page_token
         )
 
     async def GetUserActivitySummary(
@@ -204,16 +200,6 @@ def _whose_records(requested: str) -> str:
     if caller.is_admin:
         return requested
     raise Forbidden("You can only read your own usage")
-
-
-def _page_size(requested: int, default: int, maximum: int) -> int:
-    if requested < 0:
-        raise ValidationError("page_size must not be negative", field="page_size")
-    return min(requested or default, maximum)
-
-
-def _page_token(entry: UsageRow | audit_log.AuditEntry) -> str:
-    return paging.encode_cursor(entry.created_at, entry.id)
 
 
 def _usage_record(row: UsageRow) -> resources_pb2.UsageRecord:

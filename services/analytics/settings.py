@@ -45,8 +45,6 @@ class AnalyticsSettings(ServiceSettings):
     usage_user_agent_max_length: int = Field(default=256, ge=16)
 
     # Query bounds.
-    usage_page_size_default: int = 20
-    usage_page_size_max: int = 100
     activity_recent_default: int = 10
     activity_recent_max: int = 100
     metrics_window_default: str = "24h"

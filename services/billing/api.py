@@ -49,12 +49,12 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         )
 
     async def ListTransactions(self, request: billing_pb2.ListTransactionsRequest, context: Context) -> Any:
-        limit = self._page_size(request.page_size)
+        size = paging.page_size(request.page_size)
         before = paging.decode_sequence(request.page_token)
-        rows = await self.ledger.transactions(current_caller().user_id, before, limit + 1)
-        next_token = paging.encode_sequence(rows[limit - 1]["seq"]) if len(rows) > limit else ""
+        rows = await self.ledger.transactions(current_caller().user_id, before, size + 1)
+        page = paging.page_of(rows, size, lambda row: paging.encode_sequence(row["seq"]))
         return billing_pb2.ListTransactionsResponse(
-            transactions=[transaction_proto(row) for row in rows[:limit]], next_page_token=next_token
+            transactions=[transaction_proto(row) for row in page.items], next_page_token=page.next_page_token
         )
 
     async def ListPackages(self, request: billing_pb2.ListPackagesRequest, context: Context) -> Any:
@@ -88,15 +88,12 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
         )
 
     async def ListPurchases(self, request: billing_pb2.ListPurchasesRequest, context: Context) -> Any:
-        limit = self._page_size(request.page_size)
+        size = paging.page_size(request.page_size)
         before = paging.decode_cursor(request.page_token)
-        rows = await self.purchases.page(current_caller().user_id, before, limit + 1)
-        next_token = ""
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_token = paging.encode_cursor(last["created_at"], last["id"])
+        rows = await self.purchases.page(current_caller().user_id, before, size + 1)
+        page = paging.page_of(rows, size, lambda row: paging.encode_cursor(row["created_at"], row["id"]))
         return billing_pb2.ListPurchasesResponse(
-            purchases=[purchase_proto(row) for row in rows[:limit]], next_page_token=next_token
+            purchases=[purchase_proto(row) for row in page.items], next_page_token=page.next_page_token
         )
 
     async def GetPurchase(self, request: billing_pb2.GetPurchaseRequest, context: Context) -> Any:
@@ -186,11 +183,6 @@ class BillingApi(billing_pb2_grpc.BillingServiceServicer):
             tokens_purchased=summary.tokens_purchased,
             recent_purchases=[purchase_proto(row) for row in recent],
         )
-
-    def _page_size(self, requested: int) -> int:
-        if requested < 0:
-            raise ValidationError("page_size must not be negative", field="page_size")
-        return min(requested or self.settings.default_page_size, self.settings.max_page_size)
 
 
 # --- proto conversions ---

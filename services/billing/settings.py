@@ -64,8 +64,6 @@ class BillingSettings(ImageModelSettings):
     hold_sweep_interval_seconds: float = 30.0
     hold_sweep_batch_size: int = 200
     recent_purchases_in_summary: int = 5
-    default_page_size: int = 20
-    max_page_size: int = 100
 
     # --- Stripe ---
     # Empty: offline payments mode (local payment intents, confirmations posted as signed webhooks),

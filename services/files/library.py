@@ -25,20 +25,12 @@ from services.files.settings import FilesSettings
 from services.files.storage import FileStorage, StoredObject
 from services.files.uploads import GENERATED_CATEGORY, USER_CATEGORIES
 
-DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
-
 
 def parse_file_id(text: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(text)
     except (ValueError, AttributeError, TypeError):
         return None
-
-
-def page_size_of(requested: int) -> int:
-    if requested < 0:
-        raise ValidationError("page_size must not be negative", field="page_size")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +129,14 @@ class FileLibrary:
     ) -> tuple[list[dict[str, Any]], str]:
         if category and category not in (*USER_CATEGORIES, GENERATED_CATEGORY):
             raise ValidationError("category is not a file category", field="category")
-        size = page_size_of(page_size)
+        size = paging.page_size(page_size)
         after = paging.decode_cursor(page_token)
         async with self.db.autocommit() as session:
             rows = await store.list_active_files(
                 session, user_id, category=category, after=after, limit=size + 1
             )
-        page = [dict(row._mapping) for row in rows[:size]]
-        next_token = paging.encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > size else ""
-        return page, next_token
+        page = paging.page_of(rows, size, paging.cursor_of)
+        return [dict(row._mapping) for row in page.items], page.next_page_token
 
     async def delete(self, user_id: str, file_id: str) -> None:
         found = parse_file_id(file_id)

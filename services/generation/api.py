@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from google.protobuf import empty_pb2
 
+from kit import paging
 from kit.auth import Caller, current_caller, user_id_for
 from kit.errors import DomainError, FeatureNotInPlan, NotFound, ValidationError
 from kit.idempotency import IdempotencyKeyReused, item_key, request_fingerprint
@@ -22,7 +23,6 @@ from services.generation.webhooks import handle_replicate_webhook
 from stylestudio.common.v1 import error_pb2
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
 
-DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
@@ -52,18 +52,16 @@ class GenerationApi(generation_pb2_grpc.GenerationServiceServicer):
     async def ListGenerations(
         self, request: generation_pb2.ListGenerationsRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.ListGenerationsResponse:
-        if request.page_size < 0:
-            raise ValidationError("page_size must not be negative", field="page_size")
-        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = paging.page_size(request.page_size)
+        after = paging.decode_cursor(request.page_token)
         status = None
         if request.status != resources_pb2.GENERATION_STATUS_UNSPECIFIED:
             status = Status(resources_pb2.GenerationStatus.Name(request.status))
         async with self.saga.db.autocommit() as session:
-            rows, next_token = await store.list_for_user(
-                session, current_caller().user_id, status, page_size, request.page_token
-            )
+            rows = await store.list_for_user(session, current_caller().user_id, status, after, size + 1)
+        page = paging.page_of(rows, size, paging.cursor_of)
         return generation_pb2.ListGenerationsResponse(
-            generations=[to_proto(row) for row in rows], next_page_token=next_token
+            generations=[to_proto(row) for row in page.items], next_page_token=page.next_page_token
         )
 
     async def CancelGeneration(

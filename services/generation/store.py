@@ -196,24 +196,16 @@ async def record_outcome(session: AsyncConnection, generation_id: uuid.UUID) -> 
 
 
 async def list_for_user(
-    session: AsyncConnection, user_id: str, status: Status | None, page_size: int, page_token: str
-) -> tuple[list[Generation], str]:
-    """A page of the user's generations, newest first, and the next page's token."""
+    session: AsyncConnection, user_id: str, status: Status | None, after: paging.Cursor | None, limit: int
+) -> list[Generation]:
+    """Up to ``limit`` of the user's generations, newest first, after the cursor when given."""
     query = sa.select(g).where(g.c.user_id == user_id, g.c.status.in_(_names(VISIBLE)))
     if status is not None:
         query = query.where(g.c.status == status.value)
-    after = paging.decode_cursor(page_token)
     if after is not None:
         query = query.where(sa.tuple_(g.c.created_at, g.c.id) < sa.tuple_(*after))
-    rows = list(
-        (
-            await session.execute(query.order_by(g.c.created_at.desc(), g.c.id.desc()).limit(page_size + 1))
-        ).all()
-    )
-    if len(rows) <= page_size:
-        return rows, ""
-    rows = rows[:page_size]
-    return rows, paging.encode_cursor(rows[-1].created_at, rows[-1].id)
+    query = query.order_by(g.c.created_at.desc(), g.c.id.desc()).limit(limit)
+    return list((await session.execute(query)).all())
 
 
 async def user_stats(session: AsyncConnection, user_id: str) -> tuple[int, int, int]:

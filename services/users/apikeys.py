@@ -27,7 +27,6 @@ from services.users.credentials import Credentials
 SECRET_PREFIX = f"{API_KEY_PREFIX}live_"
 # What ListApiKeys shows of a secret: "sk_live_" and four characters of it.
 SHOWN_PREFIX_LENGTH = len(SECRET_PREFIX) + 4
-DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 
 
 @dataclass(frozen=True)
@@ -79,16 +78,11 @@ class ApiKeys:
         return CreatedKey(key, secret)
 
     async def list(self, user_id: uuid.UUID, page_size: int, page_token: str) -> tuple[list[store.Row], str]:
-        if page_size < 0:
-            raise ValidationError("pageSize cannot be negative", field="pageSize")
-        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = paging.page_size(page_size)
         after = paging.decode_cursor(page_token)
         async with self._db.autocommit() as session:
-            rows = await store.list_api_keys(session, user_id, limit=limit + 1, after=after)
-        if len(rows) <= limit:
-            return rows, ""
-        last = rows[limit - 1]
-        return rows[:limit], paging.encode_cursor(last.created_at, last.id)
+            rows = await store.list_api_keys(session, user_id, limit=size + 1, after=after)
+        return paging.page_of(rows, size, paging.cursor_of)
 
     async def delete(self, user_id: uuid.UUID, key_id: str) -> None:
         try:

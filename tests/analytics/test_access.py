@@ -163,7 +163,7 @@ async def test_malformed_windows_are_validation_errors(analytics: Analytics, win
     [
         (analytics_pb2.ListUsageRecordsRequest(page_token="garbage!"), "pageToken"),
         (analytics_pb2.ListUsageRecordsRequest(page_token="eyJ0IjogMX0"), "pageToken"),
-        (analytics_pb2.ListUsageRecordsRequest(page_size=-1), "page_size"),
+        (analytics_pb2.ListUsageRecordsRequest(page_size=-1), "pageSize"),
         (analytics_pb2.ListUsageRecordsRequest(action="DROP TABLE"), "action"),
     ],
 )

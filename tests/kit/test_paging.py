@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -203,3 +204,87 @@ def test_encoding_refuses_what_no_list_holds() -> None:
     for number in (-1, paging.MAX_SEQUENCE + 1):
         with pytest.raises(ValueError):
             paging.encode_sequence(number)
+
+
+# --- page sizes and pages ------------------------------------------------------------------------
+
+INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+
+
+@given(INT32)
+@example(0)
+@example(-1)
+@example(1)
+@example(paging.MAX_PAGE_SIZE)
+@example(paging.MAX_PAGE_SIZE + 1)
+def test_a_page_size_is_the_contracts_or_one_refusal(requested: int) -> None:
+    """API.md: default 20, at most 100. Unset is the default, more is the most, negative is a 400."""
+    if requested < 0:
+        with pytest.raises(ValidationError) as refused:
+            paging.page_size(requested)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details == {"field": "pageSize"}
+        assert str(refused.value) == "pageSize must not be negative"
+        return
+    size = paging.page_size(requested)
+    assert 1 <= size <= paging.MAX_PAGE_SIZE == 100
+    assert size == (20 if requested == 0 else min(requested, 100))
+
+
+@dataclass(frozen=True)
+class Item:
+    created_at: datetime
+    id: uuid.UUID
+
+
+# Few distinct times, so items share a created_at and their id breaks the tie.
+FEW_TIMES = st.sampled_from([datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=s) for s in range(3)])
+ITEMS = st.lists(st.builds(Item, FEW_TIMES, st.uuids()), max_size=40, unique_by=lambda item: item.id).map(
+    lambda items: sorted(items, key=lambda item: (item.created_at, item.id), reverse=True)
+)
+
+
+def _fetch(items: list[Item], after: Cursor | None, limit: int) -> list[Item]:
+    """A store's keyset query: the items after the cursor, newest first, at most ``limit``."""
+    return [item for item in items if after is None or (item.created_at, item.id) < after][:limit]
+
+
+@given(ITEMS, st.integers(min_value=1, max_value=12))
+def test_walking_the_pages_shows_every_item_once_in_order(items: list[Item], size: int) -> None:
+    shown: list[Item] = []
+    pages, token = 0, ""
+    while True:
+        page = paging.page_of(_fetch(items, paging.decode_cursor(token), size + 1), size, paging.cursor_of)
+        pages += 1
+        assert len(page.items) <= size
+        shown += page.items
+        token = page.next_page_token
+        if token == "":
+            break
+        assert page.items, "a page with a next page shows something"
+    assert shown == items
+    assert pages == max(1, -(-len(items) // size))  # no empty last page after a full one
+
+
+@given(st.lists(SEQUENCES, max_size=30, unique=True), st.integers(min_value=1, max_value=10))
+def test_a_sequence_list_pages_the_same_way(numbers: list[int], size: int) -> None:
+    numbers.sort(reverse=True)
+    shown: list[int] = []
+    before = None
+    while True:
+        fetched = [n for n in numbers if before is None or n < before][: size + 1]
+        page = paging.page_of(fetched, size, paging.encode_sequence)
+        shown += page.items
+        if not page.next_page_token:
+            break
+        before = paging.decode_sequence(page.next_page_token)
+    assert shown == numbers
+
+
+def test_the_extra_row_is_not_shown_and_names_nothing() -> None:
+    rows = ["a", "b", "c"]
+    assert paging.page_of(rows, 2, str.upper) == (["a", "b"], "B")
+    assert paging.page_of(rows, 3, str.upper) == (rows, "")
+    assert paging.page_of([], 20, str.upper) == ([], "")
+    with pytest.raises(ValueError):
+        paging.page_of(rows, 0, str.upper)

@@ -8,8 +8,9 @@ dirty JSON objects. Each goes twice: through the gateway (where it is a path var
 a query parameter, a JSON body field or a form field) and straight to the service over
 gRPC with the same credentials, so both the gateway's edge and the kit's own checks are
 exercised. Nothing may answer 5xx; every 4xx has API.md's error body; a control character
-or an unknown enum number is a 400 VALIDATION_ERROR naming the field. The test counts what
-it covered and fails if it covered less than the descriptors hold.
+or an unknown enum number is a 400 VALIDATION_ERROR naming the field, and so are a forged page
+token and a negative page size on every list. The test counts what it covered and fails if it
+covered less than the descriptors hold.
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ FORGED_PAGE_TOKENS = [
     _token(b"1767225600000000.not-a-uuid"),
     "A" * 5000,
 ]
+
+
+def _negative_and_held(integer: int, field: FieldDescriptor) -> bool:
+    """A negative number the field's type holds: as a page size, a 400 naming pageSize on every
+    list (kit.paging.page_size); past the type it is the gateway's to refuse, in its own way."""
+    return -(2 ** (INTEGER_TYPES[field.type] - 1)) <= integer < 0
 
 
 def _deep(levels: int) -> dict[str, object]:
@@ -191,7 +198,7 @@ def values_for(leaf: Leaf) -> Iterator[tuple[object, bool]]:
                 yield number, True
         case "integer":
             for integer in INTEGERS:
-                yield integer, False
+                yield integer, field.name == "page_size" and _negative_and_held(integer, field)
         case "float":
             for special in FLOATS:
                 yield special, False
