@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -32,7 +32,7 @@ from stylestudio.billing.v1 import resources_pb2 as billing_resources
 from stylestudio.files.v1 import files_pb2, files_pb2_grpc
 from stylestudio.generation.v1 import generation_pb2, generation_pb2_grpc, resources_pb2
 from stylestudio.users.v1 import auth_pb2, auth_pb2_grpc
-from tests.harness import Platform, TestDatabase, own_database
+from tests.harness import Platform, own_platform
 from tests.harness.streams import append_entry, stream_entries
 
 _ENV = {
@@ -49,18 +49,11 @@ _PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")
-def flow_database(infrastructure: object) -> Iterator[TestDatabase]:
-    with own_database(infrastructure) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
 async def flow_platform(
-    flow_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    infrastructure: object, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
     work_dir = tmp_path_factory.mktemp("analytics-flow")
-    async with Platform(flow_database, redis_url, work_dir, extra_env=_ENV) as running:
-        await running.start_all()
+    async with own_platform(infrastructure, redis_url, work_dir, extra_env=_ENV) as running:
         yield running
 
 

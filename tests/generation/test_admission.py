@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from stylestudio.generation.v1 import resources_pb2
 from tests.generation.conftest import GENERATION_ENV, Shopper, png
 from tests.generation.test_crash_safety import _resume
 from tests.generation.test_start_races import _keys_now, _new_pause
-from tests.harness import Platform, TestDatabase, own_database
+from tests.harness import Platform, own_platform
 
 QUEUE_LIMIT = 2
 HOURLY_LIMITS = GenerationSettings.model_fields["hourly_generation_limits"].default
@@ -40,20 +40,11 @@ ADMISSION_ENV = GENERATION_ENV | {
 
 
 @pytest.fixture(scope="module")
-def admission_database(infrastructure: object) -> Iterator[TestDatabase]:
-    with own_database(infrastructure) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
 async def busy_platform(
-    admission_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    infrastructure: object, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
-    running = Platform(
-        admission_database, redis_url, tmp_path_factory.mktemp("admission"), extra_env=ADMISSION_ENV
-    )
-    async with running:
-        await running.start_all()
+    work_dir = tmp_path_factory.mktemp("admission")
+    async with own_platform(infrastructure, redis_url, work_dir, extra_env=ADMISSION_ENV) as running:
         yield running
 
 
@@ -169,24 +160,16 @@ SATURATED_ENV = GENERATION_ENV | {
 
 
 @pytest.fixture(scope="module")
-def saturated_database(infrastructure: object) -> Iterator[TestDatabase]:
-    with own_database(infrastructure) as database:
-        yield database
-
-
-@pytest.fixture(scope="module")
 async def saturated_platform(
-    saturated_database: TestDatabase, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    infrastructure: object, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Platform]:
-    running = Platform(
-        saturated_database,
+    async with own_platform(
+        infrastructure,
         redis_url,
         tmp_path_factory.mktemp("saturated"),
         extra_env=SATURATED_ENV,
         process_env={"generation": {"STYLESTUDIO_MAX_IN_FLIGHT_RPCS": "1"}},
-    )
-    async with running:
-        await running.start_all()
+    ) as running:
         yield running
 
 

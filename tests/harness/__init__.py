@@ -3,7 +3,15 @@
 Fixtures in tests/conftest.py build on it; any issue's tests reuse them.
 """
 
-from tests.harness.platform import SERVICES, Platform, TestDatabase, free_port, own_database, service_of
+from tests.harness.platform import (
+    SERVICES,
+    Platform,
+    TestDatabase,
+    free_port,
+    own_database,
+    own_platform,
+    service_of,
+)
 from tests.harness.streams import stream_entries
 
 __all__ = [
@@ -12,6 +20,7 @@ __all__ = [
     "TestDatabase",
     "free_port",
     "own_database",
+    "own_platform",
     "service_of",
     "stream_entries",
 ]

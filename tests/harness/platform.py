@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -111,6 +111,19 @@ def own_database(
         yield database
     finally:
         database.drop()
+
+
+@asynccontextmanager
+async def own_platform(
+    infrastructure: object, redis_url: str, work_dir: Path, **options: Any
+) -> AsyncIterator[Platform]:
+    """A started platform on a database of its own, stopped and dropped afterwards: for tests whose
+    settings or faults must not reach the session's platform. ``options`` are ``Platform``'s
+    (``extra_env``, ``process_env``, ``replicas``, ``tls``)."""
+    with own_database(infrastructure) as database:
+        async with Platform(database, redis_url, work_dir, **options) as running:
+            await running.start_all()
+            yield running
 
 
 def _libpq_dsn(url: object) -> str:
