@@ -65,6 +65,7 @@ from kit.errors import service_of
 from kit.interceptors import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from kit.metrics import MetricsAccess
 from kit.origin import CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER, RELAY_CREDENTIAL_HEADER
+from kit.process_metrics import sample_loop_lag
 from kit.ratelimits import RATE_LIMIT_HEADERS
 from kit.service_keys import GATEWAY_IDENTITY
 from kit.settings import refuse_insecure_settings
@@ -144,6 +145,7 @@ class Gateway:
         )
         self.health_targets = dict(health_targets or _health_targets(targets))
         self.readiness: Readiness | None = None
+        self._loop_lag: asyncio.Task[None] | None = None
         self.dashboard = Dashboard(
             descriptors,
             settings.dashboard_recent_items,
@@ -214,8 +216,11 @@ class Gateway:
             {name: self.backends.channel_to(target) for name, target in self.health_targets.items()},
             self.settings.readiness_timeout_seconds,
         )
+        self._loop_lag = asyncio.create_task(sample_loop_lag(self.metrics.loop_lag), name="loop-lag")
 
     async def close(self) -> None:
+        if self._loop_lag is not None:
+            self._loop_lag.cancel()
         await self.backends.close()  # the readiness checks share these channels
 
     # --- one request ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Prometheus metrics of the gateway: requests by route template and status, latency, and the
-process's own CPU and memory. Who may read them is the kit's rule (kit.metrics.MetricsAccess),
-the same as on every service's metrics port.
+"""Prometheus metrics of the gateway: requests by route template and status, latency, the
+process's own CPU and memory, and its event loop's lag (the services' metric,
+kit.process_metrics). Who may read them is the kit's rule (kit.metrics.MetricsAccess), the
+same as on every service's metrics port.
 
 Labels are route templates (``/v1/files/{id}``), never raw paths, so a scan of random
 URLs cannot grow the series without bound. Label children are cached (kit.metrics.LabelledChildren).
@@ -13,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.errors import ApiError
 from kit.metrics import LATENCY_BUCKETS, LabelledChildren, Refusal
+from kit.process_metrics import loop_lag_histogram
 
 UNMATCHED = "unmatched"
 
@@ -40,6 +42,9 @@ class GatewayMetrics:
                 registry=self.registry,
             )
         )
+
+        # sampled by the serving loop once it runs (Gateway.start)
+        self.loop_lag = loop_lag_histogram(self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self._requests.get(method, route, str(status)).inc()

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from prometheus_client import Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from redis.asyncio import Redis
 
 from kit.db import Database
@@ -169,12 +169,13 @@ def watch_process(
         metrics.sample(ConsumerGroupSampler(metrics, redis, prefix, consumers))
 
 
-def loop_lag_histogram(metrics: ServiceMetrics) -> Histogram:
+def loop_lag_histogram(registry: CollectorRegistry) -> Histogram:
+    """The event loop's lag, in a service's registry or the gateway's."""
     return Histogram(
         "stylestudio_event_loop_lag_seconds",
         f"How much later than asked the event loop ran a timer (every {LOOP_LAG_INTERVAL_SECONDS} s).",
         buckets=LOOP_LAG_BUCKETS,
-        registry=metrics.registry,
+        registry=registry,
     )
 
 

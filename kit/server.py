@@ -352,7 +352,7 @@ class RunningService:
         watch_process(
             metrics, runtime.db, runtime.redis, settings.redis_prefix, runtime.outbox.table, consumers
         )
-        self._spawn(sample_loop_lag(loop_lag_histogram(metrics)), "loop-lag")
+        self._spawn(sample_loop_lag(loop_lag_histogram(metrics.registry)), "loop-lag")
         metrics.bind_loop(asyncio.get_running_loop())
         if settings.metrics_addr:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import grpc
@@ -69,6 +70,19 @@ async def test_docs_page_and_its_assets_are_served_locally(echo: httpx.AsyncClie
         assert asset.status_code == 200, source
         assert len(asset.content) > 100
     assert "/openapi.json" in (await echo.get("/docs/docs.js")).text
+
+
+async def test_metrics_show_the_gateway_event_loop_lag(echo: httpx.AsyncClient) -> None:
+    """The services' loop-lag histogram, sampled by the gateway's serving loop too."""
+    count = 0.0
+    for _ in range(50):  # one sample every 0.5 s
+        text = (await echo.get("/metrics")).text
+        found = re.search(r"^stylestudio_event_loop_lag_seconds_count (\S+)$", text, re.MULTILINE)
+        count = float(found.group(1)) if found else 0.0
+        if count >= 1:
+            break
+        await asyncio.sleep(0.2)
+    assert count >= 1
 
 
 async def test_metrics_count_requests_by_route_template_and_status(echo: httpx.AsyncClient) -> None:
