@@ -219,6 +219,7 @@ class _Schemas:
     def __init__(self, descriptors: ApiDescriptors) -> None:
         self.comments = descriptors.comments
         self.components: dict[str, Schema] = dict(_OWN_SCHEMAS)
+        self.own_names = set(_OWN_SCHEMAS)
         self.components[EMPTY_NAME] = {
             "type": "object",
             "description": "Nothing.",
@@ -232,6 +233,12 @@ class _Schemas:
         if name not in self.components:
             self.components[name] = {}  # placeholder first: messages may refer to themselves
             self.components[name] = self.object(message_type, message_type.fields)
+        return {"$ref": _SCHEMA_PREFIX + name}
+
+    def own(self, name: str, schema: Schema) -> Schema:
+        """A schema of the gateway's own (no proto message), under ``name``."""
+        self.components[name] = schema
+        self.own_names.add(name)
         return {"$ref": _SCHEMA_PREFIX + name}
 
     def object(self, message_type: descriptor.Descriptor, fields: list[FieldDescriptor]) -> Schema:
@@ -272,7 +279,7 @@ class _Schemas:
         """The document with every message component under its short name: the name in its
         package, nested names joined (``Generation.Parameters`` -> ``GenerationParameters``),
         or, where two packages share it, prefixed with the package's domain (``CommonError``)."""
-        own = set(_OWN_SCHEMAS)
+        own = self.own_names
         renames = _short_names([name for name in self.components if name not in own], own)
         refs = {_SCHEMA_PREFIX + old: _SCHEMA_PREFIX + new for old, new in renames.items()}
         document["components"]["schemas"] = {
@@ -324,8 +331,8 @@ def build_openapi(
     if dashboard:
         paths["/v1/dashboard"] = {"get": _dashboard_operation(api, schemas)}
     if admin_traces:
-        paths["/v1/admin/traces/{id}"] = {"get": _trace_operation()}
-    paths.update(_health_paths())
+        paths["/v1/admin/traces/{id}"] = {"get": _trace_operation(schemas)}
+    paths.update(_health_paths(schemas))
     document = {
         "openapi": "3.0.3",
         "info": {"title": title, "version": version},
@@ -349,7 +356,7 @@ def build_openapi(
     return schemas.named(document)
 
 
-def _health_paths() -> dict[str, Any]:
+def _health_paths(schemas: _Schemas) -> dict[str, Any]:
     """/healthz and /readyz (gateway/app.py), for load balancers and people alike."""
     alive = {"type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}}
     readiness = {
@@ -364,9 +371,10 @@ def _health_paths() -> dict[str, Any]:
         },
     }
     ids = _headers(*_IDS)
-    live = {**_json_response("The gateway is up", alive), "headers": ids}
-    ready = {**_json_response("Every service is serving", readiness), "headers": ids}
-    not_ready = {**_json_response("Some service is not serving", readiness), "headers": ids}
+    alive_ref, readiness_ref = schemas.own("Liveness", alive), schemas.own("Readiness", readiness)
+    live = {**_json_response("The gateway is up", alive_ref), "headers": ids}
+    ready = {**_json_response("Every service is serving", readiness_ref), "headers": ids}
+    not_ready = {**_json_response("Some service is not serving", readiness_ref), "headers": ids}
     return {
         "/healthz": {
             "get": {
@@ -597,7 +605,7 @@ def _dashboard_operation(api: Api, schemas: _Schemas) -> dict[str, Any]:
         else:
             document[key] = nullable
     document["errors"] = {"type": "object", "additionalProperties": ERROR_SCHEMA["properties"]["error"]}
-    schema = {"type": "object", "properties": document}
+    schema = schemas.own("Dashboard", {"type": "object", "properties": document})
     success = _json_response("Dashboard", schema)
     success["headers"] = _headers(*_IDS)
     return {
@@ -616,14 +624,14 @@ def _dashboard_operation(api: Api, schemas: _Schemas) -> dict[str, Any]:
     }
 
 
-def _trace_operation() -> dict[str, Any]:
+def _trace_operation(schemas: _Schemas) -> dict[str, Any]:
     """GET /v1/admin/traces/{id} (gateway/traces.py): what `stylestudio trace --json` prints."""
     span = {"type": "object", "additionalProperties": True}
     schema = {
         "type": "object",
         "properties": {"trace_id": {"type": "string"}, "spans": {"type": "array", "items": span}},
     }
-    success = _json_response("Trace", schema)
+    success = _json_response("Trace", schemas.own("Trace", schema))
     success["headers"] = _headers(*_IDS)
     return {
         "operationId": "admin.getTrace",
