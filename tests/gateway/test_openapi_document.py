@@ -76,7 +76,16 @@ def test_operations_have_unique_aip_style_ids_grouped_by_collection(document: di
 def test_schemas_are_named_without_their_package(document: dict[str, Any]) -> None:
     names = set(document["components"]["schemas"])
     assert all("." not in name for name in names), sorted(n for n in names if "." in n)
-    assert {"GetBalanceResponse", "Generation", "File", "Error", "ErrorInfo", "Empty"} <= names
+    assert {
+        "GetBalanceResponse",
+        "Generation",
+        "File",
+        "Error",
+        "ErrorInfo",
+        "Empty",
+        "Dashboard",
+        "Readiness",
+    } <= names
     # Two packages' "Error": the gateway's error body keeps the name, the proto's gets its domain.
     assert "CommonError" in names
 
