@@ -1,16 +1,19 @@
-"""The image models on offer: one catalogue, which generation runs and billing prices.
+"""The image models on offer, and what else a generation may ask for: one catalogue, which
+generation runs and billing prices.
 
 Both services read it from the same variables (``STYLESTUDIO_IMAGE_MODELS``, JSON;
-``STYLESTUDIO_DEFAULT_MODEL``; ``STYLESTUDIO_REFUSE_STAND_IN_MODELS``), so a model's multiplier,
-and whether a stand-in may be chosen, are decided once: an estimate quotes exactly what a start
-would charge, and refuses what a start would refuse, with the same words.
+``STYLESTUDIO_DEFAULT_MODEL``; ``STYLESTUDIO_REFUSE_STAND_IN_MODELS``; the qualities, aspect
+ratios, defaults and image count below), so a model's multiplier, whether a stand-in may be
+chosen, which qualities and aspect ratios exist and what a request that leaves them out gets
+are decided once: an estimate quotes exactly what a start would charge, and refuses what a
+start would refuse, with the same words.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from kit.errors import ValidationError, excerpt
 from kit.settings import ServiceSettings
@@ -66,6 +69,49 @@ class ImageModelSettings(ServiceSettings):
     # at creation and not quoted, so nobody pays a real model's multiplier for a stand-in's
     # picture. Unset: refused in production, offered in development.
     refuse_stand_in_models: bool | None = None
+
+    # Each quality's price factor (billing) and output size, the long side in pixels
+    # (generation): the same qualities in both, which the validator below holds to.
+    quality_multipliers: dict[str, float] = {"draft": 0.5, "standard": 1.0, "high": 1.5}
+    quality_resolutions: dict[str, int] = {"draft": 512, "standard": 1024, "high": 1536}
+    # The aspect ratios on offer and each one's price factor.
+    aspect_ratio_multipliers: dict[str, float] = {
+        "1:1": 1.0,
+        "16:9": 1.2,
+        "9:16": 1.2,
+        "3:2": 1.1,
+        "2:3": 1.1,
+    }
+    # What a request that leaves them out gets (API.md), and how many images one may ask for.
+    default_quality: str = "standard"
+    default_aspect_ratio: str = "1:1"
+    default_num_images: int = Field(default=1, ge=1)
+    max_images_per_generation: int = Field(default=4, ge=1)
+
+    @property
+    def aspect_ratios(self) -> list[str]:
+        return list(self.aspect_ratio_multipliers)
+
+    @model_validator(mode="after")
+    def _one_set_of_options(self) -> ImageModelSettings:
+        """Prices and sizes for the same qualities, and defaults among the options: a process
+        given a quality without its price, or a default that is not offered, does not start."""
+        if set(self.quality_multipliers) != set(self.quality_resolutions):
+            raise ValueError(
+                "quality_multipliers and quality_resolutions must name the same qualities: "
+                f"{sorted(self.quality_multipliers)} != {sorted(self.quality_resolutions)}"
+            )
+        for ratio in self.aspect_ratio_multipliers:
+            width, _, height = ratio.partition(":")
+            if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+                raise ValueError(f"aspect ratio {ratio!r} is not <width>:<height>")
+        if self.default_quality not in self.quality_multipliers:
+            raise ValueError(f"default_quality {self.default_quality!r} is not one of the qualities")
+        if self.default_aspect_ratio not in self.aspect_ratio_multipliers:
+            raise ValueError(f"default_aspect_ratio {self.default_aspect_ratio!r} is not one of the ratios")
+        if self.default_num_images > self.max_images_per_generation:
+            raise ValueError("default_num_images is over max_images_per_generation")
+        return self
 
     @property
     def stand_ins_refused(self) -> bool:

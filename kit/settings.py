@@ -62,6 +62,8 @@ RETIRED_VARIABLES = {
     " their own password (STYLESTUDIO_<SERVICE>_DB_PASSWORD)",
     "STYLESTUDIO_MODEL_MULTIPLIERS": "billing prices each model by its multiplier in"
     " STYLESTUDIO_IMAGE_MODELS, the catalogue generation runs (kit/image_models.py)",
+    "STYLESTUDIO_ASPECT_RATIOS": "the aspect ratios on offer are the keys of"
+    " STYLESTUDIO_ASPECT_RATIO_MULTIPLIERS, which billing prices them by (kit/image_models.py)",
     **dict.fromkeys(
         (
             "STYLESTUDIO_DEFAULT_PAGE_SIZE",

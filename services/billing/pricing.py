@@ -38,7 +38,7 @@ class PriceList:
         model = image_model.name
         quality = quality or s.default_quality
         aspect_ratio = aspect_ratio or s.default_aspect_ratio
-        num_images = num_images or 1
+        num_images = num_images or s.default_num_images
         factors = [
             Decimal(str(image_model.multiplier)),
             _multiplier(s.quality_multipliers, quality, "quality"),

@@ -35,19 +35,9 @@ class BillingSettings(ImageModelSettings):
     service_name: str = "billing"
 
     # --- pricing: ceil(quality x aspect ratio x model) tokens per image ---
-    quality_multipliers: dict[str, float] = {"draft": 0.5, "standard": 1.0, "high": 1.5}
-    aspect_ratio_multipliers: dict[str, float] = {
-        "1:1": 1.0,
-        "16:9": 1.2,
-        "9:16": 1.2,
-        "3:2": 1.1,
-        "2:3": 1.1,
-    }
-    # The model's factor is its multiplier in the catalogue generation runs (kit/image_models.py:
-    # STYLESTUDIO_IMAGE_MODELS), so what an estimate quotes is what a start charges.
-    default_quality: str = "standard"
-    default_aspect_ratio: str = "1:1"
-    max_images_per_generation: int = 4
+    # Every factor, the defaults and the image count are the catalogue's, which generation runs
+    # (kit/image_models.py: STYLESTUDIO_IMAGE_MODELS, _QUALITY_MULTIPLIERS, ...), so what an
+    # estimate quotes is what a start charges.
 
     # --- packages on sale ---
     token_packages: list[TokenPackage] = DEFAULT_PACKAGES

@@ -74,18 +74,13 @@ class GenerationSettings(ImageModelSettings):
 
     # Catalogues.
     styles: list[StylePreset] = Field(default_factory=lambda: list(DEFAULT_STYLES))
-    # Long side in pixels of an output image, per quality.
-    quality_resolutions: dict[str, int] = {"draft": 512, "standard": 1024, "high": 1536}
-    aspect_ratios: list[str] = ["1:1", "16:9", "9:16", "3:2", "2:3"]
+    # Qualities (with their output sizes), aspect ratios, their defaults and the image count
+    # are the catalogue's, shared with billing (kit/image_models.py).
 
     # Defaults for what a request leaves out (API.md).
     default_style: str = "realistic"
-    default_quality: str = "standard"
-    default_aspect_ratio: str = "1:1"
-    default_num_images: int = 1
 
     # Request limits.
-    max_images_per_generation: int = 4
     max_prompt_length: int = 1000
     max_negative_prompt_length: int = 1000
     guidance_scale_range: tuple[float, float] = (1.0, 20.0)

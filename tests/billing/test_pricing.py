@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from pydantic import ValidationError as PydanticValidationError
 
 from kit.errors import ValidationError
 from kit.image_models import ImageModel
@@ -84,6 +85,37 @@ def test_an_estimate_refuses_a_stand_in_as_a_start_would_and_prices_real_models_
     assert unknown.value.message == "Unknown model 'midjourney'; one of: flux"
     # Development offers stand-ins unless told otherwise: quoted like any model.
     assert PriceList(BillingSettings(image_models=catalogue)).estimate("dall-e-3", "", "", 1).tokens == 2
+
+
+def test_qualities_ratios_and_defaults_are_one_set_for_both_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a start may ask and what an estimate prices come from the same variables: a ratio
+    added is offered by generation and priced by billing, a default applies to both."""
+    monkeypatch.setenv("STYLESTUDIO_ASPECT_RATIO_MULTIPLIERS", '{"1:1": 1.0, "4:5": 1.3}')
+    monkeypatch.setenv("STYLESTUDIO_DEFAULT_NUM_IMAGES", "2")
+    generation, billing = GenerationSettings(), BillingSettings()
+    assert generation.aspect_ratios == ["1:1", "4:5"]
+    assert PriceList(billing).estimate("stable-diffusion-xl", "standard", "4:5", 0).tokens == 2 * 2
+    assert generation.default_num_images == billing.default_num_images == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STYLESTUDIO_QUALITY_MULTIPLIERS", '{"draft": 0.5, "standard": 1.0, "high": 1.5, "ultra": 3}'),
+        ("STYLESTUDIO_DEFAULT_ASPECT_RATIO", "4:3"),
+        ("STYLESTUDIO_ASPECT_RATIO_MULTIPLIERS", '{"1:1": 1.0, "wide": 1.2}'),
+        ("STYLESTUDIO_DEFAULT_NUM_IMAGES", "5"),
+    ],
+)
+def test_options_that_do_not_agree_stop_both_services(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A quality priced but with no size, a default not on offer, a malformed ratio, a default
+    count over the maximum: refused by both processes at start-up rather than drifting apart."""
+    monkeypatch.setenv(variable, value)
+    for settings in (GenerationSettings, BillingSettings):
+        with pytest.raises(PydanticValidationError):
+            settings()
 
 
 async def test_packages_and_estimates_over_grpc_are_public(public) -> None:
