@@ -277,9 +277,10 @@ class Platform:
             [sys.executable, "-m", module], cwd=REPO_ROOT, env=self.env(process), stdout=log, stderr=log
         )
 
-    def stop(self, process: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    def stop(self, process: str, sig: int | None = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send ``sig`` (None: it was sent already) and wait for the exit, SIGKILL after ``timeout``."""
         proc = self.processes.pop(process)
-        if proc.poll() is None:
+        if proc.poll() is None and sig is not None:
             proc.send_signal(sig)
         try:
             return proc.wait(timeout)
@@ -288,8 +289,15 @@ class Platform:
             return proc.wait()
 
     def stop_all(self) -> None:
-        for process in list(self.processes):
-            self.stop(process)
+        """Every process is sent SIGTERM before any is waited for: each still shuts down gracefully,
+        but the platform stops in the time of its slowest process, not the sum of all of them
+        (about half a second each, a few seconds per platform in every module's teardown)."""
+        stopping = list(self.processes)
+        for process in stopping:
+            if self.processes[process].poll() is None:
+                self.processes[process].send_signal(signal.SIGTERM)
+        for process in stopping:
+            self.stop(process, sig=None)
 
     def logs(self, process: str) -> str:
         path = self.log_path(process)
