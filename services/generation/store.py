@@ -98,10 +98,17 @@ async def mark_queued(session: AsyncConnection, generation_id: uuid.UUID, hold_i
 
 
 async def take_for_processing(
-    session: AsyncConnection, generation_id: uuid.UUID, lease_seconds: float
+    session: AsyncConnection, generation_id: uuid.UUID, lease_seconds: float, job_attempt: int = 0
 ) -> Generation | None:
-    """PROCESSING for this worker, if it is QUEUED or its previous worker's lease ran out."""
+    """PROCESSING for this worker, if it is QUEUED or its previous worker's lease ran out.
+
+    A job the sweeper re-sent for a lapsed lease carries the next attempt's number (``job_attempt``
+    = the generation's attempt + 1) while the sweeper holds the lease off re-sending it again: that
+    job takes the generation whatever the lease says, as long as nobody took it since (its
+    attempt is still the one before). A redelivered older job does not."""
     lease_over = sa.or_(g.c.lease_until.is_(None), g.c.lease_until < NOW)
+    if job_attempt > 1:
+        lease_over = sa.or_(lease_over, g.c.attempt == job_attempt - 1)
     return (
         await session.execute(
             sa.update(g)

@@ -45,14 +45,15 @@ def job_consumer(saga: Saga) -> EventConsumer:
         # The consumer's span ("process generation.job") is a child of the start's trace.
         job = unpack(event, events_pb2.GenerationJob)
         trace.get_current_span().set_attribute(telemetry.ATTR_GENERATION_ID, job.generation_id)  # type: ignore[attr-defined]
-        await run_job(saga, uuid.UUID(job.generation_id))  # type: ignore[attr-defined]
+        await run_job(saga, uuid.UUID(job.generation_id), job.attempt)  # type: ignore[attr-defined]
 
     consumer.on(events.JOBS_STREAM, events.JOB_TYPE, handle, inbox=False)
     return consumer
 
 
-async def run_job(saga: Saga, generation_id: uuid.UUID) -> None:
-    """Move one generation forward as far as it goes; safe to run again for the same id."""
+async def run_job(saga: Saga, generation_id: uuid.UUID, attempt: int = 0) -> None:
+    """Move one generation forward as far as it goes; safe to run again for the same id.
+    ``attempt`` is the job's (store.take_for_processing: a re-sent job takes over a lapsed lease)."""
     async with saga.db.autocommit() as session:
         generation = await store.get(session, generation_id)
     if generation is None or is_terminal(generation.status) or generation.status == Status.STARTING:
@@ -69,7 +70,8 @@ async def run_job(saga: Saga, generation_id: uuid.UUID) -> None:
     if (queued_for := saga.directives(generation).queued_seconds) > 0:
         await asyncio.sleep(queued_for)
     async with saga.db.transaction() as session:
-        taken = await store.take_for_processing(session, generation_id, saga.settings.worker_lease_seconds)
+        lease = saga.settings.worker_lease_seconds
+        taken = await store.take_for_processing(session, generation_id, lease, attempt)
         if taken is not None:
             await events.publish_processing(saga.outbox, session, taken)
     if taken is None:  # another worker holds it
