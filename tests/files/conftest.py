@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import psycopg
 import pytest
 
@@ -159,3 +160,13 @@ def service_auth(files_platform: Platform) -> tuple[tuple[str, str], ...]:
     """The generation service's credential passed explicitly (kit.clients' channels add it to every
     call type themselves; tests/kit/test_clients.py checks that for streaming calls)."""
     return files_platform.credentials("generation").metadata()
+
+
+@pytest.fixture(scope="module")
+async def rest(files_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in front of the files platform, for the modules that go through REST (started
+    per module, stopped after it)."""
+    await files_platform.start_and_wait("gateway")
+    async with files_platform.client() as client:
+        yield client
+    files_platform.stop("gateway")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -11,14 +10,6 @@ from PIL import Image, PngImagePlugin
 
 from tests.files.samples import image_bytes
 from tests.harness import Platform
-
-
-@pytest.fixture(scope="module")
-async def rest(files_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    await files_platform.start_and_wait("gateway")
-    async with files_platform.client() as client:
-        yield client
-    files_platform.stop("gateway")
 
 
 def _auth(token: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import io
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -27,14 +26,6 @@ from services.files.settings import FilesSettings
 from tests.files.conftest import URL_SIGNING_KEYS, FilesDatabase
 from tests.files.samples import image_bytes
 from tests.harness import Platform
-
-
-@pytest.fixture(scope="module")
-async def rest(files_platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    await files_platform.start_and_wait("gateway")
-    async with files_platform.client() as client:
-        yield client
-    files_platform.stop("gateway")
 
 
 def _auth(token: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ from services.generation.settings import GenerationSettings
 from tests.generation.conftest import png
 from tests.harness import Platform
 from tests.harness.rest import sign_up
-from tests.harness.streams import append_entry, stream_entries
+from tests.harness.streams import append_entry, consumed_up_to, stream_entries
 
 # The real plan configuration: the services' own defaults, which the test platform runs with.
 HOURLY_LIMITS = GenerationSettings.model_fields["hourly_generation_limits"].default
@@ -163,15 +163,6 @@ async def _balance(gateway: httpx.AsyncClient, token: str) -> int:
     return int(response.json().get("balance", "0"))
 
 
-async def _consumed_up_to(redis: Redis, stream: str, entry_id: bytes) -> bool:
-    """Billing's consumer group has read and acknowledged everything up to ``entry_id``."""
-    for group in await redis.xinfo_groups(stream):
-        if group["name"] == b"billing":
-            last = tuple(int(part) for part in group["last-delivered-id"].split(b"-"))
-            return last >= tuple(int(part) for part in entry_id.split(b"-")) and group["pending"] == 0
-    return False
-
-
 async def test_the_welcome_grant_is_in_the_balance_when_sign_up_returns_and_granted_once(
     platform: Platform, gateway: httpx.AsyncClient
 ) -> None:
@@ -196,7 +187,7 @@ async def test_the_welcome_grant_is_in_the_balance_when_sign_up_returns_and_gran
         assert len(created) == len(tokens)
         redelivered = await append_entry(redis, stream, created[0][1])
         deadline = time.monotonic() + 30
-        while not await _consumed_up_to(redis, stream, redelivered):
+        while not await consumed_up_to(redis, stream, redelivered, b"billing"):
             assert time.monotonic() < deadline, "billing never read the user.created events"
             await asyncio.sleep(0.1)
     finally:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from stylestudio.billing.v1 import billing_pb2, billing_pb2_grpc
 from stylestudio.users.v1 import auth_pb2_grpc
 from tests.harness import Platform
-from tests.harness.streams import append_entry, stream_entries
+from tests.harness.streams import append_entry, consumed_up_to, stream_entries
 from tests.users.conftest import signup
 
 WELCOME_TOKENS = 10  # billing's default, API.md's "10 by default"
@@ -32,15 +32,6 @@ async def billing(users_platform: Platform) -> AsyncIterator[billing_pb2_grpc.Bi
 async def _balance(billing: billing_pb2_grpc.BillingServiceStub, user_id: str) -> int:
     request = billing_pb2.GetUserBillingSummaryRequest(user_id=user_id)
     return (await billing.GetUserBillingSummary(request)).balance
-
-
-async def _consumed_up_to(redis: Redis, stream: str, entry_id: bytes) -> bool:
-    """Billing's consumer group has read and acknowledged everything up to ``entry_id``."""
-    for group in await redis.xinfo_groups(stream):
-        if group["name"] == b"billing":
-            last = tuple(int(part) for part in group["last-delivered-id"].split(b"-"))
-            return last >= tuple(int(part) for part in entry_id.split(b"-")) and group["pending"] == 0
-    return False
 
 
 async def test_a_new_user_gets_the_welcome_grant_exactly_once_even_if_user_created_is_redelivered(
@@ -62,7 +53,7 @@ async def test_a_new_user_gets_the_welcome_grant_exactly_once_even_if_user_creat
             f for _, f in entries if f[b"type"] == b"user.created" and user_id.encode() in f[b"event"]
         ]
         redelivered = await append_entry(redis, stream, fields)  # the very same envelope, a second time
-        while not await _consumed_up_to(redis, stream, redelivered):
+        while not await consumed_up_to(redis, stream, redelivered, b"billing"):
             assert time.monotonic() < deadline + 15, "billing never read the redelivered event"
             await asyncio.sleep(0.1)
     finally:
